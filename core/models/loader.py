@@ -1,0 +1,325 @@
+"""load_model(spec): the one way any model enters Circuit Desk (default, HF folder, .gguf file)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from core.errors import CircuitDeskError
+from core.jobs import JobContext
+from core.models.adapters import SUPPORTED_MODEL_TYPES, Adapter, adapter_for
+from core.models.catalog import DEFAULT_NAME, DEFAULT_SPEC, default_gguf_path
+from core.models.fingerprint import Fingerprint, fingerprint_files, fingerprint_folder, sha256_file
+from core.models.validate import PICKLE_SUFFIXES, check_gguf, check_safetensors, read_config, weight_files
+from core.paths import cache_dir
+
+if TYPE_CHECKING:
+    from core.instrument import Instrumentation
+
+log = logging.getLogger(__name__)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Bumped when the GGUF -> safetensors conversion changes, so stale caches are rebuilt.
+_CONVERSION_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    family: str
+    model_type: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    vocab_size: int
+    n_params: int
+    context_length: int
+    tied_embeddings: bool
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for every method: HF module, tokenizer, adapter, device/dtype, provenance."""
+
+    hf: Any  # transformers PreTrainedModel (CausalLM)
+    tokenizer: Any
+    adapter: Adapter
+    facts: ModelFacts
+    device: torch.device
+    dtype: torch.dtype
+    name: str
+    spec: str  # what the user asked for: "default", a folder, a .gguf path
+    source: Path  # the file/folder the weights come from (the .gguf for converted models)
+    fingerprint: Fingerprint
+    _instrumentation: "Instrumentation | None" = field(default=None, repr=False)
+
+    @property
+    def instrument(self) -> "Instrumentation":
+        """The model's instrumentation (installed at load, inactive until a session starts)."""
+        assert self._instrumentation is not None
+        return self._instrumentation
+
+    def summary(self) -> dict:
+        """Provenance for reports and ``--json`` outputs."""
+        return {
+            "name": self.name,
+            "spec": self.spec,
+            "source": str(self.source),
+            "sha256": self.fingerprint.sha256,
+            "files": self.fingerprint.to_json()["files"],
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            **self.facts.to_json(),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+def resolve_device(device: str) -> torch.device:
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise CircuitDeskError(f"Device '{device}' was requested but no CUDA GPU is available; use --device cpu or auto.")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CircuitDeskError(f"Device '{device}' does not exist; this machine has {torch.cuda.device_count()} GPU(s).")
+        return dev
+    raise CircuitDeskError(f"Unknown device '{device}'; use auto, cpu or cuda.")
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+        raise CircuitDeskError(f"Unsupported dtype {dtype}; use float32, bfloat16 or float16.")
+    key = str(dtype).strip().lower().removeprefix("torch.")
+    if key not in DTYPES:
+        raise CircuitDeskError(f"Unknown dtype '{dtype}'; use float32, bfloat16 or float16.")
+    return DTYPES[key]
+
+
+# ---------------------------------------------------------------------------------------------
+def load_model(
+    spec: str | os.PathLike = DEFAULT_SPEC,
+    device: str = "auto",
+    dtype: str | torch.dtype = "float32",
+    ctx: JobContext | None = None,
+) -> LoadedModel:
+    """Load a model for tracing: ``default``, a Hugging Face model folder, or a ``.gguf`` file.
+
+    Raises ``CircuitDeskError`` with one sentence for any problem the user can fix.
+    """
+    ctx = ctx or JobContext()
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    spec_str = str(spec).strip()
+    if not spec_str:
+        raise CircuitDeskError("No model given; use 'default', a model folder or a .gguf file.")
+
+    if spec_str == DEFAULT_SPEC:
+        gguf = default_gguf_path()
+        folder, fp = _gguf_cache(gguf, ctx.sub(0.0, 0.7))
+        name, source = DEFAULT_NAME, gguf
+    else:
+        path = Path(spec_str).expanduser()
+        if not path.exists():
+            raise CircuitDeskError(f"Model path not found: {path}.")
+        if path.is_dir() and not (path / "config.json").exists():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                path = ggufs[0]
+            else:
+                raise CircuitDeskError(
+                    f"{path} has no config.json; choose a Hugging Face model folder or a .gguf file."
+                )
+        if path.is_file():
+            if path.suffix.lower() == ".gguf":
+                folder, fp = _gguf_cache(path, ctx.sub(0.0, 0.7))
+                name, source = path.stem, path
+            elif path.suffix.lower() in PICKLE_SUFFIXES:
+                raise CircuitDeskError(
+                    f"{path.name} is a pickle-based checkpoint, which Circuit Desk never unpickles; "
+                    "convert it to safetensors on a trusted machine."
+                )
+            elif path.name == "config.json" or path.suffix.lower() == ".safetensors":
+                return load_model(path.parent, device, torch_dtype, ctx)
+            else:
+                raise CircuitDeskError(
+                    f"{path.name} is not a model; choose a Hugging Face model folder or a .gguf file."
+                )
+        else:
+            folder, fp = path, None
+            name, source = path.name, path
+
+    ctx.check_cancelled()
+    ctx.progress(0.7, "Reading weights")
+    loaded = _load_folder(folder, torch_device, torch_dtype, fp, name=name, spec=spec_str, source=source)
+    ctx.progress(1.0, "Model ready")
+    return loaded
+
+
+def _load_folder(
+    folder: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    fingerprint: Fingerprint | None,
+    *,
+    name: str,
+    spec: str,
+    source: Path,
+) -> LoadedModel:
+    config = read_config(folder)
+    model_type = config.get("model_type")
+    adapter = adapter_for(str(model_type))
+    if adapter is None:
+        hint = " (multimodal Gemma 3; use a text-only checkpoint)" if model_type == "gemma3" else ""
+        raise CircuitDeskError(
+            f"Unsupported model_type '{model_type}'{hint} in {folder / 'config.json'}; "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
+        )
+    for wf in weight_files(folder):
+        check_safetensors(wf)
+    if fingerprint is None:
+        fingerprint = fingerprint_folder(folder)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        raise CircuitDeskError(f"Cannot load the tokenizer in {folder} ({_short(exc)}); copy the tokenizer files with the model.") from exc
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=dtype,
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=True,
+        )
+    except Exception as exc:
+        raise CircuitDeskError(f"Cannot load the model in {folder} ({_short(exc)}).") from exc
+    hf.eval()
+    hf.requires_grad_(False)  # methods take gradients w.r.t. activations, never weights
+    hf.to(device)
+
+    loaded = LoadedModel(
+        hf=hf,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        facts=_facts(hf, adapter, str(model_type)),
+        device=device,
+        dtype=dtype,
+        name=name,
+        spec=spec,
+        source=source,
+        fingerprint=fingerprint,
+    )
+    from core.instrument import Instrumentation
+
+    loaded._instrumentation = Instrumentation(loaded)
+    return loaded
+
+
+def _facts(hf, adapter: Adapter, model_type: str) -> ModelFacts:
+    c = hf.config
+    n_heads = c.num_attention_heads
+    d_model = c.hidden_size
+    params = {id(p): p.numel() for p in hf.parameters()}
+    return ModelFacts(
+        family=adapter.family,
+        model_type=model_type,
+        n_layers=c.num_hidden_layers,
+        n_heads=n_heads,
+        n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
+        d_model=d_model,
+        d_head=getattr(c, "head_dim", None) or d_model // n_heads,
+        d_mlp=getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * d_model,
+        vocab_size=c.vocab_size,
+        n_params=sum(params.values()),
+        context_length=getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", 0),
+        tied_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+def _gguf_cache(gguf: Path, ctx) -> tuple[Path, Fingerprint]:
+    """Dequantize a .gguf once into a safetensors folder under the user cache dir; reuse it after.
+
+    The fingerprint is the GGUF's own sha256: that is the file an auditor can check.
+    """
+    gguf = gguf.resolve()
+    ctx.progress(0.0, "Hashing GGUF file")
+    fp = fingerprint_files([gguf])
+    digest = fp.files[gguf.name]
+    folder = cache_dir() / "gguf" / f"{digest[:24]}-v{_CONVERSION_VERSION}"
+    if (folder / "source.json").exists():
+        return folder, fp
+
+    # A cache hit needs no parse: the digest proves the file is the one converted before.
+    ctx.progress(0.05, "Checking the GGUF file")
+    check_gguf(gguf)
+    ctx.progress(0.1, "Converting GGUF to safetensors (first load only)")
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        ctx.check_cancelled()
+        hf = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+        )
+    except Exception as exc:
+        raise CircuitDeskError(f"Cannot convert the GGUF file {gguf} ({_short(exc)}).") from exc
+    ctx.check_cancelled()
+    ctx.progress(0.8, "Writing the converted model to the cache")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+    try:
+        config = hf.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # weights are dequantized float32 now
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_model(hf, str(tmp / "model.safetensors"))  # handles tied embeddings
+        (tmp / "source.json").write_text(
+            json.dumps({"gguf": str(gguf), "sha256": digest, "conversion": _CONVERSION_VERSION}, indent=1)
+        )
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process converted it meanwhile
+            if not (folder / "source.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder, fp
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]

@@ -1,0 +1,1 @@
+"""Circuit Desk front ends: the Qt workbench and the ``circuitdesk`` command line."""

@@ -1,0 +1,478 @@
+"""The Circuit Desk main window: model & prompt panel, workspace tabs, jobs in the status bar.
+
+Start-up imports only Qt and torch-free parts of core, so the window shows before torch loads;
+models load on a worker thread the first time a run needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QElapsedTimer, QSettings, Qt, QTimer
+from PySide6.QtGui import QAction, QColor, QKeySequence, QPainter
+from PySide6.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QStyledItemDelegate,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+import core
+from core.models.catalog import DEFAULT_SPEC, list_models
+from desktop.jobs import JobRunner
+from desktop.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+DEMO_PROMPT = "The capital of France is"
+OPEN_FOLDER = "__open_folder__"
+OPEN_GGUF = "__open_gguf__"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    spec: str
+    device: str
+    prompt: str
+    top_k: int
+
+
+# ---------------------------------------------------------------------------------------------
+class ProbabilityDelegate(QStyledItemDelegate):
+    """Draws a probability as a horizontal bar with its value."""
+
+    def paint(self, painter: QPainter, option, index) -> None:
+        value = index.data(Qt.ItemDataRole.UserRole)
+        if value is None:
+            return super().paint(painter, option, index)
+        painter.save()
+        rect = option.rect.adjusted(4, 4, -4, -4)
+        painter.fillRect(rect, QColor("#eef1f5"))
+        bar = rect.adjusted(0, 0, -int(rect.width() * (1.0 - float(value))), 0)
+        painter.fillRect(bar, QColor("#3b78c2"))
+        painter.setPen(QColor("#111111"))
+        painter.drawText(rect.adjusted(6, 0, -6, 0), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight,
+                         f"{float(value):.4f}")
+        painter.restore()
+
+
+class PredictionsView(QWidget):
+    """Top-k next tokens with probabilities (the first workspace tab)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heading = QLabel("Run a prompt to see the model's next-token predictions.")
+        self.heading.setWordWrap(True)
+        self.heading.setTextFormat(Qt.TextFormat.RichText)
+        self.heading.setObjectName("predictionsHeading")
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["#", "Next token", "Probability"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.table.setItemDelegateForColumn(2, ProbabilityDelegate(self.table))
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.heading)
+        layout.addWidget(self.table)
+
+    def show_prediction(self, model_name: str, prediction) -> None:
+        self.heading.setText(
+            f"<b>{model_name}</b><br>Prompt ({len(prediction.prompt_tokens)} tokens): "
+            f"<tt>{_html(prediction.prompt)}</tt>"
+        )
+        self.table.setRowCount(len(prediction.top))
+        for row, t in enumerate(prediction.top):
+            self.table.setItem(row, 0, QTableWidgetItem(str(row + 1)))
+            token = QTableWidgetItem(repr(t.token))
+            token.setData(Qt.ItemDataRole.UserRole, t.token)
+            token.setToolTip(f"token id {t.token_id}, logit {t.logit:.3f}")
+            self.table.setItem(row, 1, token)
+            prob = QTableWidgetItem()
+            prob.setData(Qt.ItemDataRole.UserRole, t.probability)
+            prob.setData(Qt.ItemDataRole.DisplayRole, f"{t.probability:.4f}")
+            self.table.setItem(row, 2, prob)
+
+    def tokens(self) -> list[str]:
+        return [self.table.item(r, 1).data(Qt.ItemDataRole.UserRole) for r in range(self.table.rowCount())]
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# ---------------------------------------------------------------------------------------------
+class ModelPanel(QWidget):
+    """Model picker, device, prompt and the Run / Cancel buttons."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("The model to trace: the embedded default, a Hugging Face folder or a .gguf file")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.device_combo.setToolTip("auto uses the GPU when there is one")
+        self.prompt_edit = QPlainTextEdit()
+        self.prompt_edit.setPlaceholderText("Type a prompt, e.g. The capital of France is")
+        self.prompt_edit.setMinimumHeight(80)
+        self.top_k = QSpinBox()
+        self.top_k.setRange(1, 100)
+        self.top_k.setValue(10)
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Run the prompt (Ctrl+Enter)")
+        self.run_button.setDefault(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Cancel the running job (Esc)")
+        self.cancel_button.setEnabled(False)
+        self.model_info = QLabel("No model loaded yet.")
+        self.model_info.setWordWrap(True)
+        self.model_info.setTextFormat(Qt.TextFormat.RichText)
+        self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.model_info.setObjectName("modelInfo")
+
+        form = QFormLayout()
+        form.addRow("Model", self.model_combo)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Top-k", self.top_k)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(QLabel("Prompt"))
+        layout.addWidget(self.prompt_edit)
+        layout.addLayout(buttons)
+        layout.addWidget(self.model_info)
+        layout.addStretch(1)
+
+    def set_models(self, entries: list[dict], current: str | None = None) -> None:
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for e in entries:
+            label = "Default — SmolLM2-135M-Instruct" if e["spec"] == DEFAULT_SPEC else e["name"]
+            if "problem" in e:
+                label += f" (unavailable: {e['problem']})"
+            self.model_combo.addItem(label, e["spec"])
+        self.model_combo.insertSeparator(self.model_combo.count())
+        self.model_combo.addItem("Open model folder…", OPEN_FOLDER)
+        self.model_combo.addItem("Open .gguf file…", OPEN_GGUF)
+        if current:
+            self.select_spec(current)
+        self.model_combo.blockSignals(False)
+
+    def select_spec(self, spec: str) -> None:
+        index = self.model_combo.findData(spec)
+        if index < 0:
+            self.model_combo.insertItem(0, Path(spec).name or spec, spec)
+            index = 0
+        self.model_combo.setCurrentIndex(index)
+
+    @property
+    def spec(self) -> str:
+        return self.model_combo.currentData() or DEFAULT_SPEC
+
+
+# ---------------------------------------------------------------------------------------------
+class MainWindow(QMainWindow):
+    def __init__(self, settings: QSettings | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle(f"Circuit Desk {core.__version__}")
+        self.settings = settings or QSettings("CircuitDesk", "CircuitDesk")
+        self.runner = JobRunner(self)
+        self.model = None  # LoadedModel of the last run (reused while spec/device stay the same)
+        self.model_key: tuple[str, str] | None = None
+        self.last_prediction = None
+        self.last_error: str | None = None
+        self.error_box: QMessageBox | None = None
+        self._previous_spec = DEFAULT_SPEC
+
+        self.panel = ModelPanel()
+        self.predictions = PredictionsView()
+        self.workspace = QTabWidget()  # later: circuit graph, heatmaps (linked panes)
+        self.workspace.setDocumentMode(True)
+        self.workspace.addTab(self.predictions, "Predictions")
+        self.setCentralWidget(self.workspace)
+
+        self.model_dock = QDockWidget("Model && prompt", self)
+        self.model_dock.setObjectName("modelDock")
+        self.model_dock.setWidget(self.panel)
+        self.model_dock.setMinimumWidth(300)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.model_dock)
+
+        self._build_status_bar()
+        self._build_actions()
+        self.panel.set_models(list_models(), current=DEFAULT_SPEC)
+        self.panel.model_combo.currentIndexChanged.connect(self._model_chosen)
+        self.panel.run_button.clicked.connect(self.run)
+        self.panel.cancel_button.clicked.connect(self.cancel)
+        self.panel.prompt_edit.setPlainText(DEMO_PROMPT)
+        self.resize(1100, 700)
+        self._restore_layout()
+
+    # -- construction ------------------------------------------------------------------------------
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        self.status_label = QLabel("Ready")
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setMaximumWidth(220)
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.hide()
+        self.elapsed_label = QLabel("")
+        self.status_cancel = QToolButton()
+        self.status_cancel.setText("Cancel")
+        self.status_cancel.clicked.connect(self.cancel)
+        self.status_cancel.hide()
+        bar.addWidget(self.status_label, 1)
+        bar.addPermanentWidget(self.elapsed_label)
+        bar.addPermanentWidget(self.progress_bar)
+        bar.addPermanentWidget(self.status_cancel)
+        self._clock = QElapsedTimer()
+        self._tick = QTimer(self)
+        self._tick.setInterval(200)
+        self._tick.timeout.connect(self._update_elapsed)
+
+    def _build_actions(self) -> None:
+        def action(text, slot, shortcut=None, menu=None, tip=None):
+            act = QAction(text, self)
+            act.triggered.connect(slot)
+            if shortcut:
+                act.setShortcut(QKeySequence(shortcut))
+            if tip:
+                act.setStatusTip(tip)
+            if menu is not None:
+                menu.addAction(act)
+            self.addAction(act)
+            return act
+
+        file_menu = self.menuBar().addMenu("&File")
+        self.open_folder_action = action("Open Model &Folder…", self.open_model_folder, "Ctrl+O", file_menu)
+        self.open_gguf_action = action("Open &GGUF File…", self.open_gguf_file, "Ctrl+Shift+O", file_menu)
+        file_menu.addSeparator()
+        action("&Quit", self.close, QKeySequence.StandardKey.Quit, file_menu)
+
+        run_menu = self.menuBar().addMenu("&Run")
+        self.run_action = action("&Run Prompt", self.run, "Ctrl+Return", run_menu, "Run the prompt on the model")
+        self.cancel_action = action("&Cancel", self.cancel, "Esc", run_menu, "Cancel the running job")
+        self.cancel_action.setEnabled(False)
+        action("Focus &Prompt", lambda: self.panel.prompt_edit.setFocus(), "Ctrl+L", run_menu)
+
+        view_menu = self.menuBar().addMenu("&View")
+        view_menu.addAction(self.model_dock.toggleViewAction())
+
+        help_menu = self.menuBar().addMenu("&Help")
+        action("&About Circuit Desk", self.about, None, help_menu)
+
+    # -- model choice --------------------------------------------------------------------------
+    def _model_chosen(self, _index: int) -> None:
+        data = self.panel.model_combo.currentData()
+        if data == OPEN_FOLDER:
+            self.open_model_folder()
+        elif data == OPEN_GGUF:
+            self.open_gguf_file()
+        elif data:
+            self._previous_spec = data
+
+    def open_model_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a Hugging Face model folder")
+        self._use_chosen_path(folder)
+
+    def open_gguf_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model file", "", "GGUF models (*.gguf);;All files (*)")
+        self._use_chosen_path(path)
+
+    def _use_chosen_path(self, path: str) -> None:
+        self.panel.model_combo.blockSignals(True)
+        self.panel.select_spec(path or self._previous_spec)
+        self.panel.model_combo.blockSignals(False)
+        if path:
+            self._previous_spec = path
+
+    # -- running ---------------------------------------------------------------------------------
+    def request(self) -> RunRequest:
+        return RunRequest(
+            spec=self.panel.spec,
+            device=self.panel.device_combo.currentText(),
+            prompt=self.panel.prompt_edit.toPlainText(),
+            top_k=self.panel.top_k.value(),
+        )
+
+    def run(self) -> None:
+        req = self.request()
+        if not req.prompt.strip():
+            self.show_error("The prompt is empty; type the text whose next token you want to explain.")
+            return
+        replaced = self.runner.busy
+        key = (req.spec, req.device)
+        model = self.model if self.model_key == key else None
+
+        def job(ctx):
+            from core.models import load_model
+            from core.predict import predict_next
+
+            loaded = model or load_model(req.spec, device=req.device, ctx=ctx.sub(0.0, 0.9))
+            ctx.check_cancelled()
+            return loaded, predict_next(loaded, req.prompt, req.top_k, ctx.sub(0.9, 1.0))
+
+        self.runner.submit(
+            "predict",
+            job,
+            progress=self._on_progress,
+            returned=lambda result: self._on_result(key, result),
+            errored=self.show_error,
+            aborted=self._on_aborted,
+            finished=self._on_finished,
+        )
+        self._set_running(True, "Previous run cancelled; running…" if replaced else "Running…")
+
+    def cancel(self) -> None:
+        if self.runner.busy:
+            self.runner.cancel()
+            self.status_label.setText("Cancelling…")
+
+    def _set_running(self, running: bool, message: str) -> None:
+        self.status_label.setText(message)
+        self.progress_bar.setVisible(running)
+        self.status_cancel.setVisible(running)
+        self.panel.cancel_button.setEnabled(running)
+        self.cancel_action.setEnabled(running)
+        if running:
+            self.progress_bar.setValue(0)
+            self._clock.start()
+            self._tick.start()
+            self._update_elapsed()
+        else:
+            self._tick.stop()
+            self.elapsed_label.setText("")
+
+    def _update_elapsed(self) -> None:
+        self.elapsed_label.setText(f"{self._clock.elapsed() / 1000:.1f} s")
+
+    def _on_progress(self, p) -> None:
+        self.progress_bar.setValue(int(p.fraction * 1000))
+        if p.message:
+            self.status_label.setText(p.message + "…")
+
+    def _on_result(self, key, result) -> None:
+        model, prediction = result
+        self.model, self.model_key = model, key
+        self.last_prediction = prediction
+        self.predictions.show_prediction(model.name, prediction)
+        f = model.facts
+        self.panel.model_info.setText(
+            f"<b>{_html(model.name)}</b><br>{f.family} · {f.n_layers} layers · {f.n_heads} heads "
+            f"({f.n_kv_heads} kv) · d_model {f.d_model} · {f.n_params / 1e6:.1f}M params<br>"
+            f"device {model.device} · {str(model.dtype).removeprefix('torch.')}<br>"
+            f"sha256 <tt>{model.fingerprint.sha256[:16]}…</tt>"
+        )
+        self.workspace.setCurrentWidget(self.predictions)
+
+    def _on_aborted(self) -> None:
+        self.status_label.setText("Cancelled")
+
+    def _on_finished(self) -> None:
+        if self.runner.busy:  # a newer job is running; its own signals drive the UI
+            return
+        seconds = self._clock.elapsed() / 1000
+        message = self.status_label.text()
+        self._set_running(False, message)
+        if self.last_error is None and message not in ("Cancelled", "Cancelling…"):
+            self.status_label.setText(f"Done in {seconds:.1f} s")
+
+    def show_error(self, message: str) -> None:
+        """One sentence in a dialog (non-blocking); details are in the log file."""
+        self.last_error = message
+        self.status_label.setText("Error: " + message)
+        box = QMessageBox(QMessageBox.Icon.Warning, "Circuit Desk", message, QMessageBox.StandardButton.Ok, self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.finished.connect(lambda _=None: setattr(self, "error_box", None))
+        self.error_box = box
+        box.open()
+
+    def about(self) -> None:
+        QMessageBox.about(
+            self,
+            "About Circuit Desk",
+            f"Circuit Desk {core.__version__}<br>Circuit tracing for open-weight language models, offline.",
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def _restore_layout(self) -> None:
+        geometry = self.settings.value("window/geometry")
+        state = self.settings.value("window/state")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        if state is not None:
+            self.restoreState(state)
+
+    def closeEvent(self, event) -> None:
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/state", self.saveState())
+        if self.runner.busy:
+            self.status_label.setText("Cancelling the running job…")
+        self.runner.shutdown()
+        super().closeEvent(event)
+
+
+# ---------------------------------------------------------------------------------------------
+def run_gui(
+    model: str | None = None,
+    prompt: str | None = None,
+    device: str = "auto",
+    trace: bool = False,
+    screenshot: str | None = None,
+    quit_after_trace: bool = False,
+) -> int:
+    setup_logging()
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("Circuit Desk")
+    app.setOrganizationName("CircuitDesk")
+    window = MainWindow()
+    if model:
+        window.panel.select_spec(model)
+    if prompt is not None:
+        window.panel.prompt_edit.setPlainText(prompt)
+    if device:
+        window.panel.device_combo.setCurrentText(device)
+    window.show()
+
+    def after_run() -> None:
+        if window.runner.busy:
+            return
+        if screenshot:
+            QApplication.processEvents()  # let the layout settle before taking the picture
+            window.grab().save(screenshot)
+        if quit_after_trace:
+            app.exit(0 if window.last_error is None else 1)
+
+    if trace:
+        QTimer.singleShot(0, window.run)
+        if screenshot or quit_after_trace:
+            QTimer.singleShot(0, lambda: window.runner.current and window.runner.current.finished.connect(
+                after_run, Qt.ConnectionType.QueuedConnection))
+    elif screenshot:
+        QTimer.singleShot(300, after_run)
+    return app.exec()
