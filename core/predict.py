@@ -10,6 +10,7 @@ import torch
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
 from core.models import LoadedModel
+from core.prompt import require_prompt
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,7 @@ class Prediction:
 
 def encode_prompt(model: LoadedModel, prompt: str) -> torch.Tensor:
     """Token ids [1, seq] for a prompt, refusing empty prompts and prompts longer than the context."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise CircuitDeskError("The prompt is empty; type the text whose next token you want to explain.")
+    require_prompt(prompt)
     ids = model.tokenizer(prompt, return_tensors="pt").input_ids
     limit = model.facts.context_length
     if limit and ids.shape[1] > limit:

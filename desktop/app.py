@@ -38,7 +38,9 @@ from PySide6.QtWidgets import (
 )
 
 import core
+from core.errors import CircuitDeskError
 from core.models.catalog import DEFAULT_SPEC, list_models
+from core.prompt import require_prompt
 from desktop.jobs import JobRunner
 from desktop.logs import setup_logging
 
@@ -322,8 +324,10 @@ class MainWindow(QMainWindow):
 
     def run(self) -> None:
         req = self.request()
-        if not req.prompt.strip():
-            self.show_error("The prompt is empty; type the text whose next token you want to explain.")
+        try:
+            require_prompt(req.prompt)
+        except CircuitDeskError as err:
+            self.show_error(str(err))
             return
         replaced = self.runner.busy
         key = (req.spec, req.device)

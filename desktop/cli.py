@@ -123,7 +123,9 @@ def cmd_predict(args) -> int:
     from core.jobs import JobContext
     from core.models import load_model
     from core.predict import predict_next
+    from core.prompt import require_prompt
 
+    require_prompt(args.prompt)  # before spending seconds on loading
     start = time.perf_counter()
     ctx = JobContext(StderrProgress(enabled=True))
     model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx)
