@@ -72,7 +72,8 @@ class ProbabilityDelegate(QStyledItemDelegate):
         painter.fillRect(rect, QColor("#eef1f5"))
         bar = rect.adjusted(0, 0, -int(rect.width() * (1.0 - float(value))), 0)
         painter.fillRect(bar, QColor("#3b78c2"))
-        painter.setPen(QColor("#111111"))
+        on_bar = float(value) > 0.85  # the value is drawn over the bar itself
+        painter.setPen(QColor("#ffffff" if on_bar else "#111111"))
         painter.drawText(rect.adjusted(6, 0, -6, 0), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight,
                          f"{float(value):.4f}")
         painter.restore()
@@ -122,6 +123,19 @@ class PredictionsView(QWidget):
         return [self.table.item(r, 1).data(Qt.ItemDataRole.UserRole) for r in range(self.table.rowCount())]
 
 
+def demo_prompts() -> list[dict]:
+    """Example prompts shipped in resources/ (an unreadable file just means no examples)."""
+    import json
+
+    from core.paths import resources_dir
+
+    try:
+        return list(json.loads((resources_dir() / "demo_prompts.json").read_text())["prompts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("demo prompts unavailable", exc_info=True)
+        return []
+
+
 def _html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -137,6 +151,12 @@ class ModelPanel(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda"])
         self.device_combo.setToolTip("auto uses the GPU when there is one")
+        self.examples = QComboBox()
+        self.examples.setToolTip("Fill the prompt box with a classic circuit-tracing prompt")
+        self.examples.addItem("Examples…", None)
+        for demo in demo_prompts():
+            self.examples.addItem(demo["name"], demo["prompt"])
+        self.examples.activated.connect(self._example_chosen)
         self.prompt_edit = QPlainTextEdit()
         self.prompt_edit.setPlaceholderText("Type a prompt, e.g. The capital of France is")
         self.prompt_edit.setMinimumHeight(80)
@@ -164,11 +184,21 @@ class ModelPanel(QWidget):
         buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(QLabel("Prompt"))
+        prompt_row = QHBoxLayout()
+        prompt_row.addWidget(QLabel("Prompt"))
+        prompt_row.addStretch(1)
+        prompt_row.addWidget(self.examples)
+        layout.addLayout(prompt_row)
         layout.addWidget(self.prompt_edit)
         layout.addLayout(buttons)
         layout.addWidget(self.model_info)
         layout.addStretch(1)
+
+    def _example_chosen(self, index: int) -> None:
+        prompt = self.examples.itemData(index)
+        if prompt:
+            self.prompt_edit.setPlainText(prompt)
+        self.examples.setCurrentIndex(0)
 
     def set_models(self, entries: list[dict], current: str | None = None) -> None:
         self.model_combo.blockSignals(True)

@@ -116,3 +116,24 @@ def test_gui_start_path_does_not_import_torch():
 def test_trust_remote_code_is_never_enabled():
     for path in list((ROOT / "core").rglob("*.py")) + list((ROOT / "desktop").rglob("*.py")):
         assert "trust_remote_code=True" not in path.read_text(), path
+
+
+@pytest.mark.slow
+def test_default_gguf_converts_into_an_empty_cache_then_reuses_it(tmp_path, monkeypatch):
+    """The conversion path itself (a warm user cache would otherwise hide it)."""
+    from core.jobs import JobContext
+    from core.models import load_model
+    from core.predict import predict_next
+
+    monkeypatch.setenv("CIRCUITDESK_CACHE_DIR", str(tmp_path))
+    messages = []
+    m = load_model("default", device="cpu", ctx=JobContext(lambda p: messages.append(p.message)))
+    assert any("Converting GGUF" in msg for msg in messages)
+    converted = list((tmp_path / "gguf").iterdir())
+    assert len(converted) == 1 and (converted[0] / "model.safetensors").stat().st_size > 500e6
+    assert not any(p.name.startswith(".convert-") for p in (tmp_path / "gguf").iterdir())  # no temp left
+    assert predict_next(m, "The capital of France is", top_k=1).top[0].token == " Paris"
+    messages.clear()
+    again = load_model("default", device="cpu", ctx=JobContext(lambda p: messages.append(p.message)))
+    assert not any("Converting" in msg for msg in messages)
+    assert again.fingerprint.sha256 == m.fingerprint.sha256
