@@ -240,6 +240,7 @@ class MainWindow(QMainWindow):
         self.last_error: str | None = None
         self.error_box: QMessageBox | None = None
         self._previous_spec = DEFAULT_SPEC
+        self._generation = 0  # increments per run; signals of older runs are ignored
 
         self.panel = ModelPanel()
         self.predictions = PredictionsView()
@@ -360,6 +361,14 @@ class MainWindow(QMainWindow):
             self.show_error(str(err))
             return
         replaced = self.runner.busy
+        self.last_error = None
+        self._generation += 1
+        generation = self._generation
+
+        def current(slot):
+            """Only the newest run may update the window (a cancelled one reports late)."""
+            return lambda *args: slot(*args) if generation == self._generation else None
+
         key = (req.spec, req.device)
         model = self.model if self.model_key == key else None
 
@@ -374,11 +383,11 @@ class MainWindow(QMainWindow):
         self.runner.submit(
             "predict",
             job,
-            progress=self._on_progress,
-            returned=lambda result: self._on_result(key, result),
-            errored=self.show_error,
-            aborted=self._on_aborted,
-            finished=self._on_finished,
+            progress=current(self._on_progress),
+            returned=current(lambda result: self._on_result(key, result)),
+            errored=current(self.show_error),
+            aborted=current(self._on_aborted),
+            finished=current(self._on_finished),
         )
         self._set_running(True, "Previous run cancelled; running…" if replaced else "Running…")
 
@@ -428,8 +437,6 @@ class MainWindow(QMainWindow):
         self.status_label.setText("Cancelled")
 
     def _on_finished(self) -> None:
-        if self.runner.busy:  # a newer job is running; its own signals drive the UI
-            return
         seconds = self._clock.elapsed() / 1000
         message = self.status_label.text()
         self._set_running(False, message)

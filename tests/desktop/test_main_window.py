@@ -69,6 +69,8 @@ def test_errors_become_dialogs_and_the_app_keeps_running(qtbot, window, tiny_fol
     handle = start(qtbot, window, str(tiny_folder("llama")), "the cat")  # still works afterwards
     qtbot.waitUntil(lambda: handle.done and window.last_prediction is not None, timeout=60_000)
     assert window.predictions.table.rowCount() == 10
+    qtbot.waitUntil(lambda: window.status_label.text().startswith("Done in"))
+    assert window.last_error is None
 
 
 def test_new_run_cancels_the_running_one(qtbot, window, tiny_folder, monkeypatch):
@@ -93,6 +95,8 @@ def test_new_run_cancels_the_running_one(qtbot, window, tiny_folder, monkeypatch
     qtbot.waitUntil(lambda: first.done and second.done, timeout=60_000)
     assert first.ctx.cancelled and not second.ctx.cancelled
     assert window.last_prediction.prompt == "the dog"  # the cancelled run produced nothing
+    qtbot.wait(50)  # let any late signal of the cancelled run arrive
+    assert window.status_label.text().startswith("Done in")  # ...and it did not overwrite the status
 
 
 def test_closing_during_a_run_cancels_and_leaves_no_thread(qtbot, tmp_path, tiny_folder, monkeypatch):
