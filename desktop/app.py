@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QElapsedTimer, QSettings, Qt, QTimer
+from PySide6.QtCore import QElapsedTimer, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QColor, QKeySequence, QPainter
 from PySide6.QtWidgets import (
     QApplication,
@@ -229,6 +229,8 @@ class ModelPanel(QWidget):
 
 # ---------------------------------------------------------------------------------------------
 class MainWindow(QMainWindow):
+    run_finished = Signal()  # the newest run ended (result, error or cancel); the UI is updated
+
     def __init__(self, settings: QSettings | None = None) -> None:
         super().__init__()
         self.setWindowTitle(f"Circuit Desk {core.__version__}")
@@ -442,6 +444,7 @@ class MainWindow(QMainWindow):
         self._set_running(False, message)
         if self.last_error is None and message not in ("Cancelled", "Cancelling…"):
             self.status_label.setText(f"Done in {seconds:.1f} s")
+        self.run_finished.emit()
 
     def show_error(self, message: str) -> None:
         """One sentence in a dialog (non-blocking); details are in the log file."""
@@ -501,8 +504,6 @@ def run_gui(
     window.show()
 
     def after_run() -> None:
-        if window.runner.busy:
-            return
         if screenshot:
             QApplication.processEvents()  # let the layout settle before taking the picture
             window.grab().save(screenshot)
@@ -510,10 +511,8 @@ def run_gui(
             app.exit(0 if window.last_error is None else 1)
 
     if trace:
+        window.run_finished.connect(after_run)  # connected before the run starts: nothing is missed
         QTimer.singleShot(0, window.run)
-        if screenshot or quit_after_trace:
-            QTimer.singleShot(0, lambda: window.runner.current and window.runner.current.finished.connect(
-                after_run, Qt.ConnectionType.QueuedConnection))
     elif screenshot:
         QTimer.singleShot(300, after_run)
     return app.exec()

@@ -145,3 +145,9 @@ def test_example_prompts_fill_the_prompt_box(window):
     combo.activated.emit(index)
     assert window.panel.prompt_edit.toPlainText().startswith("When Mary and John")
     assert combo.currentIndex() == 0
+
+
+def test_run_finished_is_emitted_once_per_run_after_the_ui_updates(qtbot, window, tiny_folder):
+    with qtbot.waitSignal(window.run_finished, timeout=60_000):
+        start(qtbot, window, str(tiny_folder("llama")), "the cat")
+    assert window.status_label.text().startswith("Done in")
