@@ -68,6 +68,8 @@ def make_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
         for name, p in model.named_parameters():
             if "norm" in name or ".ln_" in name:
                 p.add_(0.3 * torch.randn_like(p))
+            elif name.endswith("bias"):  # HF starts biases at zero; constants must be exercised
+                p.add_(0.1 * torch.randn_like(p))
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -4,14 +4,22 @@ Access points (``Instrumentation.points``), per block ``l``::
 
     embed, pos_embed (GPT-2)           token (and position) embeddings            [b, s, d]
     blocks.{l}.resid_pre               residual stream entering the block          [b, s, d]
+    blocks.{l}.attn_norm.scale         the attention norm's scale (1/rms or 1/std)  [b, s, 1]
     blocks.{l}.attn_in                 normalized input to attention (q/k/v paths) [b, s, d]
     blocks.{l}.attn.pattern            attention probabilities                      [b, h, q, k]
     blocks.{l}.attn.z                  per-head output before the output projection [b, s, h, d_head]
+    blocks.{l}.attn_post_norm.scale    Gemma's post-attention norm scale            [b, s, 1]
     blocks.{l}.attn_out                attention's contribution to the residual    [b, s, d]
+    blocks.{l}.resid_mid               residual stream entering the MLP norm       [b, s, d]
+    blocks.{l}.mlp_norm.scale          the MLP norm's scale                         [b, s, 1]
     blocks.{l}.mlp_in                  normalized input to the MLP                 [b, s, d]
+    blocks.{l}.mlp.mult                neuron multiplier: act(gate) or act(p)/p     [b, s, d_mlp]
     blocks.{l}.mlp.post                neuron activations (input of down_proj)     [b, s, d_mlp]
+    blocks.{l}.mlp.out                 the MLP module's output (before Gemma's post-norm)
+    blocks.{l}.mlp_post_norm.scale     Gemma's post-feedforward norm scale          [b, s, 1]
     blocks.{l}.mlp_out                 MLP's contribution to the residual          [b, s, d]
     blocks.{l}.resid_post              residual stream leaving the block           [b, s, d]
+    final_norm.scale                   the final norm's scale                       [b, s, 1]
     final_norm                         output of the final norm                    [b, s, d]
     logits                             the model's output logits                   [b, s, vocab]
 
@@ -19,8 +27,9 @@ Access points (``Instrumentation.points``), per block ``l``::
 
 Inside ``with inst.session(...) as trace:`` any point can be read (``cache``), replaced
 (``patch``: a tensor or a function of the tensor), shifted (``add``) or made a gradient point
-(``grad``: ``trace.grad(name)`` after backward), and attention probabilities / norm scales can
-be frozen (values unchanged, gradients stop through them). Outside a session the hooks are
+(``grad``: ``trace.grad(name)`` after backward), and attention probabilities, norm scales and
+MLP multipliers can be frozen (values unchanged, gradients stop through them) or patched with
+values cached from another run (the model then computes the local replacement model). Outside a session the hooks are
 inert and the model computes exactly what the plain Hugging Face forward computes.
 """
 

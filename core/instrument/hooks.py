@@ -49,7 +49,9 @@ class _Session:
     grad: set[str]
     freeze_attention: bool
     freeze_norms: bool
+    freeze_mlp: bool
     keep_graph: bool
+    stop_grad: set[str]
     trace: Trace
 
 
@@ -75,21 +77,28 @@ class Instrumentation:
             p = f"blocks.{l}."
             attn = block.get_submodule(a.attn)
             mlp = block.get_submodule(a.mlp)
-            for norm_name in filter(None, (a.attn_in_norm, a.mlp_in_norm, a.attn_out_norm, a.mlp_out_norm)):
-                self._freezable_norm(block.get_submodule(norm_name), a.norm_kind)
             self._input_point(block, p + "resid_pre")
+            self._freezable_norm(block.get_submodule(a.attn_in_norm), a.norm_kind, p + "attn_norm.scale")
             self._input_point(attn, p + "attn_in")
+            self.points.append(p + "attn.pattern")  # fired from inside the attention function
             attn._circuitdesk_pattern_hook = partial(self._pattern, p + "attn.pattern")
             self._input_point(attn.get_submodule(a.o_proj), p + "attn.z", heads=n_heads)
+            if a.attn_out_norm:
+                self._freezable_norm(block.get_submodule(a.attn_out_norm), a.norm_kind, p + "attn_post_norm.scale")
             self._output_point(block.get_submodule(a.attn_out_norm) if a.attn_out_norm else attn, p + "attn_out")
+            mlp_norm = block.get_submodule(a.mlp_in_norm)
+            self._input_point(mlp_norm, p + "resid_mid")
+            self._freezable_norm(mlp_norm, a.norm_kind, p + "mlp_norm.scale")
             self._input_point(mlp, p + "mlp_in")
+            self._multiplier_point(mlp.get_submodule(a.act), a.gated_mlp, p + "mlp.mult")
             self._input_point(mlp.get_submodule(a.down_proj), p + "mlp.post")
+            self._output_point(mlp, p + "mlp.out")
+            if a.mlp_out_norm:
+                self._freezable_norm(block.get_submodule(a.mlp_out_norm), a.norm_kind, p + "mlp_post_norm.scale")
             self._output_point(block.get_submodule(a.mlp_out_norm) if a.mlp_out_norm else mlp, p + "mlp_out")
             self._output_point(block, p + "resid_post")
-            # The pattern point is fired from inside the attention function; list it in order.
-            self.points.insert(self.points.index(p + "attn.z"), p + "attn.pattern")
         final_norm = hf.get_submodule(a.final_norm)
-        self._freezable_norm(final_norm, a.norm_kind)
+        self._freezable_norm(final_norm, a.norm_kind, "final_norm.scale")
         self._output_point(final_norm, "final_norm")
         self._output_point(hf, "logits")
 
@@ -128,27 +137,78 @@ class Instrumentation:
 
         module.register_forward_hook(hook)
 
-    def _freezable_norm(self, module, kind: str) -> None:
-        """Freeze the normalization scale: same value, gradient through x·s·w with s held fixed."""
+    def _freezable_norm(self, module, kind: str, name: str) -> None:
+        """Expose a norm's scale (1/rms or 1/std, shape [b, s, 1]) as an access point.
+
+        Frozen (``freeze_norms``): same value, gradient through x·s·w with s held fixed. Patched
+        (e.g. with the scale cached from another run): the norm becomes that fixed linear map.
+        """
+        self.points.append(name)
         eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", 1e-6)
+
+        def linear(mod, x: torch.Tensor, scale: torch.Tensor, bias: bool = True) -> torch.Tensor:
+            xf = x.float()
+            if kind == "layer":
+                xf = xf - xf.mean(-1, keepdim=True)
+            y = xf * scale
+            if kind == "layer":
+                if mod.weight is not None:
+                    y = y * mod.weight.float()
+                if bias and mod.bias is not None:
+                    y = y + mod.bias.float()
+                return y
+            return y * (1.0 + mod.weight.float() if kind == "rms_offset" else mod.weight.float())
 
         def hook(mod, args, output):
             st = self._state
-            if st is None or not st.freeze_norms:
+            if st is None or not (st.freeze_norms or self._touched(name)):
                 return None
             x = args[0]
-            delta = (x - x.detach()).float()  # zero-valued, carries the gradient
             xf = x.detach().float()
             if kind == "layer":
-                scale = torch.rsqrt(xf.var(-1, keepdim=True, unbiased=False) + eps)
-                delta = delta - delta.mean(-1, keepdim=True)
-                weight = mod.weight.float() if mod.weight is not None else 1.0
-            else:
-                scale = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-                weight = 1.0 + mod.weight.float() if kind == "rms_offset" else mod.weight.float()
-            return output.detach() + (delta * scale * weight).to(output.dtype)
+                xf = xf - xf.mean(-1, keepdim=True)
+            scale = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+            fired = self._fire(name, scale)
+            if fired is not scale:  # patched, shifted or a gradient point: the norm is this linear map
+                return linear(mod, x, fired).to(output.dtype)
+            if not st.freeze_norms:
+                return None
+            delta = x - x.detach()  # zero-valued, carries the gradient
+            return output.detach() + linear(mod, delta, scale, bias=False).to(output.dtype)
 
         module.register_forward_hook(hook)
+
+    def _multiplier_point(self, act_module, gated: bool, name: str) -> None:
+        """Expose the MLP's frozen-able multiplier: silu(gate) (gated MLPs) or act(p)/p (GELU/ReLU).
+
+        With the multiplier frozen (``freeze_mlp``) or patched, each neuron is linear in the MLP
+        input: post = mult·up(x) (gated) or post = mult·p(x). Values are unchanged when frozen.
+        """
+        self.points.append(name)
+
+        def hook(mod, args, output):
+            st = self._state
+            if st is None or not (st.freeze_mlp or self._touched(name)):
+                return None
+            if gated:
+                mult = output.detach() if st.freeze_mlp else output
+                return self._fire(name, mult)
+            p = args[0]
+            mult = output / torch.where(p == 0, torch.ones_like(p), p)  # act(0) = 0 for GELU/ReLU
+            if st.freeze_mlp:
+                mult = mult.detach()
+            fired = self._fire(name, mult)
+            if fired is not mult:
+                return fired * p
+            if st.freeze_mlp:
+                return output.detach() + mult * (p - p.detach())
+            return None
+
+        act_module.register_forward_hook(hook)
+
+    def _touched(self, name: str) -> bool:
+        st = self._state
+        return name in st.cache or name in st.patch or name in st.add or name in st.grad or name in st.stop_grad
 
     # -- firing -----------------------------------------------------------------------------------
     def _pattern(self, name: str, pattern: torch.Tensor) -> torch.Tensor:
@@ -175,6 +235,8 @@ class Instrumentation:
             x = x + leaf
         if name in st.cache:
             st.trace.cache[name] = x if st.keep_graph else x.detach()
+        if name in st.stop_grad:  # downstream sees a constant; the cache above keeps the graph
+            x = x.detach()
         return x
 
     # -- public API -------------------------------------------------------------------------------
@@ -200,7 +262,9 @@ class Instrumentation:
         grad: str | Iterable[str] = (),
         freeze_attention: bool = False,
         freeze_norms: bool = False,
+        freeze_mlp: bool = False,
         keep_graph: bool = False,
+        stop_grad: str | Iterable[str] = (),
     ) -> Iterator[Trace]:
         """Activate the hooks for the forward passes run inside the ``with`` block.
 
@@ -217,7 +281,9 @@ class Instrumentation:
             grad=set(self.match(grad)) if grad else set(),
             freeze_attention=freeze_attention,
             freeze_norms=freeze_norms,
+            freeze_mlp=freeze_mlp,
             keep_graph=keep_graph,
+            stop_grad=set(self.match(stop_grad)) if stop_grad else set(),
             trace=trace,
         )
         with self._lock:
@@ -226,6 +292,22 @@ class Instrumentation:
                 yield trace
             finally:
                 self._state = None
+
+    @contextmanager
+    def session_patch(self, patch: Mapping[str, PatchValue]) -> Iterator[None]:
+        """Add patches to the active session (for patches that read the session's own trace)."""
+        st = self._state
+        if st is None:
+            raise RuntimeError("session_patch needs an active session")
+        self.match(list(patch))
+        saved = {k: st.patch[k] for k in patch if k in st.patch}
+        st.patch.update(patch)
+        try:
+            yield
+        finally:
+            for k in patch:
+                st.patch.pop(k, None)
+            st.patch.update(saved)
 
     def forward(self, input_ids: torch.Tensor, **session_options) -> tuple[torch.Tensor, Trace]:
         """One instrumented forward pass: returns (logits, trace)."""

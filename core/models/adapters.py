@@ -25,6 +25,7 @@ class Adapter:
     down_proj: str  # relative to the MLP module (its input = neuron activations)
     up_proj: str
     gate_proj: str | None  # gated (SwiGLU/GeGLU) MLPs only
+    act: str = "act_fn"  # the MLP's activation module, relative to the MLP module
     attn_out_norm: str | None = None  # Gemma 2/3 post-attention norm (applied before the residual add)
     mlp_out_norm: str | None = None  # Gemma 2/3 post-feedforward norm
     pos_embed: str | None = None  # GPT-2 learned positions
@@ -83,6 +84,7 @@ ADAPTERS: dict[str, Adapter] = {
         down_proj="c_proj",
         up_proj="c_fc",
         gate_proj=None,
+        act="act",
         norm_kind="layer",
         conv1d=True,
     ),

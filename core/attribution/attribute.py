@@ -1,0 +1,403 @@
+"""Attribution graphs by injected gradients on the local replacement model.
+
+The replacement model for one prompt: attention probabilities and norm scales frozen at the
+prompt's values, every MLP cut at its write point and represented by feature nodes (plus an
+error node per layer and position), so node-to-node paths are linear. A *row* of the adjacency
+(the direct contributions of every source node to one target node) is one backward pass of an
+injected gradient: the target's linear input direction at its read point. ``batch_size`` copies
+of the prompt run forward once (graph retained), so each backward pass yields ``batch_size`` rows.
+
+Rows: the logit targets first, then features in order of their estimated influence on the
+targets (circuit-tracer's partial influence over the rows computed so far), recomputed every
+``update_interval`` batches, until ``max_nodes`` features have rows.
+
+Constants are computed independently by a *bias-only* pass: the frozen model run with every
+source removed (embeddings and MLP writes set to zero, biases kept). For every row,
+``value(t) = Σ_s A[t, s] + constant(t)``; its relative error is reported (completeness identity).
+
+Rows over many candidate features (the neuron basis has one per neuron and position) are kept
+sparse: the ``row_keep`` largest contributions per row, with the exact L1 norm of the full row
+for normalization; ``row_mass_kept`` reports which fraction of |row| was kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from core.attribution.bases import Encoded, NeuronBasis, TranscoderBasis
+from core.attribution.targets import Target, select_targets, target_bias
+from core.errors import CircuitDeskError
+from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT, Graph, graph_scores, prune
+from core.jobs import JobContext
+from core.predict import encode_prompt, token_strings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AttributionSettings:
+    target: str | None = None
+    foil: str | None = None
+    desired_prob: float = 0.95
+    max_logits: int = 10
+    max_nodes: int = 1000
+    batch_size: int = 32
+    update_interval: int = 4
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
+    row_keep: int = 32768
+    transcoders: str | None = None  # folder; None = neuron basis
+
+    def validate(self) -> None:
+        if self.max_nodes < 1:
+            raise CircuitDeskError(f"--max-nodes must be at least 1 (got {self.max_nodes}).")
+        if self.batch_size < 1:
+            raise CircuitDeskError(f"--batch-size must be at least 1 (got {self.batch_size}).")
+        for name in ("node_threshold", "edge_threshold"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                flag = "--" + name.replace("_", "-")
+                raise CircuitDeskError(f"{flag} must be between 0 and 1 (got {v}).")
+        if self.row_keep < 1 or self.update_interval < 1:
+            raise CircuitDeskError("row_keep and update_interval must be positive.")
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class AttributionResult:
+    graph: Graph
+    targets: list[Target]
+    prompt: str
+    stats: dict = field(default_factory=dict)
+
+
+class _Rows:
+    """Computed rows: sparse top-k over features, dense over errors and embeddings."""
+
+    def __init__(self, n_rows: int, n_active: int, n_rest: int, keep: int) -> None:
+        self.k = min(keep, max(n_active, 1))
+        self.n_active = n_active
+        self.idx = torch.zeros(n_rows, self.k, dtype=torch.int64)
+        self.val = torch.zeros(n_rows, self.k)
+        self.rest = torch.zeros(n_rows, n_rest)
+        self.abs_total = torch.zeros(n_rows, dtype=torch.float64)
+        self.sum_total = torch.zeros(n_rows, dtype=torch.float64)
+        self.abs_kept = torch.zeros(n_rows, dtype=torch.float64)
+        self.abs_features = torch.zeros(n_rows, dtype=torch.float64)
+        self.node = torch.zeros(n_rows, dtype=torch.int64)  # column id of the row's node
+        self.n = 0
+
+    def add(self, nodes: torch.Tensor, chunks, rest: torch.Tensor) -> None:
+        B = nodes.numel()
+        dense = torch.zeros(B, self.n_active)
+        for start, chunk in chunks:
+            dense[:, start:start + chunk.shape[1]] = chunk[:B].float().cpu()
+        absd = dense.abs()
+        abs_sum = absd.sum(-1, dtype=torch.float64)
+        sig_sum = dense.sum(-1, dtype=torch.float64)
+        if self.k < self.n_active:
+            top_a, top_i = absd.topk(self.k, dim=-1, sorted=False)
+            top_v = dense.gather(1, top_i)
+        else:
+            top_i = torch.arange(self.n_active).expand(B, -1)
+            top_v, top_a = dense, absd
+        rest = rest[:B].float().cpu()
+        r = slice(self.n, self.n + B)
+        w = top_v.shape[1]
+        self.val[r, :w] = top_v
+        self.idx[r, :w] = top_i
+        self.rest[r] = rest
+        self.abs_kept[r] = top_a.sum(-1, dtype=torch.float64)
+        self.abs_features[r] = abs_sum
+        self.abs_total[r] = abs_sum + rest.abs().sum(-1, dtype=torch.float64)
+        self.sum_total[r] = sig_sum + rest.sum(-1, dtype=torch.float64)
+        self.node[r] = nodes
+        self.n += B
+
+    def feature_influence(self, logit_weights: torch.Tensor, n_logits: int) -> torch.Tensor:
+        """circuit-tracer's partial influence of every candidate feature on the logit targets."""
+        n = self.n
+        norm = self.val[:n].abs() / self.abs_total[:n, None].float().clamp(min=1e-8)
+        row_of = torch.full((self.n_active,), -1, dtype=torch.int64)
+        feat_rows = self.node[:n] < self.n_active
+        row_of[self.node[:n][feat_rows]] = torch.arange(n)[feat_rows]
+        targets = row_of[self.idx[:n]]  # [n, k]: row of the source feature, or -1
+        link = targets >= 0
+        r_dst = torch.arange(n)[:, None].expand_as(targets)[link]
+        r_src = targets[link]
+        w = norm[link]
+        q = torch.zeros(n)
+        q[:n_logits] = logit_weights.float()  # logit rows come first
+        total = q.clone()
+        for _ in range(1000):
+            q = torch.zeros(n).index_add_(0, r_src, q[r_dst] * w)
+            if not q.any():
+                break
+            total += q
+        return torch.zeros(self.n_active).index_add_(
+            0, self.idx[:n].flatten(), (total[:, None] * norm).flatten()
+        )
+
+
+def _base_module(model):
+    return model.hf.get_submodule(model.adapter.layers.split(".")[0])
+
+
+def _first_feature_position(model, ids: torch.Tensor) -> int:
+    """1 when the prompt starts with a special token (BOS): its features are folded into errors."""
+    special = set(getattr(model.tokenizer, "all_special_ids", []) or [])
+    return 1 if ids.shape[1] > 1 and int(ids[0, 0]) in special else 0
+
+
+def frozen_patches(clean) -> dict:
+    """Patches that hold attention, norm scales and MLP multipliers at the clean run's values."""
+    out = {}
+    for name, v in clean.cache.items():
+        if name.endswith((".pattern", ".scale", ".mult")):
+            out[name] = (lambda x, v=v: v.expand_as(x) if v.shape[0] == 1 else v)
+    return out
+
+
+def frozen_points(model) -> list[str]:
+    return model.instrument.match(["blocks.*.attn.pattern", "*.scale", "blocks.*.mlp.mult"])
+
+
+def make_basis(model, settings: AttributionSettings):
+    if settings.transcoders:
+        from core.attribution.transcoders import load_transcoders
+
+        tc = load_transcoders(settings.transcoders, model.facts.n_layers, model.facts.d_model, device=model.device)
+        return TranscoderBasis(model, tc)
+    return NeuronBasis(model)
+
+
+def attribute(model, prompt: str, settings: AttributionSettings | None = None,
+              ctx: JobContext | None = None, basis=None) -> AttributionResult:
+    """Build the attribution graph of ``prompt`` (see the module docstring)."""
+    settings = settings or AttributionSettings()
+    settings.validate()
+    ctx = ctx or JobContext()
+    start = time.perf_counter()
+    ids = encode_prompt(model, prompt)
+    P = ids.shape[1]
+    L = model.facts.n_layers
+    inst = model.instrument
+    basis = basis or make_basis(model, settings)
+    first_pos = _first_feature_position(model, ids)
+    base = _base_module(model)
+
+    # Phase 1: the clean run (values, frozen state, feature activations).
+    ctx.progress(0.0, "Running the prompt")
+    clean_points = frozen_points(model) + basis.clean_points() + ["blocks.0.resid_pre", "final_norm"]
+    clean_points += [basis.input_point(l) for l in range(L)]
+    with torch.no_grad():
+        logits, clean = inst.forward(ids, cache=sorted(set(clean_points)))
+    targets, directions = select_targets(model, logits[0, -1], target=settings.target, foil=settings.foil,
+                                         desired_prob=settings.desired_prob, max_logits=settings.max_logits)
+    directions = directions.to(model.device)
+    enc: Encoded = basis.encode(clean, first_pos)
+    n_logits = len(targets)
+    ctx.check_cancelled()
+
+    # Phase 2: the bias-only run (constants of every possible row).
+    frozen = frozen_patches(clean)
+    with torch.no_grad(), inst.session(
+        cache=sorted(set(basis.bias_points() + [basis.input_point(l) for l in range(L)] + ["final_norm"])),
+        patch={**frozen, "blocks.0.resid_pre": torch.zeros_like(clean["blocks.0.resid_pre"])},
+    ) as bias_trace:
+        with inst.session_patch(basis.bias_patches(bias_trace)):
+            base(input_ids=ids, use_cache=False)
+    t_bias = target_bias(model, targets)
+    logit_value = (clean["final_norm"][0, -1].float() @ directions.float().T).cpu() + t_bias
+    logit_const = (bias_trace["final_norm"][0, -1].float() @ directions.float().T).cpu() + t_bias
+    feat_value = enc.value.cpu()
+    feat_const = basis.values(enc, bias_trace)
+    ctx.check_cancelled()
+
+    # Phase 3: the gradient pass (batch copies, graph retained).
+    n_rows_max = n_logits + min(settings.max_nodes, enc.n)
+    B = max(1, min(settings.batch_size, max(n_rows_max, 1)))
+    batch_ids = ids.expand(B, P)
+    write_points = [basis.write_point(l) for l in range(L)]
+    in_points = [basis.input_point(l) for l in range(L)]
+    grad_session = inst.session(
+        cache=sorted(set(in_points + ["final_norm"])), grad=["blocks.0.resid_pre"] + write_points,
+        freeze_attention=True, freeze_norms=True, keep_graph=True,
+        stop_grad=[f"blocks.{l}.mlp_in" for l in range(L)],
+    )
+    resid0 = clean["blocks.0.resid_pre"][0].float()
+    rows = _Rows(n_rows_max, enc.n, L * P + P, settings.row_keep)
+    backward_passes = 0
+    total_rows = n_rows_max
+    ctx.progress(0.02, "Building the replacement model")
+    with torch.enable_grad(), grad_session as live:
+        with inst.session_patch(basis.grad_patches(live)):
+            base(input_ids=batch_ids, use_cache=False)
+        leaves = [live.leaf("blocks.0.resid_pre")] + [live.leaf(w) for w in write_points]
+
+        def run_batch(layers: list[int], positions: list[int], vectors: torch.Tensor) -> tuple:
+            nonlocal backward_passes
+            outs, grads_out = [], []
+            by_point: dict[str, torch.Tensor] = {}
+            for b, (l, p) in enumerate(zip(layers, positions)):
+                name = "final_norm" if l == L else in_points[l]
+                g = by_point.get(name)
+                if g is None:
+                    g = by_point[name] = torch.zeros_like(live.cache[name])
+                g[b, p] = vectors[b].to(g.dtype)
+            for name, g in by_point.items():
+                outs.append(live.cache[name])
+                grads_out.append(g)
+            grads = torch.autograd.grad(outs, leaves, grads_out, retain_graph=True, allow_unused=True)
+            backward_passes += 1
+            grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)]
+            g0, gw = grads[0].float(), grads[1:]
+            emb = (g0 * resid0).sum(-1)  # [B, P]
+            err = torch.stack([(gw[l].float() * enc.errors[l].to(gw[l].device)).sum(-1) for l in range(L)], 1)
+            rest = torch.cat([err.reshape(B, L * P), emb], 1)
+            return basis.contributions(enc, gw), rest
+
+        def report():
+            ctx.progress(0.03 + 0.92 * rows.n / max(total_rows, 1), f"Attribution rows {rows.n}/{total_rows}")
+
+        # logits first
+        for i in range(0, n_logits, B):
+            j = torch.arange(i, min(i + B, n_logits))
+            n = j.numel()
+            vec = directions[j]
+            chunks, rest = run_batch([L] * n, [P - 1] * n, vec)
+            rows.add(enc.n + L * P + P + j, chunks, rest)
+            report()
+
+        # then features, by estimated influence
+        visited = torch.zeros(enc.n, dtype=torch.bool)
+        budget = min(settings.max_nodes, enc.n)
+        logit_w = torch.tensor([t.weight for t in targets])
+        n_visited = 0
+        while n_visited < budget:
+            ctx.check_cancelled()
+            if budget == enc.n:
+                pending = torch.arange(enc.n)
+            else:
+                infl = rows.feature_influence(logit_w, n_logits)
+                infl[visited] = -1.0
+                queue = min(settings.update_interval * B, budget - n_visited)
+                order = torch.argsort(infl, descending=True)
+                pending = order[:queue]
+            for s in range(0, pending.numel(), B):
+                idx = pending[s:s + B]
+                n = idx.numel()
+                vec = basis.injection(enc, idx).to(model.device)
+                chunks, rest = run_batch(enc.layer[idx].tolist(), enc.pos[idx].tolist(), vec)
+                rows.add(idx, chunks, rest)
+                visited[idx] = True
+                n_visited += n
+                report()
+                ctx.check_cancelled()
+        del leaves
+    ctx.progress(0.96, "Assembling the graph")
+
+    # Completeness identity per row.
+    n = rows.n
+    node = rows.node[:n]
+    is_feat = node < enc.n
+    value = torch.where(is_feat, feat_value[node.clamp(max=enc.n - 1)] if enc.n else torch.zeros(n),
+                        logit_value[(node - enc.n - L * P - P).clamp(min=0, max=n_logits - 1)]).double()
+    const = torch.where(is_feat, feat_const[node.clamp(max=enc.n - 1)] if enc.n else torch.zeros(n),
+                        logit_const[(node - enc.n - L * P - P).clamp(min=0, max=n_logits - 1)]).double()
+    residual = (value - rows.sum_total[:n] - const).abs()
+    scale = rows.abs_total[:n] + const.abs()
+    rel_err = residual / scale.clamp(min=1e-12)
+
+    graph = _assemble(model, ids, targets, enc, rows, visited, value, const, logit_value)
+    graph.meta.update(
+        basis=basis.name, basis_info=basis.describe(), settings=settings.to_json(),
+        target_tokens={str(int(i)): t.token for i, t in zip(graph.nodes_of(LOGIT), targets)},
+    )
+    pr = prune(graph, settings.node_threshold, settings.edge_threshold)
+    graph.influence = pr.node_influence.astype(np.float32)
+    graph.node_mask, graph.edge_mask = pr.node_mask, pr.edge_mask
+    full = graph_scores(graph)
+    pruned = graph_scores(graph, pr.node_mask, pr.edge_mask)
+    seconds = time.perf_counter() - start
+    feature_mass = rows.abs_features[:n]
+    kept_frac = torch.where(feature_mass > 0, rows.abs_kept[:n] / feature_mass.clamp(min=1e-30), 1.0).clamp(max=1.0)
+    stats = dict(
+        active_features=enc.n,
+        feature_rows=int(visited.sum()),
+        nodes=graph.n_nodes,
+        edges=graph.n_edges,
+        pruned_nodes=int(pr.node_mask.sum()),
+        pruned_edges=int(pr.edge_mask.sum()),
+        replacement_score=full.replacement,
+        completeness_score=full.completeness,
+        pruned_replacement_score=pruned.replacement,
+        pruned_completeness_score=pruned.completeness,
+        max_completeness_error=float(rel_err.max()) if n else 0.0,
+        backward_passes=backward_passes,
+        batch_size=B,
+        row_mass_kept=float(kept_frac.min()) if n else 1.0,
+        seconds=seconds,
+    )
+    graph.meta["stats"] = stats
+    graph.meta["row_check"] = {
+        "value": value.tolist(), "constant": const.tolist(), "sum": rows.sum_total[:n].tolist(),
+        "node": node.tolist(),
+    }
+    ctx.progress(1.0, "Done")
+    return AttributionResult(graph, targets, prompt, stats)
+
+
+def _assemble(model, ids, targets, enc: Encoded, rows: _Rows, visited, value, const, logit_value) -> Graph:
+    """Nodes [selected features, errors (layer-major), embeddings, logits] and their edges."""
+    L = model.facts.n_layers
+    P = ids.shape[1]
+    sel = torch.nonzero(visited).flatten()  # sorted: (layer, pos, index) order
+    n_sel, n_logits = sel.numel(), len(targets)
+    N = n_sel + L * P + P + n_logits
+    col_to_node = torch.full((enc.n + L * P + P + n_logits,), -1, dtype=torch.int64)
+    col_to_node[sel] = torch.arange(n_sel)
+    col_to_node[enc.n:] = torch.arange(n_sel, N)
+
+    n = rows.n
+    dst_node = col_to_node[rows.node[:n]]
+    fsrc = col_to_node[rows.idx[:n]]  # [n, k]
+    fkeep = (fsrc >= 0) & (rows.val[:n] != 0)
+    src_f = fsrc[fkeep]
+    dst_f = dst_node[:, None].expand_as(fsrc)[fkeep]
+    w_f = rows.val[:n][fkeep]
+    rest_cols = torch.arange(L * P + P) + n_sel
+    rkeep = rows.rest[:n] != 0
+    src_r = rest_cols[None].expand(n, -1)[rkeep]
+    dst_r = dst_node[:, None].expand(n, L * P + P)[rkeep]
+    w_r = rows.rest[:n][rkeep]
+    src = torch.cat([src_f, src_r]).numpy().astype(np.int32)
+    dst = torch.cat([dst_f, dst_r]).numpy().astype(np.int32)
+    w = torch.cat([w_f, w_r]).numpy().astype(np.float32)
+    order = np.lexsort((src, dst))
+
+    kind = np.concatenate([np.full(n_sel, FEATURE), np.full(L * P, ERROR), np.full(P, EMBEDDING), np.full(n_logits, LOGIT)]).astype(np.int8)
+    layer = np.concatenate([enc.layer[sel].numpy(), np.repeat(np.arange(L), P), np.full(P, -1), np.full(n_logits, L)]).astype(np.int32)
+    pos = np.concatenate([enc.pos[sel].numpy(), np.tile(np.arange(P), L), np.arange(P), np.full(n_logits, P - 1)]).astype(np.int32)
+    token_ids = ids[0].tolist()
+    index = np.concatenate([enc.index[sel].numpy(), np.zeros(L * P), np.array(token_ids), [t.token_id for t in targets]]).astype(np.int64)
+    err_norm = enc.errors.float().norm(dim=-1).reshape(-1).cpu().numpy()
+    activation = np.concatenate([enc.activation[sel].numpy(), err_norm, np.zeros(P), [t.probability for t in targets]]).astype(np.float32)
+    val = np.full(N, np.nan, dtype=np.float32)
+    val[:n_sel] = enc.value[sel].numpy()
+    val[N - n_logits:] = logit_value.numpy()
+    logit_weight = np.zeros(N, dtype=np.float32)
+    logit_weight[N - n_logits:] = [t.weight for t in targets]
+    g = Graph(kind=kind, layer=layer, pos=pos, index=index, activation=activation, value=val,
+              src=src[order], dst=dst[order], weight=w[order], logit_weight=logit_weight,
+              tokens=list(token_strings(model, ids[0])), token_ids=token_ids, n_layers=L)
+    g.validate()
+    return g

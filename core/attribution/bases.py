@@ -1,0 +1,249 @@
+"""Feature bases: how the MLPs of the local replacement model are written as nodes.
+
+A basis names, per layer, the point its features read from (rows are injected there) and the
+point they write to (their decoder directions live there), and knows how to
+
+* ``encode`` the clean run into active features (layer, position, index, activation, value)
+  and error vectors (what the features do not reconstruct at the write point);
+* give the injection vector of a feature row (its linear input direction);
+* turn gradients at the write points into per-feature contributions (activation × decoder · grad);
+* replace the write points in the gradient pass (cut the MLP, keep linear skip paths) and in the
+  bias-only pass (sources removed, constants kept).
+
+Two bases:
+
+``neurons``  MLP neurons with the nonlinearity frozen at the prompt (SwiGLU/GeGLU: silu(gate)
+             held; GELU/ReLU: act(p)/p held), so a neuron is mult·(w_in·x + b_in) and writes
+             a·W_down[:, i]. Error nodes hold only the down-projection bias: the basis is exact.
+``transcoders``  per-layer or cross-layer transcoders from a local folder; value = the
+             pre-activation (as in the reference), error = MLP output − reconstruction.
+
+Features at a position whose token is a special token (BOS at position 0) are not nodes; their
+contribution stays in that position's error node (circuit-tracer zeroes them the same way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from core.attribution.transcoders import TranscoderSet
+from core.instrument import Trace
+
+
+@dataclass
+class Encoded:
+    layer: torch.Tensor  # [n] int64, sorted by (layer, pos, index)
+    pos: torch.Tensor
+    index: torch.Tensor
+    activation: torch.Tensor  # [n] float32
+    value: torch.Tensor  # [n] the node's linear value (completeness): activation or pre-activation
+    errors: torch.Tensor  # [L, P, d_model] float32, at the write points
+    layer_start: list[int]  # features of layer l are [layer_start[l], layer_start[l+1])
+
+    @property
+    def n(self) -> int:
+        return int(self.layer.numel())
+
+
+def _linear_weight(module, conv1d: bool) -> torch.Tensor:
+    """[out, in] weight of a Linear or a GPT-2 Conv1D."""
+    w = module.weight.detach()
+    return w.T if conv1d else w
+
+
+def _linear_bias(module) -> torch.Tensor | None:
+    b = getattr(module, "bias", None)
+    return None if b is None else b.detach()
+
+
+class NeuronBasis:
+    name = "neurons"
+
+    def __init__(self, model) -> None:
+        self.model = model
+        a = model.adapter
+        self.L = model.facts.n_layers
+        blocks = model.hf.get_submodule(a.layers)
+        mlps = [blk.get_submodule(a.mlp) for blk in blocks]
+        self.W_in = [_linear_weight(m.get_submodule(a.up_proj), a.conv1d) for m in mlps]  # [d_mlp, d]
+        self.W_down = [_linear_weight(m.get_submodule(a.down_proj), a.conv1d) for m in mlps]  # [d, d_mlp]
+
+    def input_point(self, l: int) -> str:
+        return f"blocks.{l}.mlp_in"
+
+    def write_point(self, l: int) -> str:
+        return f"blocks.{l}.mlp.out"
+
+    def clean_points(self) -> list[str]:
+        L = range(self.L)
+        return [f"blocks.{l}.mlp.post" for l in L] + [f"blocks.{l}.mlp.mult" for l in L] + [
+            self.write_point(l) for l in L
+        ]
+
+    def bias_points(self) -> list[str]:
+        return [f"blocks.{l}.mlp.post" for l in range(self.L)]
+
+    def encode(self, clean: Trace, first_pos: int) -> Encoded:
+        layers, poss, idxs, acts, errors, starts = [], [], [], [], [], [0]
+        self.mult = []
+        for l in range(self.L):
+            a = clean[f"blocks.{l}.mlp.post"][0].float()  # [P, d_mlp]
+            self.mult.append(clean[f"blocks.{l}.mlp.mult"][0].float())
+            active = a != 0
+            active[:first_pos] = False
+            p, i = active.nonzero(as_tuple=True)
+            layers.append(torch.full_like(p, l))
+            poss.append(p)
+            idxs.append(i)
+            acts.append(a[p, i])
+            kept = torch.where(active, a, torch.zeros_like(a))
+            recon = kept @ self.W_down[l].float().T
+            errors.append(clean[self.write_point(l)][0].float() - recon)
+            starts.append(starts[-1] + p.numel())
+        act = torch.cat(acts)
+        return Encoded(torch.cat(layers), torch.cat(poss), torch.cat(idxs), act, act.clone(),
+                       torch.stack(errors), starts)
+
+    def injection(self, enc: Encoded, idx: torch.Tensor) -> torch.Tensor:
+        """mult · w_in for each neuron row (the gradient of its activation w.r.t. the MLP input)."""
+        out = []
+        for j in idx.tolist():
+            l, p, i = int(enc.layer[j]), int(enc.pos[j]), int(enc.index[j])
+            out.append(self.mult[l][p, i] * self.W_in[l][i].float())
+        return torch.stack(out)
+
+    def contributions(self, enc: Encoded, grads: list[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
+        """Per layer: (first column, [B, n_l] contributions a · (W_down[:, i] · g))."""
+        for l in range(self.L):
+            s, e = enc.layer_start[l], enc.layer_start[l + 1]
+            if e == s:
+                continue
+            g = grads[l].float()  # [B, P, d]
+            per_neuron = (g @ self.W_down[l].float()).flatten(1)  # [B, P·d_mlp]
+            flat = enc.pos[s:e] * per_neuron.shape[1] // g.shape[1] + enc.index[s:e]
+            if flat.numel() < per_neuron.shape[1]:
+                per_neuron = per_neuron.index_select(1, flat.to(per_neuron.device))
+            yield s, per_neuron * enc.activation[s:e].to(per_neuron.device)
+
+    def values(self, enc: Encoded, trace: Trace) -> torch.Tensor:
+        out = torch.empty(enc.n)
+        for l in range(self.L):
+            s, e = enc.layer_start[l], enc.layer_start[l + 1]
+            if e > s:
+                post = trace[f"blocks.{l}.mlp.post"][0].float()
+                out[s:e] = post[enc.pos[s:e], enc.index[s:e]].cpu()
+        return out
+
+    def grad_patches(self, live: Trace) -> dict:
+        return {self.write_point(l): (lambda x: x.detach()) for l in range(self.L)}
+
+    def bias_patches(self, live: Trace) -> dict:
+        return {self.write_point(l): (lambda x: torch.zeros_like(x)) for l in range(self.L)}
+
+    def describe(self) -> dict:
+        return {"basis": "neurons", "d_mlp": self.model.facts.d_mlp}
+
+
+class TranscoderBasis:
+    name = "transcoders"
+
+    def __init__(self, model, transcoders: TranscoderSet) -> None:
+        self.model = model
+        self.tc = transcoders
+        self.L = model.facts.n_layers
+
+    def input_point(self, l: int) -> str:
+        return f"blocks.{l}.{self.tc.input_point}"
+
+    def write_point(self, l: int) -> str:
+        return f"blocks.{l}.{self.tc.output_point}"
+
+    def clean_points(self) -> list[str]:
+        return [self.input_point(l) for l in range(self.L)] + [self.write_point(l) for l in range(self.L)]
+
+    def bias_points(self) -> list[str]:
+        return [self.input_point(l) for l in range(self.L)]
+
+    def encode(self, clean: Trace, first_pos: int) -> Encoded:
+        tc = self.tc
+        P = clean[self.input_point(0)].shape[1]
+        d = self.model.facts.d_model
+        recon = torch.zeros(self.L, P, d, device=tc.layers[0].W_enc.device)
+        layers, poss, idxs, acts, pres, starts = [], [], [], [], [], [0]
+        for l in range(self.L):
+            x = clean[self.input_point(l)][0].float()
+            pre = tc.encode_pre(l, x)
+            act = tc.activate(l, pre)
+            act[:first_pos] = 0
+            p, i = act.nonzero(as_tuple=True)
+            layers.append(torch.full_like(p, l))
+            poss.append(p)
+            idxs.append(i)
+            acts.append(act[p, i])
+            pres.append(pre[p, i])
+            starts.append(starts[-1] + p.numel())
+            W_dec = tc.layers[l].W_dec  # [d_tc, n_out, d]
+            for k in range(W_dec.shape[1]):
+                recon[l + k].index_add_(0, p, act[p, i, None] * W_dec[i, k])
+            skip = tc.skip(l, x)
+            recon[l] += tc.layers[l].b_dec + (0 if skip is None else skip)
+        writes = torch.stack([clean[self.write_point(l)][0].float() for l in range(self.L)])
+        return Encoded(torch.cat(layers), torch.cat(poss), torch.cat(idxs), torch.cat(acts).cpu(),
+                       torch.cat(pres).cpu(), (writes - recon.to(writes.device)), starts)
+
+    def injection(self, enc: Encoded, idx: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.tc.layers[int(enc.layer[j])].W_enc[int(enc.index[j])] for j in idx.tolist()])
+
+    def contributions(self, enc: Encoded, grads: list[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
+        for l in range(self.L):
+            s, e = enc.layer_start[l], enc.layer_start[l + 1]
+            if e == s:
+                continue
+            pos, idx = enc.pos[s:e], enc.index[s:e]
+            W_dec = self.tc.layers[l].W_dec[idx.to(self.tc.layers[l].W_dec.device)]  # [n, n_out, d]
+            total = None
+            for k in range(W_dec.shape[1]):
+                g = grads[l + k].float()[:, pos]  # [B, n, d]
+                part = (g * W_dec[:, k].to(g.device)).sum(-1)
+                total = part if total is None else total + part
+            yield s, total * enc.activation[s:e].to(total.device)
+
+    def values(self, enc: Encoded, trace: Trace) -> torch.Tensor:
+        out = torch.empty(enc.n)
+        for l in range(self.L):
+            s, e = enc.layer_start[l], enc.layer_start[l + 1]
+            if e > s:
+                pre = self.tc.encode_pre(l, trace[self.input_point(l)][0].float())
+                out[s:e] = pre[enc.pos[s:e], enc.index[s:e]].cpu()
+        return out
+
+    def _skip_of(self, live: Trace, l: int):
+        return self.tc.skip(l, live.cache[self.input_point(l)]) if self.tc.layers[l].W_skip is not None else None
+
+    def grad_patches(self, live: Trace) -> dict:
+        """MLP output held at its value; the (linear) skip path keeps its gradient."""
+
+        def patch(x, l):
+            skip = self._skip_of(live, l)
+            if skip is None:
+                return x.detach()
+            skip = skip.to(x.dtype)
+            return x.detach() + (skip - skip.detach())
+
+        return {self.write_point(l): (lambda x, l=l: patch(x, l)) for l in range(self.L)}
+
+    def bias_patches(self, live: Trace) -> dict:
+        """Sources removed: only the decoder bias and the skip path of the bias-only input remain."""
+
+        def patch(x, l):
+            out = self.tc.layers[l].b_dec.to(x.dtype).expand_as(x).clone()
+            skip = self._skip_of(live, l)
+            return out if skip is None else out + skip.to(x.dtype)
+
+        return {self.write_point(l): (lambda x, l=l: patch(x, l)) for l in range(self.L)}
+
+    def describe(self) -> dict:
+        return {"basis": "transcoders", **self.tc.describe()}

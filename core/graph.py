@@ -1,0 +1,254 @@
+"""The graph data model shared by every method: nodes, sparse weighted edges, metadata.
+
+Numpy only (no torch, no Qt), so the desktop, the session file and the report read graphs
+without loading a model. Edges are stored sparsely (``src``, ``dst``, ``weight``): no N×N
+matrix is ever built. An edge ``s → t`` with weight ``w`` means node s contributes ``w`` to
+node t's (linear) value.
+
+Attribution-graph node order follows circuit-tracer: features, error nodes (layer-major),
+token embeddings, logits. Influence, pruning and the two graph scores follow the reference
+definitions (Ameisen et al. 2025; circuit-tracer ``graph.py``), computed on sparse edges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+EMBEDDING, FEATURE, ERROR, LOGIT = 0, 1, 2, 3
+KIND_NAMES = {EMBEDDING: "embedding", FEATURE: "feature", ERROR: "error", LOGIT: "logit"}
+
+
+@dataclass
+class Graph:
+    kind: np.ndarray  # [N] int8
+    layer: np.ndarray  # [N] int32 (embeddings -1, logits n_layers)
+    pos: np.ndarray  # [N] int32
+    index: np.ndarray  # [N] int64: feature/neuron index; token id for embeddings and logits
+    activation: np.ndarray  # [N] float32: feature activation, ‖error‖, 0 (embeddings), logit prob
+    value: np.ndarray  # [N] float32: the node's linear value (features, logits), else nan
+    src: np.ndarray  # [E] int32
+    dst: np.ndarray  # [E] int32
+    weight: np.ndarray  # [E] float32
+    logit_weight: np.ndarray  # [N] float32: influence weight of logit nodes (their probability)
+    tokens: list[str] = field(default_factory=list)  # prompt tokens, decoded
+    token_ids: list[int] = field(default_factory=list)
+    n_layers: int = 0
+    meta: dict = field(default_factory=dict)
+    influence: np.ndarray | None = None  # [N] filled by ``compute_node_influence``
+    node_mask: np.ndarray | None = None  # pruning result
+    edge_mask: np.ndarray | None = None
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.kind.shape[0])
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.src.shape[0])
+
+    def nodes_of(self, kind: int) -> np.ndarray:
+        return np.flatnonzero(self.kind == kind)
+
+    def label(self, i: int) -> str:
+        k, l, p, idx = int(self.kind[i]), int(self.layer[i]), int(self.pos[i]), int(self.index[i])
+        tok = self.tokens[p] if 0 <= p < len(self.tokens) else "?"
+        if k == EMBEDDING:
+            return f"Emb {tok!r}@{p}"
+        if k == FEATURE:
+            unit = "N" if self.meta.get("basis", "neurons") == "neurons" else "F"
+            return f"L{l} {unit}{idx} @{p} {tok!r}"
+        if k == ERROR:
+            return f"Err L{l} @{p} {tok!r}"
+        return f"Logit {self.meta.get('target_tokens', {}).get(str(i), '#' + str(idx))!r}"
+
+    def node_id(self, i: int) -> str:
+        """A stable id: ``{layer}_{index}_{pos}`` for features (Neuronpedia style), else kind-based."""
+        k = int(self.kind[i])
+        if k == FEATURE:
+            return f"{int(self.layer[i])}_{int(self.index[i])}_{int(self.pos[i])}"
+        if k == ERROR:
+            return f"E{int(self.layer[i])}_{int(self.pos[i])}"
+        if k == EMBEDDING:
+            return f"T_{int(self.index[i])}_{int(self.pos[i])}"
+        return f"L_{int(self.index[i])}_{int(self.pos[i])}"
+
+    # -- arrays (session files) ------------------------------------------------------------------
+    ARRAYS = ("kind", "layer", "pos", "index", "activation", "value", "src", "dst", "weight", "logit_weight",
+              "influence", "node_mask", "edge_mask")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in self.ARRAYS if getattr(self, k) is not None}
+
+    def header(self) -> dict:
+        return {"tokens": self.tokens, "token_ids": self.token_ids, "n_layers": self.n_layers, "meta": self.meta}
+
+    @classmethod
+    def from_parts(cls, header: dict, arrays: dict[str, np.ndarray]) -> "Graph":
+        g = cls(**{k: arrays[k] for k in cls.ARRAYS if k in arrays and k not in ("influence", "node_mask", "edge_mask")},
+                tokens=list(header.get("tokens", [])), token_ids=list(header.get("token_ids", [])),
+                n_layers=int(header.get("n_layers", 0)), meta=dict(header.get("meta", {})))
+        g.influence = arrays.get("influence")
+        g.node_mask = arrays.get("node_mask")
+        g.edge_mask = arrays.get("edge_mask")
+        g.validate()
+        return g
+
+    def validate(self) -> None:
+        n = self.n_nodes
+        for name in ("layer", "pos", "index", "activation", "value", "logit_weight"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"graph array {name} has the wrong length")
+        e = self.n_edges
+        if self.dst.shape != (e,) or self.weight.shape != (e,):
+            raise ValueError("graph edge arrays differ in length")
+        if e and (min(self.src.min(), self.dst.min()) < 0 or max(self.src.max(), self.dst.max()) >= n):
+            raise ValueError("graph edges point outside the node list")
+        if self.node_mask is not None and self.node_mask.shape != (n,):
+            raise ValueError("graph node mask has the wrong length")
+        if self.edge_mask is not None and self.edge_mask.shape != (e,):
+            raise ValueError("graph edge mask has the wrong length")
+
+
+# -- influence ---------------------------------------------------------------------------------------
+def normalized_weights(n_nodes: int, dst: np.ndarray, weight: np.ndarray, row_abs: np.ndarray | None = None) -> np.ndarray:
+    """|w| divided by the L1 norm of its target's row (rows: incoming edges of a node)."""
+    a = np.abs(weight).astype(np.float64)
+    if row_abs is None:
+        row_abs = np.bincount(dst, weights=a, minlength=n_nodes)
+    return a / np.maximum(row_abs[dst], 1e-10)
+
+
+def propagate(n_nodes: int, src: np.ndarray, dst: np.ndarray, nw: np.ndarray, start: np.ndarray,
+              max_iter: int = 1000) -> np.ndarray:
+    """Σ_{k≥1} start·Aᵏ for A[t, s] = nw on edges s→t (influence flows from targets to sources)."""
+    total = np.zeros(n_nodes)
+    cur = start.astype(np.float64)
+    for _ in range(max_iter):
+        cur = np.bincount(src, weights=cur[dst] * nw, minlength=n_nodes)
+        if not cur.any():
+            return total
+        total += cur
+    raise RuntimeError("influence did not converge: the graph has a cycle")
+
+
+def compute_node_influence(g: Graph, edge_mask: np.ndarray | None = None, node_mask: np.ndarray | None = None) -> np.ndarray:
+    src, dst, w = _masked(g, edge_mask, node_mask)
+    nw = normalized_weights(g.n_nodes, dst, w)
+    return propagate(g.n_nodes, src, dst, nw, g.logit_weight)
+
+
+def _masked(g: Graph, edge_mask=None, node_mask=None):
+    keep = np.ones(g.n_edges, bool) if edge_mask is None else edge_mask.copy()
+    if node_mask is not None:
+        keep &= node_mask[g.src] & node_mask[g.dst]
+    return g.src[keep], g.dst[keep], g.weight[keep]
+
+
+def find_threshold(scores: np.ndarray, threshold: float) -> float:
+    """The score above which the largest scores cover ``threshold`` of the total (reference rule)."""
+    if scores.size == 0:
+        return 0.0
+    s = np.sort(scores)[::-1]
+    total = s.sum()
+    if total <= 0:
+        return float(s[-1])
+    cum = np.cumsum(s) / total
+    i = min(int(np.searchsorted(cum, threshold)), len(s) - 1)
+    return float(s[i])
+
+
+class PruneResult(NamedTuple):
+    node_mask: np.ndarray
+    edge_mask: np.ndarray
+    node_influence: np.ndarray  # influence in the full graph
+    cumulative: np.ndarray  # per node: fraction of total influence covered by nodes at least as influential
+
+
+def prune(g: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
+    """circuit-tracer's pruning: keep nodes covering ``node_threshold`` of the influence on the
+    logits, then edges covering ``edge_threshold`` of the edge influence; embeddings and logits are
+    always kept; features/errors left without outgoing edges (and features without incoming ones)
+    are dropped until nothing changes."""
+    for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1 (got {v})")
+    n = g.n_nodes
+    always = (g.kind == EMBEDDING) | (g.kind == LOGIT)
+    inner = ~always  # features and errors
+    influence = compute_node_influence(g)
+    node_mask = influence >= find_threshold(influence, node_threshold)
+    node_mask |= always
+
+    src, dst, w = g.src, g.dst, g.weight
+    live = node_mask[src] & node_mask[dst]
+    nw = np.where(live, normalized_weights(n, dst, np.where(live, w, 0.0)), 0.0)
+    pruned_infl = propagate(n, src, dst, nw, g.logit_weight) + g.logit_weight
+    edge_scores = nw * pruned_infl[dst]
+    edge_mask = live & (edge_scores >= find_threshold(edge_scores, edge_threshold))
+
+    while True:
+        old = node_mask.copy()
+        em = edge_mask & node_mask[src] & node_mask[dst]
+        has_out = np.zeros(n, bool)
+        has_out[src[em]] = True
+        has_in = np.zeros(n, bool)
+        has_in[dst[em]] = True
+        node_mask &= always | has_out
+        node_mask &= (g.kind != FEATURE) | has_in
+        edge_mask = em
+        if np.array_equal(node_mask, old):
+            break
+    edge_mask &= node_mask[src] & node_mask[dst]
+
+    order = np.argsort(-influence, kind="stable")
+    total = influence.sum()
+    cumulative = np.zeros(n)
+    if total > 0:
+        cumulative[order] = np.cumsum(influence[order]) / total
+    return PruneResult(node_mask, edge_mask, influence, cumulative)
+
+
+class Scores(NamedTuple):
+    replacement: float
+    completeness: float
+
+
+def graph_scores(g: Graph, node_mask: np.ndarray | None = None, edge_mask: np.ndarray | None = None) -> Scores:
+    """Replacement and completeness scores (reference definitions) of the full graph, or of a pruned
+    one. For a pruned graph, the full graph's row norms and output influence are the yardstick
+    and pruned edges count as unexplained, so a pruned graph never scores above the full one."""
+    n = g.n_nodes
+    nw_full = normalized_weights(n, g.dst, g.weight)
+    infl_full = propagate(n, g.src, g.dst, nw_full, g.logit_weight)
+    err = g.kind[g.src] == ERROR
+    tok_nodes = g.kind == EMBEDDING
+    err_nodes = g.kind == ERROR
+    output_influence = infl_full + g.logit_weight
+    if node_mask is None and edge_mask is None:
+        nw, infl = nw_full, infl_full
+        explained = np.bincount(g.dst[~err], weights=nw[~err], minlength=n)
+        has_row = np.bincount(g.dst, minlength=n) > 0
+        non_error = np.where(has_row, explained, 1.0)  # rows without inputs have nothing unexplained
+        tok, e = infl[tok_nodes].sum(), infl[err_nodes].sum()
+        replacement = tok / (tok + e) if tok + e > 0 else 0.0
+    else:
+        keep = np.ones(g.n_edges, bool) if edge_mask is None else edge_mask.copy()
+        if node_mask is not None:
+            keep &= node_mask[g.src] & node_mask[g.dst]
+        nw = np.where(keep, nw_full, 0.0)
+        infl = propagate(n, g.src, g.dst, nw, g.logit_weight)
+        ok = keep & ~err
+        explained = np.bincount(g.dst[ok], weights=nw[ok], minlength=n)
+        has_row = np.bincount(g.dst, minlength=n) > 0
+        non_error = np.where(has_row, explained, 1.0)
+        if node_mask is not None:
+            non_error = np.where(node_mask, non_error, 0.0)
+        tok = infl[tok_nodes].sum()
+        full_tok, full_err = infl_full[tok_nodes].sum(), infl_full[err_nodes].sum()
+        replacement = tok / (full_tok + full_err) if full_tok + full_err > 0 else 0.0
+    completeness = float((non_error * output_influence).sum() / output_influence.sum()) if output_influence.sum() > 0 else 0.0
+    clip = lambda x: float(min(1.0, max(0.0, x)))  # noqa: E731 (float sums can overshoot by an ulp)
+    return Scores(clip(replacement), clip(completeness))
