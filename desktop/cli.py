@@ -69,6 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda")
     predict.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     predict.add_argument("--json", action="store_true", help="print one JSON object")
+
+    trace = sub.add_parser("trace", help="build the attribution graph of a prompt (circuit-tracer method)")
+    trace.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
+    trace.add_argument("--prompt", required=True)
+    trace.add_argument("--target", help="explain this token (e.g. ' Paris', or '#123' for a token id); "
+                                        "default: the top logits up to 95%% probability")
+    trace.add_argument("--foil", help="explain the logit difference target − foil")
+    basis = trace.add_mutually_exclusive_group()
+    basis.add_argument("--basis", choices=["neurons"], default="neurons",
+                       help="feature basis: MLP neurons with frozen nonlinearity (exact; the default)")
+    basis.add_argument("--transcoders", metavar="DIR", help="use the transcoders in this folder instead")
+    trace.add_argument("--max-nodes", type=int, default=1000, help="feature nodes to compute rows for (default 1000)")
+    trace.add_argument("--batch-size", type=int, default=32, help="rows per backward pass (default 32)")
+    trace.add_argument("--node-threshold", type=float, default=0.8, help="pruning: influence kept by nodes (0.8)")
+    trace.add_argument("--edge-threshold", type=float, default=0.98, help="pruning: influence kept by edges (0.98)")
+    trace.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    trace.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    trace.add_argument("--out", required=True, metavar="FILE.cdesk", help="session file to write")
+    trace.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -91,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.errors import CircuitDeskError
 
     try:
-        return {"models": cmd_models, "predict": cmd_predict}[command](args)
+        return {"models": cmd_models, "predict": cmd_predict, "trace": cmd_trace}[command](args)
     except CircuitDeskError as err:
         log.info("user error: %s", err)
         print(f"circuitdesk: {err}", file=sys.stderr)
@@ -146,6 +165,104 @@ def cmd_predict(args) -> int:
         bar = "#" * int(round(t.probability * 40))
         print(f"{i:>3}. {t.token!r:<20} {t.probability:8.4f}  {bar}")
     return 0
+
+
+def check_output_path(path: str, suffix: str) -> Path:
+    """Fail before any work when the output cannot be written."""
+    from core.errors import CircuitDeskError
+
+    out = Path(path).expanduser()
+    if out.suffix != suffix:
+        raise CircuitDeskError(f"The output file must end in {suffix} (got {out.name!r}).")
+    folder = out.parent
+    if not folder.is_dir():
+        raise CircuitDeskError(f"Cannot write {out}: the folder {folder} does not exist.")
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise CircuitDeskError(f"Cannot write {out}: permission denied.")
+    return out
+
+
+def cmd_trace(args) -> int:
+    from core.attribution import AttributionSettings, attribute
+    from core.jobs import JobContext
+    from core.models import load_model
+    from core.prompt import require_prompt
+    from core.session import Session, new_manifest, save_session
+
+    require_prompt(args.prompt)
+    out = check_output_path(args.out, ".cdesk")
+    settings = AttributionSettings(
+        target=args.target, foil=args.foil, max_nodes=args.max_nodes, batch_size=args.batch_size,
+        node_threshold=args.node_threshold, edge_threshold=args.edge_threshold, transcoders=args.transcoders,
+    )
+    settings.validate()
+    start = time.perf_counter()
+    ctx = JobContext(StderrProgress(enabled=True))
+    model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.1))
+    result = attribute(model, args.prompt, settings, ctx=ctx.sub(0.1, 1.0))
+    g = result.graph
+    stats = dict(result.stats, seconds=round(time.perf_counter() - start, 3), attribution_seconds=round(result.stats["seconds"], 3))
+    manifest = new_manifest(
+        "attribution", model.summary(), args.prompt, settings.to_json(),
+        targets=[t.to_json() for t in result.targets], stats=stats, command=_command_line(args),
+    )
+    save_session(out, Session(manifest, g))
+    top = _top_nodes(g, 10)
+    if args.json:
+        summary = {
+            "model": model.summary(),
+            "prompt": args.prompt,
+            "prompt_tokens": g.tokens,
+            "basis": g.meta.get("basis"),
+            "targets": [t.to_json() for t in result.targets],
+            **{k: stats[k] for k in ("nodes", "edges", "pruned_nodes", "pruned_edges", "replacement_score",
+                                     "completeness_score", "pruned_replacement_score", "pruned_completeness_score",
+                                     "max_completeness_error", "backward_passes", "active_features",
+                                     "feature_rows", "row_mass_kept", "seconds", "attribution_seconds")},
+            "top_nodes": top,
+            "out": str(out),
+        }
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"{model.name}: {len(g.tokens)} tokens, basis {g.meta.get('basis')}")
+    print("targets: " + ", ".join(f"{t.token!r} {t.probability:.3f}" for t in result.targets))
+    print(f"graph: {stats['nodes']} nodes, {stats['edges']} edges; pruned: {stats['pruned_nodes']} nodes, "
+          f"{stats['pruned_edges']} edges")
+    print(f"replacement score {stats['replacement_score']:.3f}, completeness {stats['completeness_score']:.3f} "
+          f"(pruned {stats['pruned_replacement_score']:.3f} / {stats['pruned_completeness_score']:.3f}); "
+          f"max completeness error {stats['max_completeness_error']:.1e}")
+    print(f"{stats['backward_passes']} backward passes, {stats['seconds']:.1f} s")
+    print("most influential nodes:")
+    for n in top:
+        print(f"  {n['influence']:.4f}  {n['label']}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _top_nodes(g, k: int) -> list[dict]:
+    import numpy as np
+
+    from core.graph import FEATURE, KIND_NAMES
+
+    infl = g.influence if g.influence is not None else np.zeros(g.n_nodes)
+    cand = np.flatnonzero(g.kind == FEATURE)
+    order = cand[np.argsort(-infl[cand])][:k]
+    return [{"id": g.node_id(int(i)), "label": g.label(int(i)), "kind": KIND_NAMES[int(g.kind[i])],
+             "layer": int(g.layer[i]), "pos": int(g.pos[i]), "index": int(g.index[i]),
+             "activation": float(g.activation[i]), "influence": float(infl[i])} for i in order]
+
+
+def _command_line(args) -> str:
+    import shlex
+
+    parts = ["circuitdesk", "trace", "--model", args.model, "--prompt", args.prompt]
+    for flag, value in (("--target", args.target), ("--foil", args.foil), ("--transcoders", args.transcoders)):
+        if value is not None:
+            parts += [flag, value]
+    parts += ["--max-nodes", str(args.max_nodes), "--batch-size", str(args.batch_size),
+              "--node-threshold", str(args.node_threshold), "--edge-threshold", str(args.edge_threshold),
+              "--dtype", args.dtype, "--out", args.out]
+    return shlex.join(parts)
 
 
 if __name__ == "__main__":

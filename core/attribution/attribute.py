@@ -53,6 +53,7 @@ class AttributionSettings:
     edge_threshold: float = 0.98
     row_keep: int = 32768
     transcoders: str | None = None  # folder; None = neuron basis
+    prepend_bos: bool = True  # as circuit-tracer: a special token first, whose features are not nodes
 
     def validate(self) -> None:
         if self.max_nodes < 1:
@@ -77,6 +78,10 @@ class AttributionResult:
     targets: list[Target]
     prompt: str
     stats: dict = field(default_factory=dict)
+    ids: torch.Tensor | None = None  # [1, P] the tokens traced (with the prepended start token)
+    errors: torch.Tensor | None = None  # [L, P, d] error vectors at the basis' write points
+    write_point: str = "mlp.out"  # where features write (relative to a block)
+    transcoders: object = None  # the TranscoderSet of a transcoder graph
 
 
 class _Rows:
@@ -151,10 +156,32 @@ def _base_module(model):
     return model.hf.get_submodule(model.adapter.layers.split(".")[0])
 
 
+def _special_ids(model) -> set[int]:
+    return set(getattr(model.tokenizer, "all_special_ids", []) or [])
+
+
+def with_bos(model, ids: torch.Tensor) -> torch.Tensor:
+    """Prepend a special token (BOS, else PAD/EOS/UNK) unless the prompt starts with one.
+
+    The first position of a transformer is an attention sink with outsized activations; the
+    reference prepends a special token there and leaves its features out of the graph.
+    """
+    if int(ids[0, 0]) in _special_ids(model):
+        return ids
+    tok = model.tokenizer
+    for cand in (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id):
+        if cand is not None:
+            limit = model.facts.context_length
+            if limit and ids.shape[1] + 1 > limit:
+                raise CircuitDeskError(f"The prompt is {ids.shape[1]} tokens long; with the start token it "
+                                       f"exceeds the {limit}-token context of {model.name}; shorten it.")
+            return torch.cat([torch.tensor([[cand]], device=ids.device, dtype=ids.dtype), ids], 1)
+    return ids
+
+
 def _first_feature_position(model, ids: torch.Tensor) -> int:
     """1 when the prompt starts with a special token (BOS): its features are folded into errors."""
-    special = set(getattr(model.tokenizer, "all_special_ids", []) or [])
-    return 1 if ids.shape[1] > 1 and int(ids[0, 0]) in special else 0
+    return 1 if ids.shape[1] > 1 and int(ids[0, 0]) in _special_ids(model) else 0
 
 
 def frozen_patches(clean) -> dict:
@@ -187,6 +214,8 @@ def attribute(model, prompt: str, settings: AttributionSettings | None = None,
     ctx = ctx or JobContext()
     start = time.perf_counter()
     ids = encode_prompt(model, prompt)
+    if settings.prepend_bos:
+        ids = with_bos(model, ids)
     P = ids.shape[1]
     L = model.facts.n_layers
     inst = model.instrument
@@ -353,7 +382,9 @@ def attribute(model, prompt: str, settings: AttributionSettings | None = None,
         "node": node.tolist(),
     }
     ctx.progress(1.0, "Done")
-    return AttributionResult(graph, targets, prompt, stats)
+    return AttributionResult(graph, targets, prompt, stats, ids=ids.cpu(), errors=enc.errors.cpu(),
+                             write_point=basis.write_point(0).split(".", 2)[2],
+                             transcoders=getattr(basis, "tc", None))
 
 
 def _assemble(model, ids, targets, enc: Encoded, rows: _Rows, visited, value, const, logit_value) -> Graph:
