@@ -81,3 +81,62 @@ def test_bad_inputs_exit_1_with_one_line(tiny_folder, args, expect):
     errors = [line for line in out.stderr.splitlines() if line.startswith("circuitdesk:")]
     assert len(errors) == 1 and expect in errors[0]
     assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+# -- trace -----------------------------------------------------------------------------------------
+def test_trace_tiny_model_json_and_session(tiny_folder, tmp_path):
+    from core.session import load_session
+
+    out_file = tmp_path / "g.cdesk"
+    out = run("trace", "--model", str(tiny_folder("llama")), "--prompt", "when mary and john went to the store",
+              "--max-nodes", "40", "--batch-size", "8", "--out", str(out_file), "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    for key in ("model", "prompt", "targets", "nodes", "edges", "pruned_nodes", "pruned_edges", "replacement_score",
+                "completeness_score", "max_completeness_error", "backward_passes", "seconds"):
+        assert key in summary, key
+    assert len(summary["model"]["sha256"]) == 64
+    assert summary["max_completeness_error"] <= 1e-4
+    session = load_session(out_file)
+    g = session.graph
+    assert (g.n_nodes, g.n_edges) == (summary["nodes"], summary["edges"])
+    assert int(g.node_mask.sum()) == summary["pruned_nodes"] and int(g.edge_mask.sum()) == summary["pruned_edges"]
+    assert session.manifest["model"]["sha256"] == summary["model"]["sha256"]
+    assert session.manifest["command"].startswith("circuitdesk trace --model ")
+
+
+def test_trace_bad_inputs_say_one_sentence_and_write_nothing(tiny_folder, tmp_path):
+    model = str(tiny_folder("llama"))
+    cases = [
+        (["--target", "zebra"], "not in the model's vocabulary"),
+        (["--target", "john mary"], "2 tokens"),
+        (["--max-nodes", "0"], "--max-nodes must be at least 1"),
+        (["--transcoders", str(tmp_path / "none")], "does not exist"),
+    ]
+    for extra, message in cases:
+        out_file = tmp_path / "x.cdesk"
+        out = run("trace", "--model", model, "--prompt", "when mary and john", "--out", str(out_file), *extra)
+        assert out.returncode == 1 and message in out.stderr, out.stderr
+        errors = [line for line in out.stderr.splitlines() if line.startswith("circuitdesk:")]
+        assert errors == [out.stderr.splitlines()[-1]] and "Traceback" not in out.stderr
+        assert not out_file.exists()
+    out = run("trace", "--model", model, "--prompt", "x", "--out", str(tmp_path / "missing" / "x.cdesk"))
+    assert out.returncode == 1 and "does not exist" in out.stderr
+    out = run("trace", "--model", model, "--prompt", "x", "--out", str(tmp_path / "x.txt"))
+    assert out.returncode == 1 and ".cdesk" in out.stderr
+    assert list(tmp_path.iterdir()) == []  # no temporary files left behind
+
+
+@pytest.mark.slow
+def test_trace_default_model_finds_paris_and_mary(tmp_path):
+    out_file = tmp_path / "paris.cdesk"
+    out = run("trace", "--model", "default", "--prompt", "The capital of France is", "--max-nodes", "200",
+              "--out", str(out_file), "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["targets"][0]["token"] == " Paris" and out_file.is_file()
+    assert summary["max_completeness_error"] <= 1e-4
+    out = run("trace", "--model", "default", "--prompt", "When Mary and John went to the store, John gave a drink to",
+              "--max-nodes", "64", "--out", str(tmp_path / "ioi.cdesk"), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["targets"][0]["token"] == " Mary"

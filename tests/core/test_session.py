@@ -1,0 +1,75 @@
+"""The .cdesk session file: round trip, atomic writes, and refusing untrusted content."""
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from core.attribution import AttributionSettings, attribute
+from core.errors import CircuitDeskError
+from core.session import Session, load_session, new_manifest, save_session
+
+
+@pytest.fixture(scope="module")
+def session(tiny_model):
+    m = tiny_model("gpt2")
+    res = attribute(m, "when mary and john went to the store", AttributionSettings(max_nodes=30))
+    manifest = new_manifest("attribution", m.summary(), res.prompt, AttributionSettings().to_json(),
+                            stats=res.stats, targets=[t.to_json() for t in res.targets])
+    return Session(manifest, res.graph, {"notes": "first look"})
+
+
+def test_round_trip_is_identical(session, tmp_path):
+    path = save_session(tmp_path / "a.cdesk", session)
+    back = load_session(path)
+    for name, arr in session.graph.arrays().items():
+        assert np.array_equal(getattr(back.graph, name), arr, equal_nan=arr.dtype.kind == "f"), name
+    assert back.graph.tokens == session.graph.tokens and back.graph.meta["stats"] == session.graph.meta["stats"]
+    assert back.annotations == {"notes": "first look"}
+    assert back.manifest["model"]["sha256"] == session.manifest["model"]["sha256"]
+
+
+def test_failed_write_leaves_nothing(session, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise KeyboardInterrupt  # as a cancel in the middle of writing
+
+    monkeypatch.setattr(np, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_session(tmp_path / "b.cdesk", session)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _rewrite(src, dst, edit):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        members = {n: zin.read(n) for n in zin.namelist()}
+        for name, data in edit(members).items():
+            zout.writestr(name, data)
+
+
+def test_untrusted_files_are_refused_clearly(session, tmp_path):
+    good = save_session(tmp_path / "good.cdesk", session)
+    bad = tmp_path / "bad.cdesk"
+
+    def pickled(members):
+        buf = io.BytesIO()
+        np.save(buf, np.array([object()], dtype=object), allow_pickle=True)
+        return {**members, "arrays/weight.npy": buf.getvalue()}
+
+    cases = {
+        "unexpected entry": lambda m: {**m, "../evil.txt": b"x"},
+        "damaged": pickled,
+        "not valid JSON": lambda m: {**m, "manifest.json": b"{"},
+        "newer Circuit Desk": lambda m: {**m, "manifest.json": json.dumps({**json.loads(m["manifest.json"]), "format_version": 99}).encode()},
+        "inconsistent graph": lambda m: {k: v for k, v in m.items() if k != "arrays/dst.npy"},
+    }
+    for message, edit in cases.items():
+        _rewrite(good, bad, edit)
+        with pytest.raises(CircuitDeskError, match=message):
+            load_session(bad)
+    bad.write_bytes(b"plain text")
+    with pytest.raises(CircuitDeskError, match="not a zip"):
+        load_session(bad)
+    with pytest.raises(CircuitDeskError, match="does not exist"):
+        load_session(tmp_path / "absent.cdesk")
