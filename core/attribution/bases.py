@@ -103,8 +103,8 @@ class NeuronBasis:
             recon = kept @ self.W_down[l].float().T
             errors.append(clean[self.write_point(l)][0].float() - recon)
             starts.append(starts[-1] + p.numel())
-        act = torch.cat(acts)
-        return Encoded(torch.cat(layers), torch.cat(poss), torch.cat(idxs), act, act.clone(),
+        act = torch.cat(acts).cpu()
+        return Encoded(torch.cat(layers).cpu(), torch.cat(poss).cpu(), torch.cat(idxs).cpu(), act, act.clone(),
                        torch.stack(errors), starts)
 
     def injection(self, enc: Encoded, idx: torch.Tensor) -> torch.Tensor:
@@ -134,7 +134,7 @@ class NeuronBasis:
             s, e = enc.layer_start[l], enc.layer_start[l + 1]
             if e > s:
                 post = trace[f"blocks.{l}.mlp.post"][0].float()
-                out[s:e] = post[enc.pos[s:e], enc.index[s:e]].cpu()
+                out[s:e] = post[enc.pos[s:e].to(post.device), enc.index[s:e].to(post.device)].cpu()
         return out
 
     def grad_patches(self, live: Trace) -> dict:
@@ -191,7 +191,7 @@ class TranscoderBasis:
             skip = tc.skip(l, x)
             recon[l] += tc.layers[l].b_dec + (0 if skip is None else skip)
         writes = torch.stack([clean[self.write_point(l)][0].float() for l in range(self.L)])
-        return Encoded(torch.cat(layers), torch.cat(poss), torch.cat(idxs), torch.cat(acts).cpu(),
+        return Encoded(torch.cat(layers).cpu(), torch.cat(poss).cpu(), torch.cat(idxs).cpu(), torch.cat(acts).cpu(),
                        torch.cat(pres).cpu(), (writes - recon.to(writes.device)), starts)
 
     def injection(self, enc: Encoded, idx: torch.Tensor) -> torch.Tensor:
@@ -206,7 +206,7 @@ class TranscoderBasis:
             W_dec = self.tc.layers[l].W_dec[idx.to(self.tc.layers[l].W_dec.device)]  # [n, n_out, d]
             total = None
             for k in range(W_dec.shape[1]):
-                g = grads[l + k].float()[:, pos]  # [B, n, d]
+                g = grads[l + k].float()[:, pos.to(grads[l + k].device)]  # [B, n, d]
                 part = (g * W_dec[:, k].to(g.device)).sum(-1)
                 total = part if total is None else total + part
             yield s, total * enc.activation[s:e].to(total.device)
@@ -217,7 +217,7 @@ class TranscoderBasis:
             s, e = enc.layer_start[l], enc.layer_start[l + 1]
             if e > s:
                 pre = self.tc.encode_pre(l, trace[self.input_point(l)][0].float())
-                out[s:e] = pre[enc.pos[s:e], enc.index[s:e]].cpu()
+                out[s:e] = pre[enc.pos[s:e].to(pre.device), enc.index[s:e].to(pre.device)].cpu()
         return out
 
     def _skip_of(self, live: Trace, l: int):
