@@ -132,18 +132,12 @@ def build_patches(model, interventions: list[Intervention], P: int, live, basis_
     for iv in interventions:
         pos = _positions(iv, P)
         l = iv.layer
-        if iv.kind == "neuron":
+        if iv.kind in ("neuron", "head"):  # one unit along the last (neuron) or head axis
             def fn(x, iv=iv, pos=pos):
                 x = x.clone()
                 x[:, pos, iv.index] = _edit(x[:, pos, iv.index], iv.mode, iv.value)
                 return x
-            add(f"blocks.{l}.mlp.post", fn)
-        elif iv.kind == "head":
-            def fn(x, iv=iv, pos=pos):
-                x = x.clone()
-                x[:, pos, iv.index] = _edit(x[:, pos, iv.index], iv.mode, iv.value)
-                return x
-            add(f"blocks.{l}.attn.z", fn)
+            add(f"blocks.{l}.mlp.post" if iv.kind == "neuron" else f"blocks.{l}.attn.z", fn)
         elif iv.kind == "error":
             if basis_errors is None:
                 raise CircuitDeskError("Error-node interventions need the graph's error vectors.")
