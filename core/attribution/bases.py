@@ -59,6 +59,17 @@ def _linear_bias(module) -> torch.Tensor | None:
     return None if b is None else b.detach()
 
 
+def _per_feature(enc: Encoded, matrix_of_layer) -> torch.Tensor:
+    """Each active feature's entry of its layer's [P, n_features] matrix (built only where needed)."""
+    out = torch.empty(enc.n)
+    for l in range(len(enc.layer_start) - 1):
+        s, e = enc.layer_start[l], enc.layer_start[l + 1]
+        if e > s:
+            m = matrix_of_layer(l)
+            out[s:e] = m[enc.pos[s:e].to(m.device), enc.index[s:e].to(m.device)].cpu()
+    return out
+
+
 class NeuronBasis:
     name = "neurons"
 
@@ -129,13 +140,7 @@ class NeuronBasis:
             yield s, per_neuron * enc.activation[s:e].to(per_neuron.device)
 
     def values(self, enc: Encoded, trace: Trace) -> torch.Tensor:
-        out = torch.empty(enc.n)
-        for l in range(self.L):
-            s, e = enc.layer_start[l], enc.layer_start[l + 1]
-            if e > s:
-                post = trace[f"blocks.{l}.mlp.post"][0].float()
-                out[s:e] = post[enc.pos[s:e].to(post.device), enc.index[s:e].to(post.device)].cpu()
-        return out
+        return _per_feature(enc, lambda l: trace[f"blocks.{l}.mlp.post"][0].float())
 
     def grad_patches(self, live: Trace) -> dict:
         return {self.write_point(l): (lambda x: x.detach()) for l in range(self.L)}
@@ -212,13 +217,7 @@ class TranscoderBasis:
             yield s, total * enc.activation[s:e].to(total.device)
 
     def values(self, enc: Encoded, trace: Trace) -> torch.Tensor:
-        out = torch.empty(enc.n)
-        for l in range(self.L):
-            s, e = enc.layer_start[l], enc.layer_start[l + 1]
-            if e > s:
-                pre = self.tc.encode_pre(l, trace[self.input_point(l)][0].float())
-                out[s:e] = pre[enc.pos[s:e].to(pre.device), enc.index[s:e].to(pre.device)].cpu()
-        return out
+        return _per_feature(enc, lambda l: self.tc.encode_pre(l, trace[self.input_point(l)][0].float()))
 
     def _skip_of(self, live: Trace, l: int):
         return self.tc.skip(l, live.cache[self.input_point(l)]) if self.tc.layers[l].W_skip is not None else None

@@ -144,8 +144,6 @@ def test_neuron_error_nodes_hold_only_biases(tiny_model, neuron_graphs):
     for fam in ("gpt2", "llama"):
         m = tiny_model(fam)
         res = neuron_graphs(fam)
-        down = m.hf.get_submodule(m.adapter.layers)[0].get_submodule(m.adapter.mlp).get_submodule(m.adapter.down_proj)
-        bias = torch.zeros(m.facts.d_model) if getattr(down, "bias", None) is None else down.bias.detach()
         # position 0 is the start token, whose neurons are folded into its error node
         for l in range(m.facts.n_layers):
             b = m.hf.get_submodule(m.adapter.layers)[l].get_submodule(m.adapter.mlp).get_submodule(m.adapter.down_proj)
