@@ -17,12 +17,16 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import core
 from core.errors import CircuitDeskError
 from core.graph import Graph
+
+if TYPE_CHECKING:
+    from core.circuits.discover import CircuitResult
 
 FORMAT = "circuitdesk-session"
 FORMAT_VERSION = 1
@@ -35,9 +39,15 @@ _ARRAY_NAME = re.compile(r"arrays/[A-Za-z0-9_]{1,64}\.npy")
 
 @dataclass
 class Session:
+    """One analysis: an attribution graph (kind "attribution") or a component circuit ("circuit")."""
+
     manifest: dict
-    graph: Graph
+    graph: Graph | None = None
     annotations: dict = field(default_factory=dict)
+    circuit: "CircuitResult | None" = None
+
+    def payload(self):
+        return self.graph if self.graph is not None else self.circuit
 
 
 def new_manifest(kind: str, model_summary: dict, prompt: str, settings: dict, **extra) -> dict:
@@ -62,7 +72,10 @@ def save_session(path: str | Path, session: Session) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise CircuitDeskError(f"Cannot write {path}: the folder {folder} does not exist.")
-    manifest = dict(session.manifest, graph=session.graph.header())
+    if (session.graph is None) == (session.circuit is None):
+        raise ValueError("a session holds exactly one of a graph or a circuit")
+    key = "graph" if session.graph is not None else "circuit"
+    manifest = dict(session.manifest, **{key: session.payload().header()})
     try:
         fd, tmp = tempfile.mkstemp(prefix=".~" + path.name, suffix=".tmp", dir=folder)
     except OSError as e:
@@ -71,7 +84,7 @@ def save_session(path: str | Path, session: Session) -> Path:
         with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
             z.writestr("manifest.json", json.dumps(manifest, indent=1, default=_json_default))
             z.writestr("annotations.json", json.dumps(session.annotations or {}, indent=1))
-            for name, arr in session.graph.arrays().items():
+            for name, arr in session.payload().arrays().items():
                 buf = io.BytesIO()
                 np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
                 z.writestr(f"arrays/{name}.npy", buf.getvalue())
@@ -122,11 +135,20 @@ def load_session(path: str | Path) -> Session:
     except (ValueError, OSError, EOFError) as e:
         raise CircuitDeskError(f"{path.name} is damaged: {e}.") from None
     _check_manifest(manifest, path)
+    annotations = annotations if isinstance(annotations, dict) else {}
+    if manifest["kind"] == "circuit":
+        from core.circuits.discover import CircuitResult
+
+        try:
+            circuit = CircuitResult.from_parts(manifest["circuit"], arrays)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CircuitDeskError(f"{path.name} holds an inconsistent circuit ({e}).") from None
+        return Session(manifest, annotations=annotations, circuit=circuit)
     try:
         graph = Graph.from_parts(manifest.get("graph", {}), arrays)
     except (KeyError, TypeError, ValueError) as e:
         raise CircuitDeskError(f"{path.name} holds an inconsistent graph ({e}).") from None
-    return Session(manifest, graph, annotations if isinstance(annotations, dict) else {})
+    return Session(manifest, graph, annotations)
 
 
 def _check_manifest(m, path: Path) -> None:
@@ -140,7 +162,10 @@ def _check_manifest(m, path: Path) -> None:
             f"{path.name} was written by a newer Circuit Desk (format {v}; this is {core.__version__}, "
             f"format {FORMAT_VERSION}); update Circuit Desk to open it."
         )
-    for key, typ in (("kind", str), ("model", dict), ("prompt", str), ("settings", dict), ("graph", dict)):
+    if m.get("kind") not in ("attribution", "circuit"):
+        raise CircuitDeskError(f"{path.name} holds an unknown kind of analysis ({str(m.get('kind'))[:40]!r}).")
+    payload = "circuit" if m.get("kind") == "circuit" else "graph"
+    for key, typ in (("kind", str), ("model", dict), ("prompt", str), ("settings", dict), (payload, dict)):
         if not isinstance(m.get(key), typ):
             raise CircuitDeskError(f"{path.name}: the manifest has no valid {key!r}.")
 

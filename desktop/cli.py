@@ -88,6 +88,31 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     trace.add_argument("--out", required=True, metavar="FILE.cdesk", help="session file to write")
     trace.add_argument("--json", action="store_true", help="print one JSON object")
+
+    circuit = sub.add_parser("circuit", help="find the component circuit (heads, MLPs) behind a task (EAP / EAP-IG)")
+    circuit.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
+    source = circuit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", choices=["ioi", "greater-than", "induction", "factual"], help="a built-in task")
+    source.add_argument("--pairs", metavar="FILE.jsonl",
+                        help='your own pairs: one {"clean", "corrupted", "answer", "counterfactual"} per line')
+    circuit.add_argument("--method", choices=["eap", "eap-ig", "exact", "random"], default="eap-ig",
+                         help="edge scores: eap-ig (default), eap, exact patching (slow reference), random (baseline)")
+    circuit.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps (default 5)")
+    circuit.add_argument("--n-pairs", type=int, default=None,
+                         help="prompt pairs to use (default: 32 for a task, every line of a pair file)")
+    circuit.add_argument("--metric", choices=["logit-diff", "prob-diff"], default="logit-diff",
+                         help="answer minus counterfactual: logit difference (default) or probability difference")
+    size = circuit.add_mutually_exclusive_group()
+    size.add_argument("--top-n", type=int, help="circuit = the top N edges by |score| (pruned of dangling edges)")
+    size.add_argument("--threshold", type=float, help="circuit = every edge with |score| >= this (pruned)")
+    circuit.add_argument("--target-faithfulness", type=float, default=0.8,
+                         help="without --top-n/--threshold: the smallest curve circuit reaching this (default 0.8)")
+    circuit.add_argument("--batch-size", type=int, default=16, help="pairs per pass (default 16)")
+    circuit.add_argument("--seed", type=int, default=0, help="seed for generated tasks and the random method")
+    circuit.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    circuit.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    circuit.add_argument("--out", required=True, metavar="FILE.cdesk", help="session file to write")
+    circuit.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -110,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.errors import CircuitDeskError
 
     try:
-        return {"models": cmd_models, "predict": cmd_predict, "trace": cmd_trace}[command](args)
+        return {"models": cmd_models, "predict": cmd_predict, "trace": cmd_trace, "circuit": cmd_circuit}[command](args)
     except CircuitDeskError as err:
         log.info("user error: %s", err)
         print(f"circuitdesk: {err}", file=sys.stderr)
@@ -236,6 +261,95 @@ def cmd_trace(args) -> int:
     for n in top:
         print(f"  {n['influence']:.4f}  {n['label']}")
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_circuit(args) -> int:
+    import shlex
+
+    from core.circuits import CircuitSettings, find_circuit, load_pairs, make_task
+    from core.errors import CircuitDeskError
+    from core.jobs import JobContext
+    from core.models import load_model
+    from core.session import Session, new_manifest, save_session
+
+    out = check_output_path(args.out, ".cdesk")
+    if args.n_pairs is not None and args.n_pairs < 1:
+        raise CircuitDeskError("--n-pairs must be at least 1.")
+    settings = CircuitSettings(method=args.method, steps=args.steps, metric=args.metric, batch_size=args.batch_size,
+                               top_n=args.top_n, threshold=args.threshold,
+                               target_faithfulness=args.target_faithfulness, seed=args.seed)
+    settings.validate()
+    start = time.perf_counter()
+    ctx = JobContext(StderrProgress(enabled=True))
+    model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.05))
+    if args.task:
+        pairs = make_task(model, args.task, n_pairs=args.n_pairs or 32, seed=args.seed)
+    else:
+        pairs = load_pairs(model, args.pairs, n_pairs=args.n_pairs)
+    if args.method == "exact":
+        n = model.facts.n_layers
+        print(f"circuitdesk: exact patching runs one pass per edge and batch; this takes long "
+              f"({n} layers, {len(pairs)} pairs). Ctrl-C stops it.", file=sys.stderr)
+    result = find_circuit(model, pairs, settings, ctx=ctx.sub(0.05, 1.0))
+    seconds = time.perf_counter() - start
+    result.stats["total_seconds"] = seconds
+    command = ["circuitdesk", "circuit", "--model", args.model]
+    command += ["--task", args.task] if args.task else ["--pairs", args.pairs]
+    command += ["--method", args.method, "--steps", str(args.steps), "--metric", args.metric,
+                "--n-pairs", str(len(pairs)), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+    if args.top_n is not None:
+        command += ["--top-n", str(args.top_n)]
+    elif args.threshold is not None:
+        command += ["--threshold", str(args.threshold)]
+    else:
+        command += ["--target-faithfulness", str(args.target_faithfulness)]
+    command += ["--dtype", args.dtype, "--out", args.out]
+    task_name = args.task or Path(args.pairs).name
+    manifest = new_manifest("circuit", model.summary(), result.pairs[0]["clean"] if result.pairs else "",
+                            settings.to_json(), task=result.task, stats=result.stats, command=shlex.join(command))
+    save_session(out, Session(manifest, circuit=result))
+    curve = result.curve
+    summary = {
+        "model": model.summary(),
+        "task": task_name,
+        "method": args.method,
+        "metric": args.metric,
+        "n_pairs": len(pairs),
+        "dropped_pairs": len(pairs.dropped),
+        "edges_total": result.graph.n_edges,
+        "baseline_metric": result.metric_clean,
+        "corrupted_metric": result.metric_corrupted,
+        "empty_circuit_metric": result.metric_empty,
+        "faithfulness": {f"{s * 100:g}%": f for s, f in zip(curve.sizes, curve.faithfulness)} if curve else {},
+        "curve_edges": {f"{s * 100:g}%": e for s, e in zip(curve.sizes, curve.edges)} if curve else {},
+        "cpr": curve.cpr if curve else None,
+        "cmd": curve.cmd if curve else None,
+        "circuit_edges": result.stats["circuit_edges"],
+        "circuit_nodes": result.stats["circuit_nodes"],
+        "circuit_faithfulness": result.circuit_faithfulness,
+        "top_edges": result.top_edges(20),
+        "top_nodes": result.top_nodes(10),
+        "scoring_seconds": round(result.stats["scoring_seconds"], 3),
+        "curve_seconds": round(result.stats["curve_seconds"], 3),
+        "seconds": round(seconds, 3),
+        "out": str(out),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"{model.name}: task {task_name}, {len(pairs)} pairs ({len(pairs.dropped)} dropped), "
+          f"{result.graph.n_edges:,} edges, method {args.method}")
+    print(f"metric ({args.metric}): clean {result.metric_clean:.3f}, corrupted {result.metric_corrupted:.3f}")
+    if curve:
+        print("faithfulness: " + "  ".join(f"{s * 100:g}%={f:.2f}" for s, f in zip(curve.sizes, curve.faithfulness)))
+        print(f"CPR {curve.cpr:.3f}  CMD {curve.cmd:.3f}")
+    print(f"circuit: {result.stats['circuit_edges']} edges, {result.stats['circuit_nodes']} nodes, "
+          f"faithfulness {result.circuit_faithfulness:.3f}")
+    print("top edges:")
+    for e in result.top_edges(10):
+        print(f"  {e['score']:+.4f}  {e['edge']}")
+    print(f"{seconds:.1f} s; wrote {out}")
     return 0
 
 

@@ -160,23 +160,29 @@ def _special_ids(model) -> set[int]:
     return set(getattr(model.tokenizer, "all_special_ids", []) or [])
 
 
+def start_token(model) -> int | None:
+    """The special token a prompt starts with: BOS, else PAD / EOS / UNK (None if it has none)."""
+    tok = model.tokenizer
+    for cand in (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id):
+        if cand is not None:
+            return int(cand)
+    return None
+
+
 def with_bos(model, ids: torch.Tensor) -> torch.Tensor:
     """Prepend a special token (BOS, else PAD/EOS/UNK) unless the prompt starts with one.
 
     The first position of a transformer is an attention sink with outsized activations; the
     reference prepends a special token there and leaves its features out of the graph.
     """
-    if int(ids[0, 0]) in _special_ids(model):
+    cand = start_token(model)
+    if int(ids[0, 0]) in _special_ids(model) or cand is None:
         return ids
-    tok = model.tokenizer
-    for cand in (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id):
-        if cand is not None:
-            limit = model.facts.context_length
-            if limit and ids.shape[1] + 1 > limit:
-                raise CircuitDeskError(f"The prompt is {ids.shape[1]} tokens long; with the start token it "
-                                       f"exceeds the {limit}-token context of {model.name}; shorten it.")
-            return torch.cat([torch.tensor([[cand]], device=ids.device, dtype=ids.dtype), ids], 1)
-    return ids
+    limit = model.facts.context_length
+    if limit and ids.shape[1] + 1 > limit:
+        raise CircuitDeskError(f"The prompt is {ids.shape[1]} tokens long; with the start token it "
+                               f"exceeds the {limit}-token context of {model.name}; shorten it.")
+    return torch.cat([torch.tensor([[cand]], device=ids.device, dtype=ids.dtype), ids], 1)
 
 
 def _first_feature_position(model, ids: torch.Tensor) -> int:

@@ -6,6 +6,8 @@ Access points (``Instrumentation.points``), per block ``l``::
     blocks.{l}.resid_pre               residual stream entering the block          [b, s, d]
     blocks.{l}.attn_norm.scale         the attention norm's scale (1/rms or 1/std)  [b, s, 1]
     blocks.{l}.attn_in                 normalized input to attention (q/k/v paths) [b, s, d]
+    blocks.{l}.attn.{q,k,v}_in         residual stream as one path of one query head reads it
+                                       (before the norm; using one splits the layer) [b, s, h, d]
     blocks.{l}.attn.pattern            attention probabilities                      [b, h, q, k]
     blocks.{l}.attn.z                  per-head output before the output projection [b, s, h, d_head]
     blocks.{l}.attn_post_norm.scale    Gemma's post-attention norm scale            [b, s, 1]
@@ -19,6 +21,7 @@ Access points (``Instrumentation.points``), per block ``l``::
     blocks.{l}.mlp_post_norm.scale     Gemma's post-feedforward norm scale          [b, s, 1]
     blocks.{l}.mlp_out                 MLP's contribution to the residual          [b, s, d]
     blocks.{l}.resid_post              residual stream leaving the block           [b, s, d]
+    resid_final                        residual stream entering the final norm     [b, s, d]
     final_norm.scale                   the final norm's scale                       [b, s, 1]
     final_norm                         output of the final norm                    [b, s, d]
     logits                             the model's output logits                   [b, s, vocab]

@@ -20,7 +20,7 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 def instrumented_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
     """Same numerics as transformers' eager attention, with the pattern exposed at an access point."""
-    groups = getattr(module, "num_key_value_groups", 1)
+    groups = query.shape[1] // key.shape[1]  # 1 when q/k/v paths are split per query head
     key = _repeat_kv(key, groups)
     value = _repeat_kv(value, groups)
     if scaling is None:
@@ -30,7 +30,7 @@ def instrumented_attention(module, query, key, value, attention_mask, scaling=No
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, :, : key.shape[-2]]
-    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(query.dtype)
     hook = getattr(module, "_circuitdesk_pattern_hook", None)
     if hook is not None:
         pattern = hook(pattern)

@@ -19,6 +19,22 @@ if TYPE_CHECKING:
 PatchValue = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
+def norm_linear(kind: str, mod, x: torch.Tensor, scale: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    """A norm with its scale held at ``scale``: the linear map x -> (x - mean)·scale·w (+ b)."""
+    wide = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(wide)
+    if kind == "layer":
+        xf = xf - xf.mean(-1, keepdim=True)
+    y = xf * scale
+    if kind == "layer":
+        if mod.weight is not None:
+            y = y * mod.weight.to(wide)
+        if bias and mod.bias is not None:
+            y = y + mod.bias.to(wide)
+        return y
+    return y * (1.0 + mod.weight.to(wide) if kind == "rms_offset" else mod.weight.to(wide))
+
+
 @dataclass
 class Trace:
     """What one instrumented session recorded."""
@@ -53,6 +69,7 @@ class _Session:
     keep_graph: bool
     stop_grad: set[str]
     trace: Trace
+    split_resid: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class Instrumentation:
@@ -78,6 +95,7 @@ class Instrumentation:
             attn = block.get_submodule(a.attn)
             mlp = block.get_submodule(a.mlp)
             self._input_point(block, p + "resid_pre")
+            self._split_qkv(l, block, attn, a, n_heads)
             self._freezable_norm(block.get_submodule(a.attn_in_norm), a.norm_kind, p + "attn_norm.scale")
             self._input_point(attn, p + "attn_in")
             self.points.append(p + "attn.pattern")  # fired from inside the attention function
@@ -98,9 +116,73 @@ class Instrumentation:
             self._output_point(block.get_submodule(a.mlp_out_norm) if a.mlp_out_norm else mlp, p + "mlp_out")
             self._output_point(block, p + "resid_post")
         final_norm = hf.get_submodule(a.final_norm)
+        self._input_point(final_norm, "resid_final")
         self._freezable_norm(final_norm, a.norm_kind, "final_norm.scale")
         self._output_point(final_norm, "final_norm")
         self._output_point(hf, "logits")
+
+    def _split_qkv(self, l: int, block, attn, a, n_heads: int) -> None:
+        """Per-query-head q/k/v path inputs ``blocks.{l}.attn.{q,k,v}_in`` [b, s, n_heads, d].
+
+        Each is the residual stream (before the attention norm) as one path of one query head
+        reads it. When any of a layer's three points is used, that layer computes every head's
+        q, k and v from its own copy (normalized separately), so a path can be patched, or
+        differentiated, alone: component circuits split edges into heads by path this way.
+        GQA: k/v are computed per query head (from its key/value head's weights), so the
+        attention function sees as many key/value heads as query heads.
+        """
+        names = tuple(f"blocks.{l}.attn.{p}_in" for p in "qkv")
+        self.points.extend(names)
+        norm = block.get_submodule(a.attn_in_norm)
+
+        def active() -> bool:
+            return self._state is not None and any(self._touched(n) for n in names)
+
+        def record(mod, args, kwargs):
+            if active():
+                self._state.split_resid[l] = args[0] if args else kwargs["hidden_states"]
+            return None
+
+        block.register_forward_pre_hook(record, with_kwargs=True)
+
+        def path_output(name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            # weight [n, d_head, d] with n = query or key/value heads; returns [b, s, n_heads * d_head]
+            x = self._state.split_resid[l]
+            xs = self._fire(name, x.unsqueeze(-2).expand(*x.shape[:-1], n_heads, x.shape[-1]))
+            normed = norm.forward(xs)  # the module's own forward, not its hooks
+            if weight.shape[0] != n_heads:
+                idx = torch.arange(n_heads, device=weight.device) // (n_heads // weight.shape[0])
+                weight = weight[idx]
+                bias = bias[idx] if bias is not None else None
+            out = torch.einsum("bshd,hed->bshe", normed.to(weight.dtype), weight)
+            if bias is not None:
+                out = out + bias
+            return out.flatten(-2)
+
+        if a.conv1d:  # GPT-2: one fused Conv1D, weight [d, 3·d_attn], columns q | k | v
+            fused = attn.get_submodule(a.qkv[0])
+
+            def fused_hook(mod, args, output):
+                if not active():
+                    return None
+                w = mod.weight.T.unflatten(0, (3, n_heads, -1))  # [3, H, d_head, d]
+                b = mod.bias.unflatten(0, (3, n_heads, -1)) if mod.bias is not None else [None] * 3
+                return torch.cat([path_output(n, w[i], b[i]) for i, n in enumerate(names)], -1)
+
+            fused.register_forward_hook(fused_hook)
+            return
+        q_rows = attn.get_submodule(a.qkv[0]).weight.shape[0]
+        d_head = q_rows // n_heads
+        for name, proj in zip(names, a.qkv):
+
+            def hook(mod, args, output, name=name):
+                if not active():
+                    return None
+                w = mod.weight.unflatten(0, (-1, d_head))
+                b = mod.bias.unflatten(0, (-1, d_head)) if mod.bias is not None else None
+                return path_output(name, w, b)
+
+            attn.get_submodule(proj).register_forward_hook(hook)
 
     def _input_point(self, module, name: str, heads: int | None = None) -> None:
         self.points.append(name)
@@ -146,19 +228,6 @@ class Instrumentation:
         self.points.append(name)
         eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", 1e-6)
 
-        def linear(mod, x: torch.Tensor, scale: torch.Tensor, bias: bool = True) -> torch.Tensor:
-            xf = x.float()
-            if kind == "layer":
-                xf = xf - xf.mean(-1, keepdim=True)
-            y = xf * scale
-            if kind == "layer":
-                if mod.weight is not None:
-                    y = y * mod.weight.float()
-                if bias and mod.bias is not None:
-                    y = y + mod.bias.float()
-                return y
-            return y * (1.0 + mod.weight.float() if kind == "rms_offset" else mod.weight.float())
-
         def hook(mod, args, output):
             st = self._state
             if st is None or not (st.freeze_norms or self._touched(name)):
@@ -170,11 +239,11 @@ class Instrumentation:
             scale = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
             fired = self._fire(name, scale)
             if fired is not scale:  # patched, shifted or a gradient point: the norm is this linear map
-                return linear(mod, x, fired).to(output.dtype)
+                return norm_linear(kind, mod, x, fired).to(output.dtype)
             if not st.freeze_norms:
                 return None
             delta = x - x.detach()  # zero-valued, carries the gradient
-            return output.detach() + linear(mod, delta, scale, bias=False).to(output.dtype)
+            return output.detach() + norm_linear(kind, mod, delta, scale, bias=False).to(output.dtype)
 
         module.register_forward_hook(hook)
 
