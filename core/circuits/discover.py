@@ -183,18 +183,17 @@ def score_edges(runner: ComponentRunner, pairs: PairSet, settings: CircuitSettin
     per_batch = {"eap": 1, "eap-ig": settings.steps, "exact": max(1, len(exact_edges))}[settings.method]
     total, done = len(batches) * (per_batch + 2), 0
     for bi, batch in enumerate(batches):
-        clean, clean_logits = runner.sources(batch.clean)
-        corrupted, _ = runner.sources(batch.corrupted)
+        clean_run = runner.sources(batch.clean)
+        clean, clean_logits = clean_run.outputs, clean_run.logits
+        diff = runner.sources(batch.corrupted).outputs - clean
         fwd += 2
         done += 2
-        diff = corrupted - clean
-        del corrupted
         if settings.method == "eap":
             s, _ = runner.edge_gradient_scores(batch, diff, metric)
             scores += s
             fwd, bwd, done = fwd + 1, bwd + 1, done + 1
         elif settings.method == "eap-ig":
-            x_clean, x_corr = clean[:, :, 0], clean[:, :, 0] + diff[:, :, 0]
+            x_clean, x_corr = clean[0], clean[0] + diff[0]
             dtype = runner.model.dtype
             for k in range(settings.steps):
                 ctx.progress(done / total, f"EAP-IG step {k + 1}/{settings.steps}, batch {bi + 1}/{len(batches)}")
@@ -213,7 +212,7 @@ def score_edges(runner: ComponentRunner, pairs: PairSet, settings: CircuitSettin
                 scores[list(src), list(dst)] += (m - base).to(scores.device)
                 fwd += 1
                 done += len(chunk)
-        del clean, diff
+        del clean_run, clean, diff
         ctx.progress(done / total, f"Scored batch {bi + 1}/{len(batches)}")
     scores /= len(pairs)
     return scores.cpu().numpy().astype(np.float32), {"forward_passes": fwd, "backward_passes": bwd}
@@ -232,8 +231,8 @@ def evaluate_circuits(runner: ComponentRunner, pairs: PairSet, circuits: list[np
     batches = [b.to(dev) for b in pairs.batches(settings.batch_size)]
     total, done = len(batches) * (len(circuits) + 1), 0
     for bi, batch in enumerate(batches):
-        corrupted, corr_logits = runner.sources(batch.corrupted)
-        corr_sum += float(metric(corr_logits, batch).sum())
+        corrupted = runner.sources(batch.corrupted)
+        corr_sum += float(metric(corrupted.logits, batch).sum())
         with torch.no_grad():
             clean_sum += float(metric(runner._run(batch.clean), batch).sum())
         done += 1

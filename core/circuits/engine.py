@@ -15,6 +15,7 @@ q/k/v inputs, so a path of one head can be patched or differentiated alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -47,6 +48,15 @@ def probability_difference(logits: torch.Tensor, batch: PairBatch) -> torch.Tens
 
 
 METRICS: dict[str, MetricFn] = {"logit-diff": logit_difference, "prob-diff": probability_difference}
+
+
+@dataclass
+class SourceRun:
+    """One run seen from the component graph."""
+
+    outputs: torch.Tensor  # [n_sources, b, s, d]: what each source wrote
+    logits: torch.Tensor  # [b, vocab] at the last position
+    resid: dict[str, torch.Tensor]  # residual stream at every destination point [b, s, d]
 
 
 class ComponentRunner:
@@ -102,36 +112,49 @@ class ComponentRunner:
         return self.logits(hidden[:, -1])
 
     # -- runs -------------------------------------------------------------------------------------
-    def sources(self, ids: torch.Tensor, input_value: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every source's output [b, s, n_sources, d] (float32) and the last-position logits."""
+    def resid_points(self) -> list[str]:
+        """Where destinations read the stream: per layer resid_pre (attention), resid_mid (MLP); resid_final."""
+        L = self.graph.n_layers
+        return [f"blocks.{l}.{p}" for l in range(L) for p in ("resid_pre", "resid_mid")] + ["resid_final"]
+
+    def sources(self, ids: torch.Tensor, input_value: torch.Tensor | None = None) -> SourceRun:
+        """Every source's output [n_sources, b, s, d] (float32 or wider), the residual stream at
+        every destination point, and the last-position logits."""
         g = self.graph
         L, H = g.n_layers, g.n_heads
-        pts = ["blocks.0.resid_pre"] + [p for l in range(L) for p in self._layer_points(l)]
+        pts = self.resid_points() + [p for l in range(L) for p in self._layer_points(l)]
         with torch.no_grad(), self.inst.session(cache=pts, patch=self._input_patch(input_value)) as tr:
             logits = self._run(ids)
         x0 = tr["blocks.0.resid_pre"]
         b, s, d = x0.shape
-        outs = torch.empty(b, s, g.n_sources, d, device=x0.device, dtype=_wide(x0[:1, :1, :1]).dtype)
-        outs[:, :, 0] = x0
+        outs = torch.empty(g.n_sources, b, s, d, device=x0.device, dtype=_wide(x0[:1, :1, :1]).dtype)
+        outs[0] = x0
         for l in range(L):
             h0 = g.head_source(l, 0)
             scale = tr[f"blocks.{l}.attn_post_norm.scale"] if self.has_post_norm else None
-            outs[:, :, h0:h0 + H] = self.head_outputs(l, tr[f"blocks.{l}.attn.z"], scale)
-            outs[:, :, g.mlp_source(l)] = tr[f"blocks.{l}.mlp_out"]
-        return outs, logits
+            outs[h0:h0 + H] = self.head_outputs(l, tr[f"blocks.{l}.attn.z"], scale).permute(2, 0, 1, 3)
+            outs[g.mlp_source(l)] = tr[f"blocks.{l}.mlp_out"]
+        return SourceRun(outs, logits, {p: tr[p] for p in self.resid_points()})
 
-    def patched(self, ids: torch.Tensor, corrupted: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    def patched(self, ids: torch.Tensor, corrupted: SourceRun, drop: torch.Tensor, sum_over: str = "fewer") -> torch.Tensor:
         """Last-position logits with the edges in ``drop`` (bool [n_sources, n_destinations])
-        carrying the corrupted run's source outputs; every other edge carries this run's own."""
+        carrying the corrupted run's source outputs; every other edge carries this run's own.
+
+        A destination's input is ``x + Σ_dropped (corrupted − current)``, or equivalently
+        ``x_corrupted + Σ_kept (current − corrupted)``: whichever sum has fewer sources is used
+        (``sum_over="dropped"`` / ``"kept"`` forces one, for tests).
+        """
         g = self.graph
         L, H = g.n_layers, g.n_heads
-        drop = drop.to(corrupted.device, corrupted.dtype)
-        cur = torch.zeros_like(corrupted)
+        corr = corrupted.outputs
+        edge = torch.from_numpy(g.edge_mask).to(corr.device)
+        drop = drop.to(corr.device) & edge
+        cur = torch.zeros_like(corr)
         store: dict = {}
         patch: dict = {}
 
         def record_input(x):
-            cur[:, :, 0] = x
+            cur[0] = x
             return x
 
         def keep(key):
@@ -143,48 +166,60 @@ class ComponentRunner:
         def record_attn(l):
             def f(x):
                 h0 = g.head_source(l, 0)
-                cur[:, :, h0:h0 + H] = self.head_outputs(l, store.pop(("z", l)), store.pop(("scale", l), None))
-                store.pop(("diff", l), None)
+                z, scale = store.pop(("z", l)), store.pop(("scale", l), None)
+                cur[h0:h0 + H] = self.head_outputs(l, z, scale).permute(2, 0, 1, 3)
                 return x
             return f
 
         def record_mlp(l):
             def f(x):
-                cur[:, :, g.mlp_source(l)] = x
+                cur[g.mlp_source(l)] = x
                 return x
             return f
 
-        def layer_diff(l: int, n: int) -> torch.Tensor:
-            if ("diff", l) not in store:
-                store[("diff", l)] = corrupted[:, :, :n] - cur[:, :, :n]
-            return store[("diff", l)]
+        def mix(n: int, dst, x_corr: torch.Tensor, heads: bool):
+            """The patch for one destination group (columns ``dst``) reading the first n sources."""
+            d_drop = drop[:n, dst].to(corr.dtype)
+            d_keep = (edge[:n, dst] & ~drop[:n, dst]).to(corr.dtype)
+            if d_drop.dim() == 1:
+                d_drop, d_keep = d_drop[:, None], d_keep[:, None]
+            rows_drop = d_drop.any(1).nonzero().squeeze(1)
+            rows_keep = d_keep.any(1).nonzero().squeeze(1)
+            if len(rows_drop) == 0:
+                return None
+            use_keep = sum_over == "kept" or (sum_over == "fewer" and len(rows_keep) < len(rows_drop))
+            rows, w = (rows_keep, d_keep[rows_keep]) if use_keep else (rows_drop, d_drop[rows_drop])
 
-        def shift_path(l, w):  # w [n, H]
-            n = w.shape[0]
-            return lambda x: x + torch.einsum("bsnd,nh->bshd", layer_diff(l, n), w).to(x.dtype)
-
-        def shift(n, w):  # w [n]
-            return lambda x: x + torch.einsum("bsnd,n->bsd", corrupted[:, :, :n] - cur[:, :, :n], w).to(x.dtype)
+            def f(x):
+                k = len(rows)
+                delta = (cur[rows] - corr[rows]) if use_keep else (corr[rows] - cur[rows])  # [k, b, s, d]
+                if k:
+                    mixed = (w.T @ delta.reshape(k, -1)).unflatten(1, delta.shape[1:])  # [cols, b, s, d]
+                else:
+                    mixed = torch.zeros(w.shape[1], *x.shape[:2], x.shape[-1], device=x.device, dtype=corr.dtype)
+                mixed = mixed.permute(1, 2, 0, 3) if heads else mixed[0]
+                base = (x_corr.unsqueeze(-2) if heads else x_corr) if use_keep else x
+                return (base + mixed).to(x.dtype)
+            return f
 
         patch["blocks.0.resid_pre"] = record_input
+        resid = corrupted.resid
         for l in range(L):
             patch[f"blocks.{l}.attn.z"] = keep(("z", l))
             if self.has_post_norm:
                 patch[f"blocks.{l}.attn_post_norm.scale"] = keep(("scale", l))
             patch[f"blocks.{l}.attn_out"] = record_attn(l)
             patch[f"blocks.{l}.mlp_out"] = record_mlp(l)
-            n = g.attn_upstream(l)
             for p in PATHS:
-                w = drop[:n, g.path_destinations(l, p)]
-                if bool(w.any()):
-                    patch[f"blocks.{l}.attn.{p}_in"] = shift_path(l, w)
-            n = g.mlp_upstream(l)
-            w = drop[:n, g.mlp_destination(l)]
-            if bool(w.any()):
-                patch[f"blocks.{l}.resid_mid"] = shift(n, w)
-        w = drop[:, -1]
-        if bool(w.any()):
-            patch["resid_final"] = shift(g.n_sources, w)
+                fn = mix(g.attn_upstream(l), g.path_destinations(l, p), resid[f"blocks.{l}.resid_pre"], heads=True)
+                if fn is not None:
+                    patch[f"blocks.{l}.attn.{p}_in"] = fn
+            fn = mix(g.mlp_upstream(l), g.mlp_destination(l), resid[f"blocks.{l}.resid_mid"], heads=False)
+            if fn is not None:
+                patch[f"blocks.{l}.resid_mid"] = fn
+        fn = mix(g.n_sources, g.logits_destination, resid["resid_final"], heads=False)
+        if fn is not None:
+            patch["resid_final"] = fn
         with torch.no_grad(), self.inst.session(patch=patch):
             return self._run(ids)
 
@@ -195,31 +230,29 @@ class ComponentRunner:
 
     def edge_gradient_scores(self, batch: PairBatch, diff: torch.Tensor, metric: MetricFn,
                              input_value: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Σ over pairs of diff[source] · ∂metric/∂(destination input) for every edge, from one
-        forward + backward pass (run on the clean prompts, or with the input replaced by
-        ``input_value``); also returns the per-pair metric of that run."""
+        """Σ over pairs and positions of diff[source] · ∂metric/∂(destination input) for every edge,
+        from one forward + backward pass on the clean prompts (or with the input replaced by
+        ``input_value``). ``diff``: corrupted − clean source outputs [n_sources, b, s, d].
+        Also returns the per-pair metric of that run."""
         g = self.graph
-        L = g.n_layers
+        L, H = g.n_layers, g.n_heads
         names = self.destination_points()
         with torch.enable_grad(), self.inst.session(grad=names, patch=self._input_patch(input_value)) as tr:
             logits = self._run(batch.clean)
             m = metric(logits, batch)
             grads = torch.autograd.grad(m.sum(), [tr.leaf(n) for n in names], allow_unused=True)
-        grad = {n: (gr.to(diff.dtype) if gr is not None else None) for n, gr in zip(names, grads)}
+        grad = {n: (torch.zeros_like(tr.leaf(n)) if gr is None else gr).to(diff.dtype) for n, gr in zip(names, grads)}
+        flat = diff.reshape(g.n_sources, -1)  # [n_sources, b·s·d]: one GEMM per layer below
         scores = torch.zeros(g.n_sources, g.n_destinations, device=diff.device, dtype=diff.dtype)
         for l in range(L):
+            cols = torch.cat([grad[f"blocks.{l}.attn.{p}_in"].permute(2, 0, 1, 3).reshape(H, -1) for p in PATHS]
+                             + [grad[f"blocks.{l}.resid_mid"].reshape(1, -1)])  # [3H+1, b·s·d]
             n = g.attn_upstream(l)
-            for p in PATHS:
-                gr = grad[f"blocks.{l}.attn.{p}_in"]
-                if gr is not None:
-                    scores[:n, g.path_destinations(l, p)] = torch.einsum("bsnd,bshd->nh", diff[:, :, :n], gr)
-            n = g.mlp_upstream(l)
-            gr = grad[f"blocks.{l}.resid_mid"]
-            if gr is not None:
-                scores[:n, g.mlp_destination(l)] = torch.einsum("bsnd,bsd->n", diff[:, :, :n], gr)
-        gr = grad["resid_final"]
-        if gr is not None:
-            scores[:, -1] = torch.einsum("bsnd,bsd->n", diff, gr)
+            first = g.head_destination(l, 0, "q")
+            block = flat[: g.mlp_upstream(l)] @ cols.T  # [n_up, 3H+1]
+            scores[:n, first:first + 3 * H] = block[:n, : 3 * H]
+            scores[: g.mlp_upstream(l), g.mlp_destination(l)] = block[:, -1]
+        scores[:, -1] = flat @ grad["resid_final"].reshape(-1)
         return scores, m.detach()
 
     def single_edge_metrics(self, batch: PairBatch, diff: torch.Tensor, edges: list[tuple[int, int]],
@@ -228,7 +261,7 @@ class ComponentRunner:
         only that edge carries the corrupted source output. Edges run side by side as batch copies.
 
         Patching one edge changes nothing upstream of its destination, so the destination's input
-        simply gains ``corrupted − clean`` of the source (``diff``)."""
+        simply gains ``corrupted − clean`` of the source (``diff`` [n_sources, b, s, d])."""
         g = self.graph
         k, b = len(edges), len(batch)
         by_point: dict[str, list[tuple[int, int, int | None]]] = {}
@@ -250,9 +283,9 @@ class ComponentRunner:
                 for j, src, head in items:
                     rows = slice(j * b, (j + 1) * b)
                     if head is None:
-                        x[rows] += diff[:, :, src].to(x.dtype)
+                        x[rows] += diff[src].to(x.dtype)
                     else:
-                        x[rows, :, head] += diff[:, :, src].to(x.dtype)
+                        x[rows, :, head] += diff[src].to(x.dtype)
                 return x
             return f
 

@@ -89,12 +89,21 @@ def test_sources_add_up_and_faithfulness_endpoints(family, tiny_model):
     runner = ComponentRunner(model)
     g = runner.graph
     batch = pairs.batches(8)[0]
-    corrupted, corr_logits = runner.sources(batch.corrupted)
-    _, clean_logits = runner.sources(batch.clean)
-    all_dropped = runner.patched(batch.clean, corrupted, torch.from_numpy(g.edge_mask))
-    none_dropped = runner.patched(batch.clean, corrupted, torch.zeros(g.edge_mask.shape, dtype=torch.bool))
-    torch.testing.assert_close(all_dropped, corr_logits, atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(none_dropped, clean_logits, atol=2e-5, rtol=1e-5)
+    corrupted = runner.sources(batch.corrupted)
+    clean = runner.sources(batch.clean)
+    # the sources add up to the stream at every destination (up to constants equal in both runs)
+    const = clean.resid["resid_final"] - clean.outputs.sum(0)
+    torch.testing.assert_close(corrupted.resid["resid_final"] - corrupted.outputs.sum(0), const, atol=2e-5, rtol=1e-5)
+    everything = torch.from_numpy(g.edge_mask)
+    nothing = torch.zeros(g.edge_mask.shape, dtype=torch.bool)
+    torch.testing.assert_close(runner.patched(batch.clean, corrupted, everything), corrupted.logits, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(runner.patched(batch.clean, corrupted, nothing), clean.logits, atol=2e-5, rtol=1e-5)
+    # both ways of writing a patched input (sum over dropped or over kept sources) agree
+    rng = np.random.default_rng(0)
+    for frac in (0.1, 0.9):
+        drop = torch.from_numpy(g.edge_mask & (rng.random(g.edge_mask.shape) < frac))
+        torch.testing.assert_close(runner.patched(batch.clean, corrupted, drop, sum_over="dropped"),
+                                   runner.patched(batch.clean, corrupted, drop, sum_over="kept"), atol=2e-5, rtol=1e-5)
 
     result = find_circuit(model, pairs, CircuitSettings(method="eap", batch_size=4))
     assert result.metric_empty == pytest.approx(result.metric_corrupted, abs=1e-4)
@@ -122,15 +131,15 @@ def test_eap_matches_exact_patching_for_small_perturbations(family, tiny_folder)
     runner = ComponentRunner(model)
     g = runner.graph
     batch = id_pairs(model, 4).batches(4)[0]
-    clean, logits = runner.sources(batch.clean)
+    clean_run = runner.sources(batch.clean)
+    clean, logits = clean_run.outputs, clean_run.logits
     torch.manual_seed(0)
-    noise = torch.randn_like(clean[:, :, 0]) * clean[:, :, 0].std()
+    noise = torch.randn_like(clean[0]) * clean[0].std()
     edges = [tuple(e) for e in np.argwhere(g.edge_mask)]
     base = logit_difference(logits, batch).sum()
     errors = []
     for eps in (1e-3, 1e-4):
-        corrupted, _ = runner.sources(batch.clean, input_value=clean[:, :, 0] + eps * noise)
-        diff = corrupted - clean
+        diff = runner.sources(batch.clean, input_value=clean[0] + eps * noise).outputs - clean
         eap, _ = runner.edge_gradient_scores(batch, diff, logit_difference)
         exact = (runner.single_edge_metrics(batch, diff, edges, logit_difference) - base).numpy()
         eap = eap.numpy()[g.edge_mask]
