@@ -20,6 +20,8 @@ bootstrap: $(STAMP)
 
 benchmark: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/load_and_predict.py
+	$(PY) benchmarks/attribution.py
+	$(PY) benchmarks/circuits.py
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)

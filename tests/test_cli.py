@@ -140,3 +140,51 @@ def test_trace_default_model_finds_paris_and_mary(tmp_path):
               "--max-nodes", "64", "--out", str(tmp_path / "ioi.cdesk"), "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["targets"][0]["token"] == " Mary"
+
+
+# -- circuit ---------------------------------------------------------------------------------------
+def test_circuit_tiny_model_json_and_session(tiny_folder, tmp_path):
+    from core.session import load_session
+
+    out_file = tmp_path / "c.cdesk"
+    out = run("circuit", "--model", str(tiny_folder("llama")), "--task", "induction", "--n-pairs", "6",
+              "--method", "eap-ig", "--steps", "2", "--batch-size", "4", "--out", str(out_file), "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    for key in ("task", "method", "n_pairs", "edges_total", "baseline_metric", "faithfulness", "cpr", "cmd",
+                "top_edges", "seconds", "model"):
+        assert key in summary, key
+    assert summary["task"] == "induction" and summary["method"] == "eap-ig" and summary["n_pairs"] == 6
+    assert summary["edges_total"] == 110 and len(summary["model"]["sha256"]) == 64
+    assert summary["faithfulness"]["100%"] == pytest.approx(1.0, abs=1e-4)
+    assert summary["empty_circuit_metric"] == pytest.approx(summary["corrupted_metric"], abs=1e-4)
+    session = load_session(out_file)
+    c = session.circuit
+    assert session.graph is None and session.manifest["kind"] == "circuit"
+    assert c.graph.n_edges == summary["edges_total"] and int(c.circuit.sum()) == summary["circuit_edges"]
+    assert c.top_edges(1)[0]["edge"] == summary["top_edges"][0]["edge"]
+    assert c.curve.cpr == pytest.approx(summary["cpr"])
+    assert session.manifest["command"].startswith("circuitdesk circuit --model ")
+
+
+def test_circuit_bad_inputs_say_one_sentence(tiny_folder, tmp_path):
+    model = str(tiny_folder("llama"))
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text('{"clean": "when mary and john", "corrupted": "when john and mary", '
+                     '"answer": " mary", "counterfactual": " john"}\n'
+                     '{"clean": "when mary and john", "corrupted": "when john and", '
+                     '"answer": " mary", "counterfactual": " john"}\n')
+    out_file = tmp_path / "x.cdesk"
+    cases = [
+        (["--pairs", str(pairs)], "p.jsonl line 2: the clean and corrupted prompts are 5 and 4 tokens"),
+        (["--pairs", str(tmp_path / "none.jsonl")], "does not exist"),
+        (["--task", "induction", "--top-n", "-1"], "--top-n must be 0 or more"),
+        (["--task", "induction", "--steps", "0"], "at least 1 step"),
+        (["--task", "induction", "--n-pairs", "0"], "--n-pairs must be at least 1"),
+    ]
+    for extra, message in cases:
+        out = run("circuit", "--model", model, "--out", str(out_file), *extra)
+        assert out.returncode == 1 and message in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and not out_file.exists()
+    out = run("circuit", "--model", model, "--task", "ioi", "--pairs", str(pairs), "--out", str(out_file))
+    assert out.returncode == 2  # usage: a task or a pair file, not both

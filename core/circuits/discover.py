@@ -13,8 +13,9 @@ Methods (``METHODS``):
 Faithfulness (MIB, Mueller et al. 2025): a circuit C runs with every edge outside it carrying the
 corrupted run's source output; f = (m(C) − m(∅)) / (m(N) − m(∅)), where N is the full model and ∅
 the empty circuit. The curve takes the top {0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100}% of edges by
-|score| (pruned of dangling edges); CPR is the area under f and CMD the area under |1 − f| over
-the fraction of edges (trapezoids), as MIB computes them.
+|score| (pruned of dangling edges); CPR is the area under f and CMD the area under |1 − f|
+(trapezoids over log(fraction of edges), MIB's log-scale areas, divided by the log range so a
+perfect curve has CPR 1 and CMD 0).
 """
 
 from __future__ import annotations
@@ -83,9 +84,10 @@ class FaithfulnessCurve:
 
 
 def area_under(sizes, values) -> float:
-    """Trapezoid area over the sizes (linear x), MIB's way."""
-    x, y = np.asarray(sizes, float), np.asarray(values, float)
-    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+    """Trapezoid area over log(size), as MIB's log-scale evaluation, divided by the log range so
+    that a curve at 1 everywhere has area 1 (small circuits count as much as large ones)."""
+    x, y = np.log(np.asarray(sizes, float)), np.asarray(values, float)
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
 
 
 @dataclass

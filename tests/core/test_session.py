@@ -73,3 +73,27 @@ def test_untrusted_files_are_refused_clearly(session, tmp_path):
         load_session(bad)
     with pytest.raises(CircuitDeskError, match="does not exist"):
         load_session(tmp_path / "absent.cdesk")
+
+
+def test_circuit_session_round_trip_and_tampering(tiny_model, tmp_path):
+    from core.circuits import CircuitSettings, find_circuit
+    from core.circuits.tasks import PairSet, TokenPair
+
+    model = tiny_model("gpt2")
+    pairs = PairSet("t", [TokenPair((1, 5, 9, 12), (1, 5, 10, 12), (7,), (8,), "p", "", "")])
+    res = find_circuit(model, pairs, CircuitSettings(method="eap"))
+    manifest = new_manifest("circuit", model.summary(), "", CircuitSettings().to_json())
+    path = save_session(tmp_path / "c.cdesk", Session(manifest, circuit=res))
+    back = load_session(path).circuit
+    assert np.array_equal(back.scores, res.scores) and np.array_equal(back.circuit, res.circuit)
+    assert back.curve == res.curve and back.pairs == res.pairs and back.metric_clean == res.metric_clean
+
+    def bad_circuit(members):
+        buf = io.BytesIO()
+        c = np.ones_like(res.circuit)  # edges that cannot exist
+        np.save(buf, c)
+        return {**members, "arrays/circuit.npy": buf.getvalue()}
+
+    _rewrite(path, tmp_path / "bad.cdesk", bad_circuit)
+    with pytest.raises(CircuitDeskError, match="inconsistent circuit"):
+        load_session(tmp_path / "bad.cdesk")
