@@ -61,8 +61,8 @@ def main() -> None:
     t0 = time.perf_counter()
     for b in batches:
         with torch.no_grad():
-            runner._run(b.clean)
-            runner._run(b.corrupted)
+            runner.last_logits(b.clean)
+            runner.last_logits(b.corrupted)
         for _ in range(args.steps):
             with torch.enable_grad():
                 x = embed(b.clean).detach().requires_grad_(True)

@@ -236,7 +236,7 @@ def evaluate_circuits(runner: ComponentRunner, pairs: PairSet, circuits: list[np
         corrupted = runner.sources(batch.corrupted)
         corr_sum += float(metric(corrupted.logits, batch).sum())
         with torch.no_grad():
-            clean_sum += float(metric(runner._run(batch.clean), batch).sum())
+            clean_sum += float(metric(runner.last_logits(batch.clean), batch).sum())
         done += 1
         for i, drop in enumerate(drops):
             ctx.progress(done / total, f"Faithfulness: circuit {i + 1}/{len(drops)}, batch {bi + 1}/{len(batches)}")

@@ -107,7 +107,8 @@ class ComponentRunner:
     def _input_patch(self, value: torch.Tensor | None) -> dict:
         return {} if value is None else {"blocks.0.resid_pre": value}
 
-    def _run(self, ids: torch.Tensor) -> torch.Tensor:
+    def last_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits at the last position of a plain (or session-instrumented) run."""
         hidden = self.base(input_ids=ids.to(self.model.device), use_cache=False).last_hidden_state
         return self.logits(hidden[:, -1])
 
@@ -124,7 +125,7 @@ class ComponentRunner:
         L, H = g.n_layers, g.n_heads
         pts = self.resid_points() + [p for l in range(L) for p in self._layer_points(l)]
         with torch.no_grad(), self.inst.session(cache=pts, patch=self._input_patch(input_value)) as tr:
-            logits = self._run(ids)
+            logits = self.last_logits(ids)
         x0 = tr["blocks.0.resid_pre"]
         b, s, d = x0.shape
         outs = torch.empty(g.n_sources, b, s, d, device=x0.device, dtype=_wide(x0[:1, :1, :1]).dtype)
@@ -221,7 +222,7 @@ class ComponentRunner:
         if fn is not None:
             patch["resid_final"] = fn
         with torch.no_grad(), self.inst.session(patch=patch):
-            return self._run(ids)
+            return self.last_logits(ids)
 
     def destination_points(self) -> list[str]:
         L = self.graph.n_layers
@@ -238,7 +239,7 @@ class ComponentRunner:
         L, H = g.n_layers, g.n_heads
         names = self.destination_points()
         with torch.enable_grad(), self.inst.session(grad=names, patch=self._input_patch(input_value)) as tr:
-            logits = self._run(batch.clean)
+            logits = self.last_logits(batch.clean)
             m = metric(logits, batch)
             grads = torch.autograd.grad(m.sum(), [tr.leaf(n) for n in names], allow_unused=True)
         grad = {n: (torch.zeros_like(tr.leaf(n)) if gr is None else gr).to(diff.dtype) for n, gr in zip(names, grads)}
@@ -293,5 +294,5 @@ class ComponentRunner:
                         batch.answer_mask.repeat(k, 1), batch.counterfactual.repeat(k, 1),
                         batch.counterfactual_mask.repeat(k, 1), [])
         with torch.no_grad(), self.inst.session(patch={p: add(items) for p, items in by_point.items()}):
-            m = metric(self._run(big.clean), big)
+            m = metric(self.last_logits(big.clean), big)
         return m.view(k, b).sum(1)
