@@ -244,12 +244,13 @@ def make_task(model, name: str, n_pairs: int = 32, seed: int = 0, prepend_bos: b
     rng = random.Random(seed)
     if name == "induction":
         return induction_pairs(model, n_pairs, rng)
-    make = {"ioi": _ioi, "greater-than": _greater_than, "factual": _factual}[name]
+    # each maker reads its resource and checks it against the tokenizer once, then draws pairs
+    make = {"ioi": _ioi, "greater-than": _greater_than, "factual": _factual}[name](model)
     kept: list[TokenPair] = []
     dropped: list[str] = []
     attempts = 0
     while len(kept) < n_pairs and attempts < 20 * n_pairs + 100:
-        batch = [make(model, rng, f"{name} #{attempts + i + 1}") for i in range(n_pairs - len(kept))]
+        batch = [make(rng, f"{name} #{attempts + i + 1}") for i in range(n_pairs - len(kept))]
         attempts += len(batch)
         ps = encode_pairs(model, [p for p in batch if p is not None], name, strict=False, prepend_bos=prepend_bos)
         kept += ps.pairs
@@ -268,57 +269,69 @@ def _single(model, text: str) -> bool:
     return len(model.tokenizer(text, add_special_tokens=False).input_ids) == 1
 
 
-def _ioi(model, rng: random.Random, label: str) -> PromptPair | None:
+def _ioi(model):
     d = _resource("ioi.json")
     names = [n for n in d["names"] if _single(model, " " + n)]
-    if len(names) < 2:
-        return None
-    a, b = rng.sample(names, 2)
-    t = rng.choice(d["templates"])
-    fill = dict(place=rng.choice(d["places"]), object=rng.choice(d["objects"]))
-    clean = t.replace("{A}", a).replace("{B}", b).format(**fill)
-    # the second mention of the subject becomes the indirect object: the answer flips to B
-    first, _, rest = t.partition("{B}")
-    corrupted = (first + "{B}" + rest.replace("{B}", "{A}")).replace("{A}", a).replace("{B}", b).format(**fill)
-    return PromptPair(clean, corrupted, (" " + a,), (" " + b,), label)
+
+    def make(rng: random.Random, label: str) -> PromptPair | None:
+        if len(names) < 2:
+            return None
+        a, b = rng.sample(names, 2)
+        t = rng.choice(d["templates"])
+        fill = dict(place=rng.choice(d["places"]), object=rng.choice(d["objects"]))
+        clean = t.replace("{A}", a).replace("{B}", b).format(**fill)
+        # the second mention of the subject becomes the indirect object: the answer flips to B
+        first, _, rest = t.partition("{B}")
+        corrupted = (first + "{B}" + rest.replace("{B}", "{A}")).replace("{A}", a).replace("{B}", b).format(**fill)
+        return PromptPair(clean, corrupted, (" " + a,), (" " + b,), label)
+
+    return make
 
 
-def _greater_than(model, rng: random.Random, label: str) -> PromptPair | None:
+def _greater_than(model):
     d = _resource("greater_than.json")
-    t = rng.choice(d["templates"])
-    century = rng.choice(d["centuries"])
-    noun = rng.choice(d["nouns"])
-    two_digit = _single(model, "32") and _single(model, century)
-    yy = rng.randint(2, 98) if two_digit else rng.randint(11, 88)
-    clean = t.format(noun=noun, century=century, yy=f"{yy:02d}")
-    corrupted = t.format(noun=noun, century=century, yy="01")
-    if two_digit:
-        answer = tuple(f"{y:02d}" for y in range(yy + 1, 100))
-        cf = tuple(f"{y:02d}" for y in range(0, yy + 1))
-    else:  # digits are separate tokens: the next token is the tens digit
-        tens = yy // 10
-        answer = tuple(str(k) for k in range(tens + 1, 10))
-        cf = tuple(str(k) for k in range(0, tens))
-    return PromptPair(clean, corrupted, answer, cf, label)
+    two_digit_centuries = {c for c in d["centuries"] if _single(model, "32") and _single(model, c)}
+
+    def make(rng: random.Random, label: str) -> PromptPair | None:
+        t = rng.choice(d["templates"])
+        century = rng.choice(d["centuries"])
+        noun = rng.choice(d["nouns"])
+        two_digit = century in two_digit_centuries
+        yy = rng.randint(2, 98) if two_digit else rng.randint(11, 88)
+        clean = t.format(noun=noun, century=century, yy=f"{yy:02d}")
+        corrupted = t.format(noun=noun, century=century, yy="01")
+        if two_digit:
+            answer = tuple(f"{y:02d}" for y in range(yy + 1, 100))
+            cf = tuple(f"{y:02d}" for y in range(0, yy + 1))
+        else:  # digits are separate tokens: the next token is the tens digit
+            tens = yy // 10
+            answer = tuple(str(k) for k in range(tens + 1, 10))
+            cf = tuple(str(k) for k in range(0, tens))
+        return PromptPair(clean, corrupted, answer, cf, label)
+
+    return make
 
 
-def _factual(model, rng: random.Random, label: str) -> PromptPair | None:
+def _factual(model):
     d = _resource("capitals.json")
-    t = rng.choice(d["templates"])
     usable = [(c, cap) for c, cap in d["capitals"] if _single(model, " " + cap) and c != cap]
+    lengths = {(t, c): len(model.tokenizer(t.format(country=c), add_special_tokens=False).input_ids)
+               for t in d["templates"] for c, _ in usable}
 
-    def length(country: str) -> int:
-        return len(model.tokenizer(t.format(country=country), add_special_tokens=False).input_ids)
+    def make(rng: random.Random, label: str) -> PromptPair | None:
+        if len(usable) < 2:
+            return None
+        t = rng.choice(d["templates"])
+        country, capital = rng.choice(usable)
+        others = [(c, cap) for c, cap in usable
+                  if c != country and cap != capital and lengths[t, c] == lengths[t, country]]
+        if not others:
+            return None
+        other, other_capital = rng.choice(others)
+        return PromptPair(t.format(country=country), t.format(country=other), (" " + capital,), (" " + other_capital,),
+                          label)
 
-    if len(usable) < 2:
-        return None
-    country, capital = rng.choice(usable)
-    n = length(country)
-    others = [(c, cap) for c, cap in usable if c != country and cap != capital and length(c) == n]
-    if not others:
-        return None
-    other, other_capital = rng.choice(others)
-    return PromptPair(t.format(country=country), t.format(country=other), (" " + capital,), (" " + other_capital,), label)
+    return make
 
 
 def plain_token_ids(model, limit: int = 4000, seed: int = 0) -> list[int]:
