@@ -66,9 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
     predict.add_argument("--prompt", required=True)
     predict.add_argument("--top-k", type=int, default=10)
-    predict.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    predict.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    predict.add_argument("--json", action="store_true", help="print one JSON object")
+    _run_options(predict, session_out=False)
 
     trace = sub.add_parser("trace", help="build the attribution graph of a prompt (circuit-tracer method)")
     trace.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
@@ -84,10 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--batch-size", type=int, default=32, help="rows per backward pass (default 32)")
     trace.add_argument("--node-threshold", type=float, default=0.8, help="pruning: influence kept by nodes (0.8)")
     trace.add_argument("--edge-threshold", type=float, default=0.98, help="pruning: influence kept by edges (0.98)")
-    trace.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    trace.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    trace.add_argument("--out", required=True, metavar="FILE.cdesk", help="session file to write")
-    trace.add_argument("--json", action="store_true", help="print one JSON object")
+    _run_options(trace, session_out=True)
 
     circuit = sub.add_parser("circuit", help="find the component circuit (heads, MLPs) behind a task (EAP / EAP-IG)")
     circuit.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
@@ -109,11 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="without --top-n/--threshold: the smallest curve circuit reaching this (default 0.8)")
     circuit.add_argument("--batch-size", type=int, default=16, help="pairs per pass (default 16)")
     circuit.add_argument("--seed", type=int, default=0, help="seed for generated tasks and the random method")
-    circuit.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    circuit.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    circuit.add_argument("--out", required=True, metavar="FILE.cdesk", help="session file to write")
-    circuit.add_argument("--json", action="store_true", help="print one JSON object")
+    _run_options(circuit, session_out=True)
     return parser
+
+
+def _run_options(p: argparse.ArgumentParser, session_out: bool) -> None:
+    """Options every model-running command ends with: device, dtype, [--out session], --json."""
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    if session_out:
+        p.add_argument("--out", required=True, metavar="FILE.cdesk", help="session file to write")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def main(argv: list[str] | None = None) -> int:
