@@ -34,6 +34,7 @@ from core.jobs import JobContext
 
 METHODS = ("eap", "eap-ig", "exact", "random")
 CURVE_SIZES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+IG_ACCUMULATE_BYTES = 2 * 2**30  # EAP-IG's per-batch gradient sum, [n_destinations, b, s, d], when it fits
 
 
 @dataclass
@@ -169,8 +170,11 @@ def _check_pairs(model, pairs: PairSet) -> None:
 
 
 def score_edges(runner: ComponentRunner, pairs: PairSet, settings: CircuitSettings,
-                ctx: JobContext | None = None) -> tuple[np.ndarray, dict]:
-    """Edge scores [n_sources, n_destinations] (mean over pairs) and counts of passes run."""
+                ctx: JobContext | None = None, accumulate_bytes: int = IG_ACCUMULATE_BYTES) -> tuple[np.ndarray, dict]:
+    """Edge scores [n_sources, n_destinations] (mean over pairs) and counts of passes run.
+
+    EAP-IG sums a batch's per-step destination gradients in one buffer when it fits in
+    ``accumulate_bytes`` (one score GEMM per batch), else scores every step on its own."""
     ctx = ctx or JobContext()
     g = runner.graph
     dev = runner.model.device
@@ -187,23 +191,43 @@ def score_edges(runner: ComponentRunner, pairs: PairSet, settings: CircuitSettin
     for bi, batch in enumerate(batches):
         clean_run = runner.sources(batch.clean)
         clean, clean_logits = clean_run.outputs, clean_run.logits
-        diff = runner.sources(batch.corrupted).outputs - clean
-        fwd += 2
-        done += 2
         if settings.method == "eap":
+            diff = runner.sources(batch.corrupted).outputs.sub_(clean)
             s, _ = runner.edge_gradient_scores(batch, diff, metric)
             scores += s
-            fwd, bwd, done = fwd + 1, bwd + 1, done + 1
+            fwd, bwd, done = fwd + 3, bwd + 1, done + 3
         elif settings.method == "eap-ig":
+            # α = k/steps, k = 0…steps−1. The score is linear in the gradient: the steps' gradients
+            # are summed and multiplied by diff once. Step 0 runs the corrupted input itself, so
+            # that pass also records the corrupted sources.
+            numel = g.n_destinations * clean[0].numel() * clean.element_size()
+            grads = torch.zeros(g.n_destinations, *clean.shape[1:], device=dev, dtype=clean.dtype) \
+                if numel <= accumulate_bytes else None
+            ctx.progress(done / total, f"EAP-IG step 1/{settings.steps}, batch {bi + 1}/{len(batches)}")
+            g0, _, corrupted = runner.destination_gradients(batch, metric, out=grads, ids=batch.corrupted,
+                                                            record_sources=True)
+            diff = corrupted.outputs.sub_(clean)
+            del corrupted
+            if grads is None:
+                scores += runner.edge_scores(diff, g0) / settings.steps
+            del g0
+            fwd, bwd, done = fwd + 2, bwd + 1, done + 3
             x_clean, x_corr = clean[0], clean[0] + diff[0]
             dtype = runner.model.dtype
-            for k in range(settings.steps):
+            for k in range(1, settings.steps):
                 ctx.progress(done / total, f"EAP-IG step {k + 1}/{settings.steps}, batch {bi + 1}/{len(batches)}")
                 x = (x_corr + (k / settings.steps) * (x_clean - x_corr)).to(dtype)
-                s, _ = runner.edge_gradient_scores(batch, diff, metric, input_value=x)
-                scores += s / settings.steps
+                if grads is not None:
+                    runner.destination_gradients(batch, metric, input_value=x, out=grads)
+                else:
+                    scores += runner.edge_gradient_scores(batch, diff, metric, input_value=x)[0] / settings.steps
                 fwd, bwd, done = fwd + 1, bwd + 1, done + 1
+            if grads is not None:
+                scores += runner.edge_scores(diff, grads) / settings.steps
+            del grads
         else:  # exact
+            diff = runner.sources(batch.corrupted).outputs.sub_(clean)
+            fwd, done = fwd + 2, done + 2
             base = float(metric(clean_logits, batch).sum())
             copies = max(1, 64 // len(batch))
             for k in range(0, len(exact_edges), copies):
@@ -214,7 +238,7 @@ def score_edges(runner: ComponentRunner, pairs: PairSet, settings: CircuitSettin
                 scores[list(src), list(dst)] += (m - base).to(scores.device)
                 fwd += 1
                 done += len(chunk)
-        del clean_run, clean, diff
+        del clean_run, clean
         ctx.progress(done / total, f"Scored batch {bi + 1}/{len(batches)}")
     scores /= len(pairs)
     return scores.cpu().numpy().astype(np.float32), {"forward_passes": fwd, "backward_passes": bwd}

@@ -22,7 +22,7 @@ import torch
 
 from core.circuits.graph import PATHS, ComponentGraph
 from core.circuits.tasks import PairBatch
-from core.instrument.hooks import norm_linear
+from core.instrument.hooks import norm_linear, projected_norm_vjp
 
 MetricFn = Callable[[torch.Tensor, PairBatch], torch.Tensor]  # (logits [b, vocab], batch) -> [b]
 
@@ -70,6 +70,8 @@ class ComponentRunner:
         self.base = model.hf.get_submodule(a.layers.split(".")[0])
         blocks = model.hf.get_submodule(a.layers)
         self._o_proj = [b.get_submodule(a.attn).get_submodule(a.o_proj) for b in blocks]
+        self._qkv = [[b.get_submodule(a.attn).get_submodule(p) for p in a.qkv] for b in blocks]
+        self._attn_norm = [b.get_submodule(a.attn_in_norm) for b in blocks]
         self._post_norm = [b.get_submodule(a.attn_out_norm) if a.attn_out_norm else None for b in blocks]
         self._unembed = model.hf.get_submodule(a.unembed)
         self._softcap = getattr(model.hf.config, "final_logit_softcapping", None)
@@ -98,6 +100,21 @@ class ComponentRunner:
             out = norm_linear(self.model.adapter.norm_kind, post, out, post_scale.unsqueeze(-2), bias=False)
         return _wide(out)
 
+    def path_weights(self, layer: int, path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A path's projection weights [n, d_head, d] and biases [n, d_head] (or None), with
+        n = query heads for q, key/value heads for k and v (each serves n_heads / n query heads)."""
+        mods = self._qkv[layer]
+        i = PATHS.index(path)
+        if self.model.adapter.conv1d:  # fused Conv1D, weight [d, 3·H·d_head]
+            H = self.graph.n_heads
+            b = mods[0].bias
+            return (mods[0].weight.T.unflatten(0, (3, H, -1))[i],
+                    None if b is None else b.unflatten(0, (3, H, -1))[i])
+        d_head = mods[0].weight.shape[0] // self.graph.n_heads
+        mod = mods[i]
+        return (mod.weight.unflatten(0, (-1, d_head)),
+                None if mod.bias is None else mod.bias.unflatten(0, (-1, d_head)))
+
     def _layer_points(self, l: int) -> list[str]:
         pts = [f"blocks.{l}.attn.z", f"blocks.{l}.mlp_out"]
         if self.has_post_norm:
@@ -118,24 +135,31 @@ class ComponentRunner:
         L = self.graph.n_layers
         return [f"blocks.{l}.{p}" for l in range(L) for p in ("resid_pre", "resid_mid")] + ["resid_final"]
 
-    def sources(self, ids: torch.Tensor, input_value: torch.Tensor | None = None) -> SourceRun:
-        """Every source's output [n_sources, b, s, d] (float32 or wider), the residual stream at
-        every destination point, and the last-position logits."""
+    def source_points(self) -> list[str]:
+        """The points a run caches to be seen from the component graph."""
+        L = self.graph.n_layers
+        return self.resid_points() + [p for l in range(L) for p in self._layer_points(l)]
+
+    def _source_run(self, tr, logits: torch.Tensor) -> SourceRun:
         g = self.graph
-        L, H = g.n_layers, g.n_heads
-        pts = self.resid_points() + [p for l in range(L) for p in self._layer_points(l)]
-        with torch.no_grad(), self.inst.session(cache=pts, patch=self._input_patch(input_value)) as tr:
-            logits = self.last_logits(ids)
+        H = g.n_heads
         x0 = tr["blocks.0.resid_pre"]
         b, s, d = x0.shape
         outs = torch.empty(g.n_sources, b, s, d, device=x0.device, dtype=_wide(x0[:1, :1, :1]).dtype)
         outs[0] = x0
-        for l in range(L):
+        for l in range(g.n_layers):
             h0 = g.head_source(l, 0)
             scale = tr[f"blocks.{l}.attn_post_norm.scale"] if self.has_post_norm else None
             outs[h0:h0 + H] = self.head_outputs(l, tr[f"blocks.{l}.attn.z"], scale).permute(2, 0, 1, 3)
             outs[g.mlp_source(l)] = tr[f"blocks.{l}.mlp_out"]
-        return SourceRun(outs, logits, {p: tr[p] for p in self.resid_points()})
+        return SourceRun(outs, logits.detach(), {p: tr[p] for p in self.resid_points()})
+
+    def sources(self, ids: torch.Tensor, input_value: torch.Tensor | None = None) -> SourceRun:
+        """Every source's output [n_sources, b, s, d] (float32 or wider), the residual stream at
+        every destination point, and the last-position logits."""
+        with torch.no_grad(), self.inst.session(cache=self.source_points(), patch=self._input_patch(input_value)) as tr:
+            logits = self.last_logits(ids)
+        return self._source_run(tr, logits)
 
     def patched(self, ids: torch.Tensor, corrupted: SourceRun, drop: torch.Tensor, sum_over: str = "fewer") -> torch.Tensor:
         """Last-position logits with the edges in ``drop`` (bool [n_sources, n_destinations])
@@ -224,37 +248,79 @@ class ComponentRunner:
         with torch.no_grad(), self.inst.session(patch=patch):
             return self.last_logits(ids)
 
-    def destination_points(self) -> list[str]:
-        L = self.graph.n_layers
-        return ([f"blocks.{l}.attn.{p}_in" for l in range(L) for p in PATHS]
-                + [f"blocks.{l}.resid_mid" for l in range(L)] + ["resid_final"])
+    def destination_gradients(self, batch: PairBatch, metric: MetricFn, input_value: torch.Tensor | None = None,
+                              out: torch.Tensor | None = None, ids: torch.Tensor | None = None,
+                              record_sources: bool = False):
+        """∂metric/∂(destination input) for every destination, [n_destinations, b, s, d], from one
+        forward + backward pass on ``ids`` (default: the clean prompts), or with the input replaced
+        by ``input_value``; added into ``out`` when given (EAP-IG sums its steps there).
+        Returns (gradients, per-pair metric), plus the pass's ``SourceRun`` when ``record_sources``.
+
+        The pass is a plain one: gradients are taken at each query head's q/k/v projections and
+        carried back to that path's residual-stream input by the projection and the norm's VJP
+        (the same numbers as differentiating a per-path copy of the stream, without the copies).
+        """
+        g = self.graph
+        L, H = g.n_layers, g.n_heads
+        heads = [f"blocks.{l}.attn.{p}" for l in range(L) for p in PATHS]
+        mids = [f"blocks.{l}.resid_mid" for l in range(L)]
+        names = heads + mids + ["resid_final"]
+        cached = [f"blocks.{l}.resid_pre" for l in range(L)] + heads + (self.source_points() if record_sources else [])
+        with torch.enable_grad(), self.inst.session(grad=names, cache=cached, patch=self._input_patch(input_value)) as tr:
+            logits = self.last_logits(batch.clean if ids is None else ids)
+            m = metric(logits, batch)
+            grads = dict(zip(names, torch.autograd.grad(m.sum(), [tr.leaf(n) for n in names], allow_unused=True)))
+        x0 = tr["blocks.0.resid_pre"]
+        b, s, d = x0.shape
+        dtype = _wide(x0[:1, :1, :1]).dtype
+        if out is None:
+            out = torch.zeros(g.n_destinations, b, s, d, device=x0.device, dtype=dtype)
+
+        def add(rows, gr):
+            if gr is not None:
+                out[rows] += gr.to(dtype)
+
+        for l in range(L):
+            x = tr[f"blocks.{l}.resid_pre"].reshape(b * s, d)
+            for p in PATHS:
+                name = f"blocks.{l}.attn.{p}"
+                if grads[name] is None:
+                    continue
+                first = g.head_destination(l, 0, p)
+                weight, bias = self.path_weights(l, p)
+                projected_norm_vjp(self.model.adapter.norm_kind, self._attn_norm[l], x,
+                                   grads[name].permute(2, 0, 1, 3).reshape(H, b * s, -1), weight,
+                                   tr[name].permute(2, 0, 1, 3).reshape(H, b * s, -1), bias,
+                                   out[first:first + H].view(H, b * s, d))
+            add(g.mlp_destination(l), grads[mids[l]])
+        add(g.logits_destination, grads["resid_final"])
+        if record_sources:
+            return out, m.detach(), self._source_run(tr, logits)
+        return out, m.detach()
+
+    def edge_scores(self, diff: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """Σ over pairs and positions of diff[source] · grads[destination] on every edge
+        [n_sources, n_destinations]; one GEMM per layer. ``diff`` [n_sources, b, s, d]."""
+        g = self.graph
+        H = g.n_heads
+        flat = diff.reshape(g.n_sources, -1)
+        cols = grads.to(diff.dtype).reshape(g.n_destinations, -1)
+        scores = torch.zeros(g.n_sources, g.n_destinations, device=diff.device, dtype=diff.dtype)
+        for l in range(g.n_layers):
+            first, n, n_mlp = g.head_destination(l, 0, "q"), g.attn_upstream(l), g.mlp_upstream(l)
+            block = flat[:n_mlp] @ cols[first:first + 3 * H + 1].T  # [n_mlp, 3H+1] (q, k, v heads, mlp)
+            scores[:n, first:first + 3 * H] = block[:n, :-1]
+            scores[:n_mlp, first + 3 * H] = block[:, -1]
+        scores[:, -1] = flat @ cols[-1]
+        return scores
 
     def edge_gradient_scores(self, batch: PairBatch, diff: torch.Tensor, metric: MetricFn,
                              input_value: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Σ over pairs and positions of diff[source] · ∂metric/∂(destination input) for every edge,
-        from one forward + backward pass on the clean prompts (or with the input replaced by
-        ``input_value``). ``diff``: corrupted − clean source outputs [n_sources, b, s, d].
-        Also returns the per-pair metric of that run."""
-        g = self.graph
-        L, H = g.n_layers, g.n_heads
-        names = self.destination_points()
-        with torch.enable_grad(), self.inst.session(grad=names, patch=self._input_patch(input_value)) as tr:
-            logits = self.last_logits(batch.clean)
-            m = metric(logits, batch)
-            grads = torch.autograd.grad(m.sum(), [tr.leaf(n) for n in names], allow_unused=True)
-        grad = {n: (torch.zeros_like(tr.leaf(n)) if gr is None else gr).to(diff.dtype) for n, gr in zip(names, grads)}
-        flat = diff.reshape(g.n_sources, -1)  # [n_sources, b·s·d]: one GEMM per layer below
-        scores = torch.zeros(g.n_sources, g.n_destinations, device=diff.device, dtype=diff.dtype)
-        for l in range(L):
-            cols = torch.cat([grad[f"blocks.{l}.attn.{p}_in"].permute(2, 0, 1, 3).reshape(H, -1) for p in PATHS]
-                             + [grad[f"blocks.{l}.resid_mid"].reshape(1, -1)])  # [3H+1, b·s·d]
-            n = g.attn_upstream(l)
-            first = g.head_destination(l, 0, "q")
-            block = flat[: g.mlp_upstream(l)] @ cols.T  # [n_up, 3H+1]
-            scores[:n, first:first + 3 * H] = block[:n, : 3 * H]
-            scores[: g.mlp_upstream(l), g.mlp_destination(l)] = block[:, -1]
-        scores[:, -1] = flat @ grad["resid_final"].reshape(-1)
-        return scores, m.detach()
+        """EAP scores of one pass: Σ over pairs and positions of diff[source] · ∂metric/∂(destination
+        input) for every edge (``diff``: corrupted − clean source outputs [n_sources, b, s, d]), and
+        the per-pair metric of that run."""
+        grads, m = self.destination_gradients(batch, metric, input_value)
+        return self.edge_scores(diff, grads), m
 
     def single_edge_metrics(self, batch: PairBatch, diff: torch.Tensor, edges: list[tuple[int, int]],
                             metric: MetricFn) -> torch.Tensor:

@@ -8,6 +8,8 @@ Access points (``Instrumentation.points``), per block ``l``::
     blocks.{l}.attn_in                 normalized input to attention (q/k/v paths) [b, s, d]
     blocks.{l}.attn.{q,k,v}_in         residual stream as one path of one query head reads it
                                        (before the norm; using one splits the layer) [b, s, h, d]
+    blocks.{l}.attn.{q,k,v}            each query head's query/key/value projection (before rotary;
+                                       GQA k/v copied per query head)               [b, s, h, d_head]
     blocks.{l}.attn.pattern            attention probabilities                      [b, h, q, k]
     blocks.{l}.attn.z                  per-head output before the output projection [b, s, h, d_head]
     blocks.{l}.attn_post_norm.scale    Gemma's post-attention norm scale            [b, s, 1]

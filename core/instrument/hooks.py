@@ -35,6 +35,70 @@ def norm_linear(kind: str, mod, x: torch.Tensor, scale: torch.Tensor, bias: bool
     return y * (1.0 + mod.weight.to(wide) if kind == "rms_offset" else mod.weight.to(wide))
 
 
+def norm_eps(mod) -> float:
+    """A norm module's epsilon (transformers names it ``variance_epsilon`` or ``eps``)."""
+    eps = getattr(mod, "variance_epsilon", None)
+    return float(eps if eps is not None else getattr(mod, "eps", 1e-6))
+
+
+def norm_vjp(kind: str, mod, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """u · ∂norm(x)/∂x: the gradient at a norm's input from the gradient ``u`` at its output.
+
+    ``x`` [..., d] broadcasts against ``u`` (e.g. x [b, s, 1, d], u [b, s, heads, d] gives every
+    head's gradient at once). Computed in float32, or float64 for float64 inputs.
+    """
+    wide = torch.promote_types(torch.promote_types(x.dtype, u.dtype), torch.float32)
+    x, u = x.to(wide), u.to(wide)
+    w = mod.weight.to(wide) if getattr(mod, "weight", None) is not None else None
+    v = u if w is None else u * (1.0 + w if kind == "rms_offset" else w)
+    eps = norm_eps(mod)
+    if kind == "layer":
+        xc = x - x.mean(-1, keepdim=True)
+        r = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
+        n = xc * r
+        return r * (v - v.mean(-1, keepdim=True) - n * (v * n).mean(-1, keepdim=True))
+    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return r * v - (r.pow(3) / x.shape[-1]) * x * (v * x).sum(-1, keepdim=True)
+
+
+def projected_norm_vjp(kind: str, mod, x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor,
+                       outputs: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """Adds (W_i ∘ norm)ᵀ g_i to ``out[i]`` for n linear maps y_i = W_i·norm(x) + bias_i.
+
+    x [t, d] is the norm's input, g [n, t, e] the gradients at the maps' outputs, ``outputs``
+    [n, t, e] the maps' outputs y_i in the same pass, out [n, t, d]. ``weight`` [m, e, d] and
+    ``bias`` [m, e] (or None) may be shared by groups of n/m consecutive maps (GQA keys/values).
+    Equal to ``norm_vjp(kind, mod, x, g_i @ W_i)`` for each i: the norm's weight is folded into W
+    and its rank-one correction is read off the outputs already computed, so the only [n, t, d]
+    work is one batched GEMM and one fused update of ``out``.
+    """
+    dtype = out.dtype
+    n, t, e = g.shape
+    m, d = weight.shape[0], x.shape[-1]
+    x, g, outputs, weight = x.to(dtype), g.to(dtype), outputs.to(dtype), weight.to(dtype)
+    w = mod.weight.to(dtype) if getattr(mod, "weight", None) is not None else None
+    wf = weight if w is None else weight * (1.0 + w if kind == "rms_offset" else w)  # [m, e, d]
+    eps = norm_eps(mod)
+    wz = outputs if bias is None else outputs - bias.to(dtype).repeat_interleave(n // m, 0).unsqueeze(1)
+    if kind == "layer":  # y = W(w⊙z + b_norm) + bias, z = (x − mean)·r
+        xc = x - x.mean(-1, keepdim=True)
+        r = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)  # [t, 1]
+        z = xc * r
+        if getattr(mod, "bias", None) is not None:
+            wz = wz - (weight @ mod.bias.to(dtype)).repeat_interleave(n // m, 0).unsqueeze(1)
+        mean_v = torch.einsum("nte,ne->nt", g, wf.sum(-1).repeat_interleave(n // m, 0)) / d  # mean of v = W'ᵀ g
+        out.add_((-r.squeeze(-1) * mean_v).unsqueeze(-1))
+        coef = -(g * wz).sum(-1) * (r.squeeze(-1) / d)
+    else:  # y = W(w⊙x·r) + bias, so W'x = (y − bias) / r
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        z = x
+        coef = -(g * wz).sum(-1) * (r.squeeze(-1).pow(2) / d)
+    # r · v: maps sharing a weight are consecutive, so each group is one [n/m · t, e] @ [e, d] product
+    out.view(m, -1, d).baddbmm_((g * r).reshape(m, -1, e), wf)
+    out.addcmul_(coef.unsqueeze(-1), z.unsqueeze(0))
+    return out
+
+
 @dataclass
 class Trace:
     """What one instrumented session recorded."""
@@ -122,42 +186,60 @@ class Instrumentation:
         self._output_point(hf, "logits")
 
     def _split_qkv(self, l: int, block, attn, a, n_heads: int) -> None:
-        """Per-query-head q/k/v path inputs ``blocks.{l}.attn.{q,k,v}_in`` [b, s, n_heads, d].
+        """Per-query-head q/k/v points of layer ``l``.
 
-        Each is the residual stream (before the attention norm) as one path of one query head
-        reads it. When any of a layer's three points is used, that layer computes every head's
-        q, k and v from its own copy (normalized separately), so a path can be patched, or
-        differentiated, alone: component circuits split edges into heads by path this way.
-        GQA: k/v are computed per query head (from its key/value head's weights), so the
-        attention function sees as many key/value heads as query heads.
+        ``blocks.{l}.attn.{q,k,v}_in`` [b, s, n_heads, d]: the residual stream (before the
+        attention norm) as one path of one query head reads it. When any of them is used, that
+        layer computes every head's q, k and v from its own copy (normalized separately), so a
+        path can be patched alone: component circuits patch edges into heads by path this way.
+
+        ``blocks.{l}.attn.{q,k,v}`` [b, s, n_heads, d_head]: each query head's query, key and
+        value projections (before rotary embeddings or q/k norms). A gradient there is the
+        gradient of that one path (its residual-stream gradient is one projection and one norm
+        VJP away, see ``norm_vjp``), at the cost of a plain pass.
+
+        GQA: when any of these points is used, keys and values are materialized per query head
+        (a copy of their key/value head's), so the attention function sees as many key/value heads
+        as query heads and each query head's k/v path is its own.
         """
-        names = tuple(f"blocks.{l}.attn.{p}_in" for p in "qkv")
-        self.points.extend(names)
+        split_names = tuple(f"blocks.{l}.attn.{p}_in" for p in "qkv")
+        head_names = tuple(f"blocks.{l}.attn.{p}" for p in "qkv")
+        self.points.extend(split_names + head_names)
         norm = block.get_submodule(a.attn_in_norm)
 
+        def split() -> bool:
+            return self._state is not None and any(self._touched(n) for n in split_names)
+
         def active() -> bool:
-            return self._state is not None and any(self._touched(n) for n in names)
+            return self._state is not None and any(self._touched(n) for n in split_names + head_names)
 
         def record(mod, args, kwargs):
-            if active():
+            if split():
                 self._state.split_resid[l] = args[0] if args else kwargs["hidden_states"]
             return None
 
         block.register_forward_pre_hook(record, with_kwargs=True)
 
-        def path_output(name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-            # weight [n, d_head, d] with n = query or key/value heads; returns [b, s, n_heads * d_head]
-            x = self._state.split_resid[l]
-            xs = self._fire(name, x.unsqueeze(-2).expand(*x.shape[:-1], n_heads, x.shape[-1]))
-            normed = norm.forward(xs)  # the module's own forward, not its hooks
-            if weight.shape[0] != n_heads:
-                idx = torch.arange(n_heads, device=weight.device) // (n_heads // weight.shape[0])
-                weight = weight[idx]
-                bias = bias[idx] if bias is not None else None
-            out = torch.einsum("bshd,hed->bshe", normed.to(weight.dtype), weight)
-            if bias is not None:
-                out = out + bias
-            return out.flatten(-2)
+        def per_query_head(t: torch.Tensor) -> torch.Tensor:
+            """[..., n, d_head] for n query or key/value heads -> [..., n_heads, d_head]."""
+            n = t.shape[-2]
+            if n == n_heads:
+                return t
+            return t.repeat_interleave(n_heads // n, dim=-2)
+
+        def path_output(i: int, output: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            """Path i's projections [b, s, n_heads * d_head]; weight [n, d_head, d], output [b, s, n·d_head]."""
+            if split():
+                x = self._state.split_resid[l]
+                xs = self._fire(split_names[i], x.unsqueeze(-2).expand(*x.shape[:-1], n_heads, x.shape[-1]))
+                normed = norm.forward(xs)  # the module's own forward, not its hooks
+                w = per_query_head(weight.transpose(0, 1)).transpose(0, 1)
+                out = torch.einsum("bshd,hed->bshe", normed.to(w.dtype), w)
+                if bias is not None:
+                    out = out + per_query_head(bias)
+            else:
+                out = per_query_head(output.unflatten(-1, (weight.shape[0], -1)))
+            return self._fire(head_names[i], out).flatten(-2)
 
         if a.conv1d:  # GPT-2: one fused Conv1D, weight [d, 3·d_attn], columns q | k | v
             fused = attn.get_submodule(a.qkv[0])
@@ -167,20 +249,21 @@ class Instrumentation:
                     return None
                 w = mod.weight.T.unflatten(0, (3, n_heads, -1))  # [3, H, d_head, d]
                 b = mod.bias.unflatten(0, (3, n_heads, -1)) if mod.bias is not None else [None] * 3
-                return torch.cat([path_output(n, w[i], b[i]) for i, n in enumerate(names)], -1)
+                parts = output.chunk(3, -1)
+                return torch.cat([path_output(i, parts[i], w[i], b[i]) for i in range(3)], -1)
 
             fused.register_forward_hook(fused_hook)
             return
         q_rows = attn.get_submodule(a.qkv[0]).weight.shape[0]
         d_head = q_rows // n_heads
-        for name, proj in zip(names, a.qkv):
+        for i, proj in enumerate(a.qkv):
 
-            def hook(mod, args, output, name=name):
+            def hook(mod, args, output, i=i):
                 if not active():
                     return None
                 w = mod.weight.unflatten(0, (-1, d_head))
                 b = mod.bias.unflatten(0, (-1, d_head)) if mod.bias is not None else None
-                return path_output(name, w, b)
+                return path_output(i, output, w, b)
 
             attn.get_submodule(proj).register_forward_hook(hook)
 
@@ -226,7 +309,7 @@ class Instrumentation:
         (e.g. with the scale cached from another run): the norm becomes that fixed linear map.
         """
         self.points.append(name)
-        eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", 1e-6)
+        eps = norm_eps(module)
 
         def hook(mod, args, output):
             st = self._state

@@ -166,6 +166,30 @@ def test_node_score_is_the_sum_of_outgoing_edges(tiny_model):
     assert res.stats["circuit_edges"] == int(res.circuit.sum()) <= 5
 
 
+def test_gradient_pass_records_the_same_sources_as_a_plain_run(tiny_model):
+    model = tiny_model("gemma2")  # post-norms: head outputs need the run's own norm scales
+    runner = ComponentRunner(model)
+    batch = id_pairs(model, 3).batches(3)[0]
+    plain = runner.sources(batch.corrupted)
+    _, _, recorded = runner.destination_gradients(batch, logit_difference, ids=batch.corrupted, record_sources=True)
+    torch.testing.assert_close(recorded.outputs, plain.outputs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(recorded.logits, plain.logits, rtol=1e-5, atol=1e-5)
+    assert not recorded.outputs.requires_grad
+
+
+@pytest.mark.parametrize("fam", ["llama", "gpt2"])
+def test_eap_ig_summed_steps_equal_steps_scored_one_by_one(tiny_model, fam):
+    from core.circuits.discover import score_edges
+
+    model = tiny_model(fam)
+    runner, pairs = ComponentRunner(model), id_pairs(model, 6)
+    settings = CircuitSettings(method="eap-ig", steps=3, batch_size=4)
+    summed, _ = score_edges(runner, pairs, settings)
+    one_by_one, _ = score_edges(runner, pairs, settings, accumulate_bytes=0)
+    assert np.abs(summed).max() > 0
+    np.testing.assert_allclose(summed, one_by_one, rtol=1e-4, atol=1e-6 * np.abs(summed).max())
+
+
 # -- a planted circuit -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def induction_model(tmp_path_factory):

@@ -162,3 +162,69 @@ def test_unknown_point_fails_loudly(tiny_model):
             pass
     with pytest.raises(ValueError):
         m.instrument.forward(torch.tensor([[1, 5]]), patch={"blocks.0.resid_pre": torch.zeros(1, 3, 32)})
+
+
+def test_norm_vjp_matches_autograd_through_the_norm(family, tiny_model):
+    from core.instrument.hooks import norm_vjp, projected_norm_vjp
+
+    m = tiny_model(family)
+    norm = m.hf.get_submodule(m.adapter.layers)[1].get_submodule(m.adapter.attn_in_norm)
+    gen = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(2, 5, m.facts.d_model, generator=gen)).requires_grad_(True)
+    u = torch.randn(2, 5, m.facts.d_model, generator=gen)
+    (ref,) = torch.autograd.grad(norm(x), x, grad_outputs=u)
+    got = norm_vjp(m.adapter.norm_kind, norm, x.detach(), u)
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5)
+    # broadcast: one input, several output gradients at once
+    many = norm_vjp(m.adapter.norm_kind, norm, x.detach(), torch.stack([u, 2 * u]))
+    assert torch.allclose(many[1], 2 * got, rtol=1e-5, atol=1e-6)
+    # through linear maps read after the norm: (W_i ∘ norm)ᵀ g_i, added into a buffer
+    w = torch.randn(3, 4, m.facts.d_model, generator=gen)
+    gi = torch.randn(3, 10, 4, generator=gen)
+    start = torch.randn(3, 10, m.facts.d_model, generator=gen)
+    xt = x.detach().reshape(10, -1)
+    bias = torch.randn(3, 4, generator=gen)
+    outputs = torch.einsum("td,ned->nte", norm(xt), w) + bias.unsqueeze(1)
+    got = projected_norm_vjp(m.adapter.norm_kind, norm, xt, gi, w, outputs.detach(), bias, start.clone())
+    ref = start + norm_vjp(m.adapter.norm_kind, norm, xt, torch.einsum("nte,ned->ntd", gi, w))
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5)
+    # a weight shared by consecutive maps (GQA): 6 maps, 3 weights
+    g6 = torch.randn(6, 10, 4, generator=gen)
+    w6, b6 = w.repeat_interleave(2, 0), bias.repeat_interleave(2, 0)
+    out6 = torch.einsum("td,ned->nte", norm(xt), w6) + b6.unsqueeze(1)
+    shared = projected_norm_vjp(m.adapter.norm_kind, norm, xt, g6, w, out6.detach(), bias, torch.zeros(6, 10, m.facts.d_model))
+    full = projected_norm_vjp(m.adapter.norm_kind, norm, xt, g6, w6, out6.detach(), b6, torch.zeros(6, 10, m.facts.d_model))
+    assert torch.allclose(shared, full, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(shared[3], norm_vjp(m.adapter.norm_kind, norm, xt, g6[3] @ w[1]), rtol=1e-4, atol=1e-5)
+
+
+def test_per_head_qkv_points_are_inert_and_their_gradient_is_the_split_copy_gradient(family, tiny_model):
+    from core.circuits.engine import ComponentRunner
+    from core.instrument.hooks import norm_vjp
+
+    m = tiny_model(family)
+    ids = torch.randint(5, m.facts.vocab_size, (1, 9), generator=torch.Generator().manual_seed(1))
+    H = m.facts.n_heads
+    with torch.no_grad():
+        plain = m.hf(ids).logits
+        logits, t = m.instrument.forward(ids, cache=["blocks.1.attn.k", "blocks.1.attn.v"])
+    assert (logits - plain).abs().max() <= 1e-5
+    k = t["blocks.1.attn.k"]
+    assert k.shape == (1, ids.shape[1], H, m.facts.d_head)
+    groups = H // m.hf.config.num_key_value_heads if hasattr(m.hf.config, "num_key_value_heads") else 1
+    for h in range(H):  # GQA: each query head's key is its key/value head's
+        assert torch.equal(k[:, :, h], k[:, :, h - h % groups])
+    runner = ComponentRunner(m)
+    norm = m.hf.get_submodule(m.adapter.layers)[1].get_submodule(m.adapter.attn_in_norm)
+    for i, p in enumerate("qkv"):
+        with m.instrument.session(grad=f"blocks.1.attn.{p}_in") as ts:
+            m.hf(ids).logits[0, -1, 7].backward()
+        split = ts.grad(f"blocks.1.attn.{p}_in")  # [b, s, H, d]
+        with m.instrument.session(grad=f"blocks.1.attn.{p}", cache="blocks.1.resid_pre") as th:
+            m.hf(ids).logits[0, -1, 7].backward()
+        w = runner.path_weights(1, p)[0]  # [n, d_head, d]
+        w = w.repeat_interleave(H // w.shape[0], 0)
+        u = torch.einsum("bshe,hed->bshd", th.grad(f"blocks.1.attn.{p}"), w)
+        got = norm_vjp(m.adapter.norm_kind, norm, th["blocks.1.resid_pre"].unsqueeze(-2), u)
+        assert split.abs().max() > 0
+        assert torch.allclose(got, split, rtol=1e-4, atol=1e-6), p
