@@ -1,0 +1,193 @@
+"""The workbench's shared state: what is shown and what is selected, observed by every pane.
+
+Pure Python (no Qt): the desktop panes are thin adapters that read this model and write user
+actions to it. One user action is one ``Change`` delivered once to each observer; writes made
+by an observer while a change is being delivered are refused (a pane reacting to a change must
+not bounce it back), so the panes never call each other and never loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+Observer = Callable[["Change"], None]
+
+# what a change is about
+VIEW = "view"  # a new graph/circuit (and heatmap data) is shown
+SELECTION = "selection"  # selected nodes (and the current cell) changed
+HOVER = "hover"
+THRESHOLD = "threshold"  # the pruning threshold moved: the visible subgraph changed
+ANNOTATION = "annotation"  # pins, groups or labels changed
+INTERVENTION = "intervention"  # an intervention result arrived for the selection
+
+
+@dataclass(frozen=True)
+class Change:
+    what: str
+    source: str = ""  # the pane that caused it ("" = the application)
+
+
+@dataclass
+class Group:
+    """A labelled supernode: nodes drawn and selected together."""
+
+    label: str
+    nodes: tuple[int, ...]
+
+
+@dataclass
+class WorkbenchState:
+    """Everything the panes share. Fields are read freely; change them only through methods."""
+
+    view: Any = None  # core.view.GraphView (or None before the first run)
+    selected: tuple[int, ...] = ()
+    cell: tuple[int, int] | None = None  # (layer, position) of the current heatmap cell
+    hovered: int | None = None
+    threshold: float = 0.8
+    pinned: tuple[int, ...] = ()
+    groups: list[Group] = field(default_factory=list)
+    intervention: Any = None  # the latest core.interventions.InterventionResult for the selection
+    _observers: list[Observer] = field(default_factory=list, repr=False)
+    _delivering: bool = field(default=False, repr=False)
+
+    # -- observers --------------------------------------------------------------------------------
+    def subscribe(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    def unsubscribe(self, observer: Observer) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def _emit(self, what: str, source: str) -> None:
+        change = Change(what, source)
+        self._delivering = True
+        try:
+            for obs in list(self._observers):
+                obs(change)
+        finally:
+            self._delivering = False
+
+    def _writable(self) -> bool:
+        return not self._delivering
+
+    # -- actions ------------------------------------------------------------------------------------
+    def show(self, view, source: str = "") -> None:
+        """Show a new graph view: selection, pins, groups and the intervention result reset."""
+        if not self._writable():
+            return
+        self.view = view
+        self.selected, self.cell, self.hovered = (), None, None
+        self.pinned, self.groups, self.intervention = (), [], None
+        if view is not None:
+            self.threshold = view.threshold
+        self._emit(VIEW, source)
+
+    def select(self, nodes, source: str = "", extend: bool = False, cell: tuple[int, int] | None = None) -> bool:
+        """Select ``nodes`` (replacing, or toggling them into the selection with ``extend``).
+        Returns False (and tells nobody) when nothing changed."""
+        if not self._writable():
+            return False
+        nodes = tuple(int(n) for n in nodes)
+        if extend:
+            current = list(self.selected)
+            for n in nodes:
+                if n in current:
+                    current.remove(n)
+                else:
+                    current.append(n)
+            nodes = tuple(current)
+        else:
+            nodes = tuple(dict.fromkeys(nodes))
+        if cell is None and len(nodes) == 1 and self.view is not None:
+            cell = self.view.cell_of(nodes[0])
+        if nodes == self.selected and cell == self.cell:
+            return False
+        self.selected, self.cell = nodes, cell
+        self.intervention = None
+        self._emit(SELECTION, source)
+        return True
+
+    def select_cell(self, layer: int, pos: int, source: str = "") -> bool:
+        """Select every visible node at (layer, position)."""
+        if self.view is None:
+            return False
+        return self.select(self.view.nodes_at(layer, pos), source=source, cell=(layer, pos))
+
+    def clear_selection(self, source: str = "") -> bool:
+        return self.select((), source=source, cell=None)
+
+    def hover(self, node: int | None, source: str = "") -> None:
+        if self._writable() and node != self.hovered:
+            self.hovered = node
+            self._emit(HOVER, source)
+
+    def set_threshold(self, value: float, source: str = "") -> bool:
+        if not self._writable() or self.view is None:
+            return False
+        value = float(min(max(value, 0.0), 1.0))
+        if value == self.threshold:
+            return False
+        self.threshold = value
+        self.view.set_threshold(value)
+        visible = set(self.view.visible_nodes().tolist())
+        self.selected = tuple(n for n in self.selected if n in visible or n in self.pinned)
+        self._emit(THRESHOLD, source)
+        return True
+
+    def pin(self, nodes=None, source: str = "") -> None:
+        """Pin nodes (default: the selection): they stay visible at any threshold."""
+        if not self._writable():
+            return
+        nodes = self.selected if nodes is None else tuple(int(n) for n in nodes)
+        pinned = tuple(dict.fromkeys(self.pinned + nodes))
+        if pinned != self.pinned:
+            self.pinned = pinned
+            if self.view is not None:
+                self.view.pinned = set(pinned)
+            self._emit(ANNOTATION, source)
+
+    def unpin_all(self, source: str = "") -> None:
+        if self._writable() and self.pinned:
+            self.pinned = ()
+            if self.view is not None:
+                self.view.pinned = set()
+            self._emit(ANNOTATION, source)
+
+    def group(self, label: str, nodes=None, source: str = "") -> Group | None:
+        """Group nodes (default: the selection, at least two) into a labelled supernode."""
+        if not self._writable():
+            return None
+        nodes = tuple(self.selected if nodes is None else (int(n) for n in nodes))
+        label = label.strip()
+        if len(nodes) < 2 or not label:
+            return None
+        grouped = {n for g in self.groups for n in g.nodes}
+        nodes = tuple(n for n in nodes if n not in grouped)
+        if len(nodes) < 2:
+            return None
+        g = Group(label, nodes)
+        self.groups.append(g)
+        self._emit(ANNOTATION, source)
+        return g
+
+    def ungroup(self, label: str, source: str = "") -> bool:
+        if not self._writable():
+            return False
+        before = len(self.groups)
+        self.groups = [g for g in self.groups if g.label != label]
+        if len(self.groups) != before:
+            self._emit(ANNOTATION, source)
+            return True
+        return False
+
+    def group_of(self, node: int) -> Group | None:
+        for g in self.groups:
+            if node in g.nodes:
+                return g
+        return None
+
+    def set_intervention(self, result, source: str = "") -> None:
+        if self._writable():
+            self.intervention = result
+            self._emit(INTERVENTION, source)

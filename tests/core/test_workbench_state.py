@@ -1,0 +1,148 @@
+"""The workbench's pure-Python state: views of graphs and circuits, linked selection, one change
+per action (no Qt here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT, Graph, prune
+from core.selection import ANNOTATION, SELECTION, THRESHOLD, VIEW, WorkbenchState
+from core.view import CATEGORIES, from_attribution, from_circuit
+
+
+def toy_graph(seed: int = 0, L: int = 3, P: int = 4, per_cell: int = 3) -> Graph:
+    """A random layered attribution graph: embeddings, features, errors, two logits."""
+    rng = np.random.default_rng(seed)
+    kind, layer, pos, index = [], [], [], []
+    for p in range(P):
+        kind.append(EMBEDDING), layer.append(-1), pos.append(p), index.append(10 + p)
+    for l in range(L):
+        for p in range(P):
+            for f in range(per_cell):
+                kind.append(FEATURE), layer.append(l), pos.append(p), index.append(f)
+            kind.append(ERROR), layer.append(l), pos.append(p), index.append(0)
+    for t in (5, 6):
+        kind.append(LOGIT), layer.append(L), pos.append(P - 1), index.append(t)
+    kind, layer, pos = np.array(kind, np.int8), np.array(layer, np.int32), np.array(pos, np.int32)
+    n = len(kind)
+    src, dst = [], []
+    for j in range(n):
+        for i in range(n):
+            if kind[i] == LOGIT or kind[j] == EMBEDDING or kind[j] == ERROR:
+                continue
+            up = layer[i] < layer[j] and pos[i] <= pos[j]
+            if up and rng.random() < 0.5:
+                src.append(i), dst.append(j)
+    w = rng.standard_normal(len(src)).astype(np.float32)
+    return Graph(kind=kind, layer=layer, pos=pos, index=np.array(index, np.int64),
+                 activation=rng.random(n).astype(np.float32), value=np.full(n, np.nan, np.float32),
+                 src=np.array(src, np.int32), dst=np.array(dst, np.int32), weight=w,
+                 logit_weight=np.where(kind == LOGIT, 0.5, 0.0).astype(np.float32),
+                 tokens=["<s>", "the", "cat", "sat"][:P], token_ids=list(range(P)), n_layers=L,
+                 meta={"basis": "neurons", "settings": {"node_threshold": 0.8, "edge_threshold": 0.98}})
+
+
+# -- views --------------------------------------------------------------------------------------------
+def test_attribution_view_layout_and_threshold_match_pruning():
+    g = toy_graph()
+    v = from_attribution(g, threshold=0.6)
+    assert v.n_nodes == g.n_nodes and v.n_edges == g.n_edges
+    emb, logit = g.nodes_of(EMBEDDING), g.nodes_of(LOGIT)
+    assert v.y[emb].max() < v.y[g.nodes_of(FEATURE)].min() <= v.y[g.nodes_of(FEATURE)].max() < v.y[logit].min()
+    assert np.all(np.abs(v.x - g.pos) < 0.5)  # a cell's nodes stay in their token column
+    assert [CATEGORIES[c] for c in v.category[[emb[0], logit[0]]]] == ["embedding", "logit"]
+    pr = prune(g, node_threshold=0.6, edge_threshold=0.98)
+    assert np.array_equal(v.node_mask, pr.node_mask) and np.array_equal(v.edge_mask, pr.edge_mask)
+    shown = len(v.visible_nodes())
+    v.set_threshold(0.95)
+    assert len(v.visible_nodes()) >= shown
+    assert set(v.visible_edges()) <= set(np.flatnonzero(v.edge_mask))
+    # cells: a heatmap (layer, position) maps to the visible nodes drawn there
+    node = int(v.visible_nodes()[len(v.visible_nodes()) // 2])
+    layer, pos = v.cell_of(node)
+    assert node in v.nodes_at(layer, pos)
+    assert all(v.cell_of(i) == (layer, pos) for i in v.nodes_at(layer, pos))
+
+
+def test_pinned_nodes_stay_visible_and_find_by_label():
+    g = toy_graph()
+    v = from_attribution(g, threshold=0.0)
+    hidden = int(np.flatnonzero(~v.node_mask)[0])
+    v.pinned = {hidden}
+    assert hidden in v.visible_nodes()
+    hits = v.find("err l1")
+    assert hits and all("Err L1" in v.labels[i] for i in hits)
+    assert v.find("   ") == []
+
+
+def test_circuit_view_collapses_paths_and_prunes_dangling_nodes():
+    from core.circuits import ComponentGraph
+    from core.circuits.discover import CircuitResult
+
+    cg = ComponentGraph(2, 2)
+    rng = np.random.default_rng(1)
+    scores = np.where(cg.edge_mask, rng.standard_normal(cg.edge_mask.shape), 0).astype(np.float32)
+    # a planted path input -> a0.h1 -> a1.h0 (k) -> logits
+    scores[0, cg.head_destination(0, 1, "v")] = 30
+    scores[cg.head_source(0, 1), cg.head_destination(1, 0, "k")] = 30
+    scores[cg.head_source(1, 0), cg.logits_destination] = -30
+    res = CircuitResult(cg, scores, cg.edge_mask.copy(), 1.0, None, 1.0, 0.0, 0.0, {}, [], {})
+    v = from_circuit(res, threshold=1.0)
+    names = list(cg.node_names)
+    assert v.labels == names and v.n_nodes == len(names)
+    # one edge per (source node, destination node), the paths summed
+    a0h1, a1h0 = names.index("a0.h1"), names.index("a1.h0")
+    e = np.flatnonzero((v.src == a0h1) & (v.dst == a1h0))
+    assert len(e) == 1
+    expected = sum(scores[cg.head_source(0, 1), cg.head_destination(1, 0, p)] for p in "qkv")
+    assert v.weight[e[0]] == pytest.approx(expected, rel=1e-5)
+    assert v.n_edges == len({(s, int(cg.destination_node[d])) for s, d in zip(*np.nonzero(cg.edge_mask))})
+    assert v.node_mask.all()  # threshold 1: everything
+    v.set_threshold(0.8)  # the planted path holds about 80 % of all |score|
+    kept = v.visible_edges()
+    assert 0 < len(kept) < v.n_edges
+    assert {names[i] for i in v.visible_nodes()} >= {"input", "a0.h1", "a1.h0", "logits"}
+    for i in v.visible_nodes():  # no dangling head or MLP
+        if CATEGORIES[v.category[i]] in ("head", "mlp"):
+            assert np.any(v.edge_mask & (v.dst == i)) and np.any(v.edge_mask & (v.src == i))
+    assert v.cell_of(names.index("m1")) == (1, 2)  # MLP in the last column
+
+
+# -- the shared state ----------------------------------------------------------------------------------
+class Recorder:
+    def __init__(self, state: WorkbenchState, name: str, echo: bool = False):
+        self.changes = []
+        self.state, self.name, self.echo = state, name, echo
+        state.subscribe(self)
+
+    def __call__(self, change):
+        self.changes.append(change.what)
+        if self.echo:  # a misbehaving pane writing back while reacting: refused, no loop
+            assert self.state.select([0], source=self.name) is False
+
+
+def test_one_action_one_change_per_observer_and_no_feedback():
+    state = WorkbenchState()
+    panes = [Recorder(state, "graph", echo=True), Recorder(state, "heatmap"), Recorder(state, "inspector")]
+    v = from_attribution(toy_graph(), threshold=0.8)
+    state.show(v)
+    node = int(v.visible_nodes()[5])
+    assert state.select([node], source="graph") is True
+    assert state.selected == (node,) and state.cell == v.cell_of(node)
+    assert state.select([node], source="heatmap") is False  # nothing changed: nobody is told
+    for p in panes:
+        assert p.changes == [VIEW, SELECTION]
+    emb_cell = v.cell_of(int(v.visible_nodes()[0]))  # an embedding cell, not the selected node's
+    assert state.select_cell(*emb_cell, source="heatmap") is True
+    assert set(state.selected) == set(v.nodes_at(*emb_cell)) and state.cell == emb_cell
+    other = int(v.visible_nodes()[-1])
+    assert state.select([other], source="graph", extend=True) and other in state.selected
+    assert state.select([other], source="graph", extend=True) and other not in state.selected
+    assert state.set_threshold(0.3, source="graph")
+    assert set(state.selected) <= set(v.visible_nodes())
+    state.pin([node])
+    assert state.group("pair", [node, other]) is not None and state.group_of(other).label == "pair"
+    assert state.group("again", [node, other]) is None  # already grouped
+    for p in panes:
+        assert p.changes == [VIEW] + [SELECTION] * 4 + [THRESHOLD, ANNOTATION, ANNOTATION]
