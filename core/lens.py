@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.instrument.hooks import norm_gain
 from core.jobs import JobContext
 
 
@@ -89,11 +90,11 @@ def direction_effects(model, direction: torch.Tensor, k: int = 10) -> TokenEffec
     a = model.adapter
     with torch.no_grad():
         unembed = model.hf.get_submodule(a.unembed).weight  # [vocab, d]
-        norm = model.hf.get_submodule(a.final_norm)
-        w = getattr(norm, "weight", None)
+        # the final norm's elementwise weight applies to every direction alike
+        gain = norm_gain(a.norm_kind, model.hf.get_submodule(a.final_norm), unembed.dtype)
         d = direction.to(unembed.dtype)
-        if w is not None:  # the final norm's elementwise weight applies to every direction alike
-            d = d * ((1.0 + w) if a.norm_kind == "rms_offset" else w)
+        if gain is not None:
+            d = d * gain
         scores = (unembed @ d).float()
         tok = model.tokenizer
         k = min(k, scores.numel())

@@ -92,20 +92,19 @@ class GraphView:
 
     # -- edges of a node --------------------------------------------------------------------------------
     def incoming(self, node: int, k: int = 10, visible_only: bool = False) -> list[tuple[int, float]]:
-        sel = self.dst == node
-        if visible_only:
-            sel &= self.edge_mask
-        idx = np.flatnonzero(sel)
-        idx = idx[np.argsort(-np.abs(self.weight[idx]), kind="stable")[:k]]
-        return [(int(self.src[i]), float(self.weight[i])) for i in idx]
+        """The k strongest edges into ``node``: (source node, weight)."""
+        return self._strongest(self.dst == node, self.src, k, visible_only)
 
     def outgoing(self, node: int, k: int = 10, visible_only: bool = False) -> list[tuple[int, float]]:
-        sel = self.src == node
+        """The k strongest edges out of ``node``: (destination node, weight)."""
+        return self._strongest(self.src == node, self.dst, k, visible_only)
+
+    def _strongest(self, sel: np.ndarray, other_end: np.ndarray, k: int, visible_only: bool) -> list[tuple[int, float]]:
         if visible_only:
             sel &= self.edge_mask
         idx = np.flatnonzero(sel)
         idx = idx[np.argsort(-np.abs(self.weight[idx]), kind="stable")[:k]]
-        return [(int(self.dst[i]), float(self.weight[i])) for i in idx]
+        return [(int(other_end[i]), float(self.weight[i])) for i in idx]
 
     def find(self, text: str) -> list[int]:
         """Nodes whose label contains ``text`` (case-insensitive), visible ones first."""

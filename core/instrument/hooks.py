@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 PatchValue = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
+def norm_gain(kind: str, mod, dtype: torch.dtype) -> torch.Tensor | None:
+    """A norm's elementwise weight as applied to the normalized vector: w, or 1 + w for Gemma's
+    ``rms_offset`` norms; None for a LayerNorm without weight."""
+    w = getattr(mod, "weight", None)
+    if w is None:
+        return None
+    w = w.to(dtype)
+    return 1.0 + w if kind == "rms_offset" else w
+
+
 def norm_linear(kind: str, mod, x: torch.Tensor, scale: torch.Tensor, bias: bool = True) -> torch.Tensor:
     """A norm with its scale held at ``scale``: the linear map x -> (x - mean)·scale·w (+ b)."""
     wide = torch.promote_types(x.dtype, torch.float32)
@@ -26,13 +36,12 @@ def norm_linear(kind: str, mod, x: torch.Tensor, scale: torch.Tensor, bias: bool
     if kind == "layer":
         xf = xf - xf.mean(-1, keepdim=True)
     y = xf * scale
-    if kind == "layer":
-        if mod.weight is not None:
-            y = y * mod.weight.to(wide)
-        if bias and mod.bias is not None:
-            y = y + mod.bias.to(wide)
-        return y
-    return y * (1.0 + mod.weight.to(wide) if kind == "rms_offset" else mod.weight.to(wide))
+    gain = norm_gain(kind, mod, wide)
+    if gain is not None:
+        y = y * gain
+    if kind == "layer" and bias and mod.bias is not None:
+        y = y + mod.bias.to(wide)
+    return y
 
 
 def norm_eps(mod) -> float:
@@ -49,8 +58,8 @@ def norm_vjp(kind: str, mod, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """
     wide = torch.promote_types(torch.promote_types(x.dtype, u.dtype), torch.float32)
     x, u = x.to(wide), u.to(wide)
-    w = mod.weight.to(wide) if getattr(mod, "weight", None) is not None else None
-    v = u if w is None else u * (1.0 + w if kind == "rms_offset" else w)
+    gain = norm_gain(kind, mod, wide)
+    v = u if gain is None else u * gain
     eps = norm_eps(mod)
     if kind == "layer":
         xc = x - x.mean(-1, keepdim=True)
@@ -76,8 +85,8 @@ def projected_norm_vjp(kind: str, mod, x: torch.Tensor, g: torch.Tensor, weight:
     n, t, e = g.shape
     m, d = weight.shape[0], x.shape[-1]
     x, g, outputs, weight = x.to(dtype), g.to(dtype), outputs.to(dtype), weight.to(dtype)
-    w = mod.weight.to(dtype) if getattr(mod, "weight", None) is not None else None
-    wf = weight if w is None else weight * (1.0 + w if kind == "rms_offset" else w)  # [m, e, d]
+    gain = norm_gain(kind, mod, dtype)
+    wf = weight if gain is None else weight * gain  # [m, e, d]: the norm's weight folded in
     eps = norm_eps(mod)
     wz = outputs if bias is None else outputs - bias.to(dtype).repeat_interleave(n // m, 0).unsqueeze(1)
     if kind == "layer":  # y = W(w⊙z + b_norm) + bias, z = (x − mean)·r
@@ -196,7 +205,7 @@ class Instrumentation:
         ``blocks.{l}.attn.{q,k,v}`` [b, s, n_heads, d_head]: each query head's query, key and
         value projections (before rotary embeddings or q/k norms). A gradient there is the
         gradient of that one path (its residual-stream gradient is one projection and one norm
-        VJP away, see ``norm_vjp``), at the cost of a plain pass.
+        VJP away, see ``projected_norm_vjp``), at the cost of a plain pass.
 
         GQA: when any of these points is used, keys and values are materialized per query head
         (a copy of their key/value head's), so the attention function sees as many key/value heads

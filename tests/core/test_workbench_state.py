@@ -146,3 +146,15 @@ def test_one_action_one_change_per_observer_and_no_feedback():
     assert state.group("again", [node, other]) is None  # already grouped
     for p in panes:
         assert p.changes == [VIEW] + [SELECTION] * 4 + [THRESHOLD, ANNOTATION, ANNOTATION]
+
+
+def test_strongest_edges_of_a_node_match_brute_force():
+    v = from_attribution(toy_graph(), threshold=0.8)
+    node = int(np.bincount(v.dst).argmax())  # the node with the most inputs
+    edges = [(int(s), float(w)) for s, d, w in zip(v.src, v.dst, v.weight) if d == node]
+    assert v.incoming(node, 3) == sorted(edges, key=lambda e: -abs(e[1]))[:3]
+    shown = [(s, w) for (s, w), m in zip(edges, v.edge_mask[v.dst == node]) if m]
+    assert v.incoming(node, 100, visible_only=True) == sorted(shown, key=lambda e: -abs(e[1]))
+    src = int(np.bincount(v.src).argmax())
+    outs = [(int(d), float(w)) for s, d, w in zip(v.src, v.dst, v.weight) if s == src]
+    assert v.outgoing(src, 4) == sorted(outs, key=lambda e: -abs(e[1]))[:4]
