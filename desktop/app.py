@@ -21,7 +21,9 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
+    QInputDialog,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QMessageBox,
     QPlainTextEdit,
@@ -41,6 +43,10 @@ import core
 from core.errors import CircuitDeskError
 from core.models.catalog import DEFAULT_SPEC, list_models
 from core.prompt import require_prompt
+from core.selection import WorkbenchState
+from desktop.graph_pane import GraphPane
+from desktop.heatmap_pane import HeatmapPane
+from desktop.inspector import Inspector
 from desktop.jobs import JobRunner
 from desktop.logs import setup_logging
 
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 DEMO_PROMPT = "The capital of France is"
 OPEN_FOLDER = "__open_folder__"
 OPEN_GGUF = "__open_gguf__"
+ATTRIBUTION, PREDICT = "Attribution graph", "Next-token prediction"
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,10 @@ class RunRequest:
     device: str
     prompt: str
     top_k: int
+    method: str = ATTRIBUTION
+    target: str | None = None
+    foil: str | None = None
+    max_nodes: int = 1000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +134,20 @@ class PredictionsView(QWidget):
         return [self.table.item(r, 1).data(Qt.ItemDataRole.UserRole) for r in range(self.table.rowCount())]
 
 
+def trace_prompt(model, req: RunRequest, ctx):
+    """Worker-thread body of a trace: the attribution graph, its heatmap data, the prediction."""
+    from core.attribution import AttributionSettings, attribute
+    from core.lens import lens
+    from core.predict import predict_next
+
+    settings = AttributionSettings(target=req.target, foil=req.foil, max_nodes=req.max_nodes)
+    result = attribute(model, req.prompt, settings, ctx=ctx.sub(0.0, 0.85))
+    ctx.check_cancelled()
+    data = lens(model, result.ids, target_id=result.targets[0].token_id, ctx=ctx.sub(0.85, 0.95))
+    prediction = predict_next(model, req.prompt, req.top_k, ctx.sub(0.95, 1.0))
+    return result, data, prediction
+
+
 def demo_prompts() -> list[dict]:
     """Example prompts shipped in resources/ (an unreadable file just means no examples)."""
     import json
@@ -163,6 +188,20 @@ class ModelPanel(QWidget):
         self.top_k = QSpinBox()
         self.top_k.setRange(1, 100)
         self.top_k.setValue(10)
+        self.method_combo = QComboBox()
+        self.method_combo.addItems([ATTRIBUTION, PREDICT])
+        self.method_combo.setToolTip("Attribution graph: trace the circuit behind the next token (neuron basis)")
+        self.target_edit = QLineEdit()
+        self.target_edit.setPlaceholderText("model's top tokens")
+        self.target_edit.setToolTip("Token to explain, e.g. ' Paris' (empty: the most likely tokens)")
+        self.foil_edit = QLineEdit()
+        self.foil_edit.setPlaceholderText("none")
+        self.foil_edit.setToolTip("Contrast token: explain target − foil logit difference")
+        self.max_nodes = QSpinBox()
+        self.max_nodes.setRange(10, 20000)
+        self.max_nodes.setSingleStep(100)
+        self.max_nodes.setValue(1000)
+        self.max_nodes.setToolTip("Most feature nodes computed in the graph")
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Run the prompt (Ctrl+Enter)")
         self.run_button.setDefault(True)
@@ -178,6 +217,10 @@ class ModelPanel(QWidget):
         form = QFormLayout()
         form.addRow("Model", self.model_combo)
         form.addRow("Device", self.device_combo)
+        form.addRow("Method", self.method_combo)
+        form.addRow("Target", self.target_edit)
+        form.addRow("Foil", self.foil_edit)
+        form.addRow("Max nodes", self.max_nodes)
         form.addRow("Top-k", self.top_k)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -244,18 +287,33 @@ class MainWindow(QMainWindow):
         self._previous_spec = DEFAULT_SPEC
         self._generation = 0  # increments per run; signals of older runs are ignored
 
+        self.trace_result = None  # AttributionResult of the graph on show
+        self.state = WorkbenchState()
         self.panel = ModelPanel()
         self.predictions = PredictionsView()
-        self.workspace = QTabWidget()  # later: circuit graph, heatmaps (linked panes)
+        self.graph_pane = GraphPane(self.state)
+        self.heatmap = HeatmapPane(self.state)
+        self.inspector = Inspector(self.state)
+        self.inspector.token_effects = self._token_effects
+        self.inspector.intervention_requested.connect(self.run_intervention)
+        self.workspace = QTabWidget()
         self.workspace.setDocumentMode(True)
+        self.workspace.addTab(self.graph_pane, "Circuit graph")
         self.workspace.addTab(self.predictions, "Predictions")
         self.setCentralWidget(self.workspace)
 
-        self.model_dock = QDockWidget("Model && prompt", self)
-        self.model_dock.setObjectName("modelDock")
-        self.model_dock.setWidget(self.panel)
-        self.model_dock.setMinimumWidth(300)
-        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.model_dock)
+        def dock(title: str, name: str, widget, area, min_width: int = 0) -> QDockWidget:
+            d = QDockWidget(title, self)
+            d.setObjectName(name)
+            d.setWidget(widget)
+            if min_width:
+                d.setMinimumWidth(min_width)
+            self.addDockWidget(area, d)
+            return d
+
+        self.model_dock = dock("Model && prompt", "modelDock", self.panel, Qt.DockWidgetArea.LeftDockWidgetArea, 300)
+        self.heatmap_dock = dock("Heatmap", "heatmapDock", self.heatmap, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.inspector_dock = dock("Inspector", "inspectorDock", self.inspector, Qt.DockWidgetArea.RightDockWidgetArea, 320)
 
         self._build_status_bar()
         self._build_actions()
@@ -264,7 +322,8 @@ class MainWindow(QMainWindow):
         self.panel.run_button.clicked.connect(self.run)
         self.panel.cancel_button.clicked.connect(self.cancel)
         self.panel.prompt_edit.setPlainText(DEMO_PROMPT)
-        self.resize(1100, 700)
+        self.resize(1400, 900)
+        self.resizeDocks([self.heatmap_dock], [300], Qt.Orientation.Vertical)
         self._restore_layout()
 
     # -- construction ------------------------------------------------------------------------------
@@ -315,8 +374,23 @@ class MainWindow(QMainWindow):
         self.cancel_action.setEnabled(False)
         action("Focus &Prompt", lambda: self.panel.prompt_edit.setFocus(), "Ctrl+L", run_menu)
 
+        graph_menu = self.menuBar().addMenu("&Graph")
+        self.fit_action = action("&Fit View", self.graph_pane.fit, "Ctrl+0", graph_menu, "Fit the graph in the pane")
+        self.find_action = action("&Find Node…", self._focus_find, QKeySequence.StandardKey.Find, graph_menu)
+        graph_menu.addSeparator()
+        self.pin_action = action("&Pin Selection", lambda: self.state.pin(source="window"), "Ctrl+P", graph_menu,
+                                 "Keep the selected nodes visible at any threshold")
+        action("&Unpin All", lambda: self.state.unpin_all(source="window"), "Ctrl+Shift+P", graph_menu)
+        self.group_action = action("&Group Selection…", self.group_selection, "Ctrl+G", graph_menu,
+                                   "Group the selected nodes into a labelled supernode")
+        action("Clear &Selection", lambda: self.state.clear_selection(source="window"), "Ctrl+Shift+A", graph_menu)
+        graph_menu.addSeparator()
+        self.intervene_action = action("Run &Intervention", self.inspector.request_intervention, "Ctrl+I", graph_menu,
+                                       "Run the inspector's edit on the selected node")
+
         view_menu = self.menuBar().addMenu("&View")
-        view_menu.addAction(self.model_dock.toggleViewAction())
+        for d in (self.model_dock, self.heatmap_dock, self.inspector_dock):
+            view_menu.addAction(d.toggleViewAction())
 
         help_menu = self.menuBar().addMenu("&Help")
         action("&About Circuit Desk", self.about, None, help_menu)
@@ -348,11 +422,16 @@ class MainWindow(QMainWindow):
 
     # -- running ---------------------------------------------------------------------------------
     def request(self) -> RunRequest:
+        p = self.panel
         return RunRequest(
-            spec=self.panel.spec,
-            device=self.panel.device_combo.currentText(),
-            prompt=self.panel.prompt_edit.toPlainText(),
-            top_k=self.panel.top_k.value(),
+            spec=p.spec,
+            device=p.device_combo.currentText(),
+            prompt=p.prompt_edit.toPlainText(),
+            top_k=p.top_k.value(),
+            method=p.method_combo.currentText(),
+            target=p.target_edit.text() or None,
+            foil=p.foil_edit.text() or None,
+            max_nodes=p.max_nodes.value(),
         )
 
     def run(self) -> None:
@@ -378,12 +457,15 @@ class MainWindow(QMainWindow):
             from core.models import load_model
             from core.predict import predict_next
 
-            loaded = model or load_model(req.spec, device=req.device, ctx=ctx.sub(0.0, 0.9))
+            share = 0.9 if model is None and req.method == PREDICT else (0.3 if model is None else 0.0)
+            loaded = model or load_model(req.spec, device=req.device, ctx=ctx.sub(0.0, max(share, 0.01)))
             ctx.check_cancelled()
-            return loaded, predict_next(loaded, req.prompt, req.top_k, ctx.sub(0.9, 1.0))
+            if req.method == PREDICT:
+                return loaded, predict_next(loaded, req.prompt, req.top_k, ctx.sub(share, 1.0))
+            return (loaded,) + trace_prompt(loaded, req, ctx.sub(share, 1.0))
 
         self.runner.submit(
-            "predict",
+            "predict" if req.method == PREDICT else "trace",
             job,
             progress=current(self._on_progress),
             returned=current(lambda result: self._on_result(key, result)),
@@ -422,10 +504,25 @@ class MainWindow(QMainWindow):
             self.status_label.setText(p.message + "…")
 
     def _on_result(self, key, result) -> None:
-        model, prediction = result
+        model = result[0]
         self.model, self.model_key = model, key
-        self.last_prediction = prediction
-        self.predictions.show_prediction(model.name, prediction)
+        if len(result) == 2:
+            self.last_prediction = result[1]
+            self.predictions.show_prediction(model.name, result[1])
+            self.workspace.setCurrentWidget(self.predictions)
+        else:
+            _, trace, lens_data, prediction = result
+            self.trace_result = trace
+            self.last_prediction = prediction
+            self.predictions.show_prediction(model.name, prediction)
+            self.heatmap.set_lens(lens_data)
+            from core.view import from_attribution
+
+            self.state.show(from_attribution(trace.graph), source="window")
+            self.workspace.setCurrentWidget(self.graph_pane)
+        self._show_model_info(model)
+
+    def _show_model_info(self, model) -> None:
         f = model.facts
         self.panel.model_info.setText(
             f"<b>{_html(model.name)}</b><br>{f.family} · {f.n_layers} layers · {f.n_heads} heads "
@@ -433,7 +530,73 @@ class MainWindow(QMainWindow):
             f"device {model.device} · {str(model.dtype).removeprefix('torch.')}<br>"
             f"sha256 <tt>{model.fingerprint.sha256[:16]}…</tt>"
         )
-        self.workspace.setCurrentWidget(self.predictions)
+
+    # -- graph actions -------------------------------------------------------------------------------
+    def _focus_find(self) -> None:
+        self.workspace.setCurrentWidget(self.graph_pane)
+        self.graph_pane.find_edit.setFocus()
+        self.graph_pane.find_edit.selectAll()
+
+    def group_selection(self, label: str | None = None) -> None:
+        if len(self.state.selected) < 2:
+            self.status_label.setText("Select at least two nodes to group (shift-click adds to the selection).")
+            return
+        if label is None:
+            label, ok = QInputDialog.getText(self, "Group nodes", "Label for the supernode:")
+            if not ok:
+                return
+        if self.state.group(label, source="window") is None:
+            self.status_label.setText("Nothing grouped: give a label, and pick nodes not already in a group.")
+
+    def _token_effects(self, view, node: int):
+        """Tokens a neuron node promotes/suppresses (quick: one product with the unembedding)."""
+        if self.model is None or view.kind != "attribution" or self.trace_result is None:
+            return None
+        g = view.source
+        from core.graph import FEATURE
+
+        if int(g.kind[node]) != FEATURE or g.meta.get("basis") != "neurons":
+            return None
+        from core.lens import neuron_effects
+
+        try:
+            return neuron_effects(self.model, int(g.layer[node]), int(g.index[node]))
+        except Exception:  # the inspector still shows the node's facts
+            log.warning("token effects failed", exc_info=True)
+            return None
+
+    def run_intervention(self, request) -> None:
+        node, mode, value, freeze, every = request
+        trace, model, view = self.trace_result, self.model, self.state.view
+        if trace is None or model is None or view is None or view.kind != "attribution":
+            self.show_error("Interventions need a traced attribution graph.")
+            return
+        if self.runner.busy:
+            self.show_error("A job is running; cancel it or wait before intervening.")
+            return
+        from core.graph import ERROR
+        from core.interventions import Intervention
+
+        g = view.source
+        kind = "error" if int(g.kind[node]) == ERROR else ("feature" if g.meta.get("basis") != "neurons" else "neuron")
+        iv = Intervention(kind, int(g.layer[node]), int(g.index[node]),
+                          None if every else (int(g.pos[node]),), mode, value)
+        target = trace.targets[0].token_id
+        generation = self._generation
+
+        def job(ctx):
+            from core.interventions import intervene
+
+            return intervene(model, trace.ids, [iv], freeze=freeze, target_id=target, transcoders=trace.transcoders,
+                             errors=trace.errors, write_point=trace.write_point, ctx=ctx)
+
+        def done(result):
+            if generation == self._generation:
+                self.state.set_intervention(result, source="window")
+
+        self.runner.submit("intervene", job, progress=self._on_progress, returned=done, errored=self.show_error,
+                           aborted=self._on_aborted, finished=self._on_finished)
+        self._set_running(True, "Intervening…")
 
     def _on_aborted(self) -> None:
         self.status_label.setText("Cancelled")

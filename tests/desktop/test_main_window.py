@@ -33,7 +33,7 @@ def test_window_opens_with_panels_menus_and_demo_prompt(window):
     assert window.panel.spec == "default"
     assert window.panel.prompt_edit.toPlainText() == "The capital of France is"
     menus = [a.text() for a in window.menuBar().actions()]
-    assert menus == ["&File", "&Run", "&View", "&Help"]
+    assert menus == ["&File", "&Run", "&Graph", "&View", "&Help"]
     assert window.run_action.shortcut().toString() == "Ctrl+Return"
     assert window.open_folder_action.shortcut().toString() == "Ctrl+O"
 

@@ -1,0 +1,252 @@
+"""The circuit graph pane: nodes as one scatter item, edges as a few batched paths (by sign and
+magnitude), a live threshold slider, find, fit. Reads and writes ``WorkbenchState`` only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QPainterPath, QPen
+from PySide6.QtWidgets import (
+    QGraphicsPathItem,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QSlider,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.selection import ANNOTATION, HOVER, INTERVENTION, SELECTION, THRESHOLD, VIEW, Change, WorkbenchState
+from core.view import CATEGORIES
+
+NAME = "graph"
+COLOURS = {  # node colour by category
+    "embedding": "#7f8c8d", "feature": "#3b78c2", "error": "#c0392b", "logit": "#27ae60",
+    "input": "#7f8c8d", "head": "#8e44ad", "mlp": "#e67e22",
+}
+POSITIVE, NEGATIVE = (37, 99, 235), (220, 38, 38)  # edge colours by sign
+BINS = (0.0, 0.15, 0.4, 1.01)  # |weight| / max, three widths
+MAX_DRAWN_EDGES = 3000  # the strongest visible edges are drawn (plus every edge of the selection)
+
+
+def _edge_path(x0, y0, x1, y1) -> QPainterPath:
+    xs = np.empty(2 * len(x0))
+    ys = np.empty(2 * len(x0))
+    xs[0::2], xs[1::2], ys[0::2], ys[1::2] = x0, x1, y0, y1
+    return pg.arrayToQPath(xs, ys, connect="pairs")
+
+
+class GraphPane(QWidget):
+    refreshed = Signal(str)  # the change kind a refresh handled (tests count these)
+
+    def __init__(self, state: WorkbenchState) -> None:
+        super().__init__()
+        self.state = state
+        self.refresh_counts: dict[str, int] = {}
+        self.plot = pg.PlotWidget(background="w")
+        self.plot.setMenuEnabled(False)
+        self.plot.hideButtons()
+        self.plot.showGrid(x=False, y=True, alpha=0.15)
+        for side in ("left", "bottom"):
+            ax = self.plot.getAxis(side)
+            ax.setTextPen("#222")
+            ax.setPen("#888")
+        self.edge_items: list[QGraphicsPathItem] = []
+        for sign in (POSITIVE, NEGATIVE):
+            for b in range(len(BINS) - 1):
+                item = QGraphicsPathItem()
+                pen = QPen(QColor(*sign, (45, 110, 210)[b]))
+                pen.setCosmetic(True)
+                pen.setWidthF((0.7, 1.4, 2.6)[b])
+                item.setPen(pen)
+                item.setZValue(-10)
+                self.plot.addItem(item)
+                self.edge_items.append(item)
+        self.nodes = pg.ScatterPlotItem(pxMode=True, hoverable=True, tip=self._tip,
+                                        hoverPen=pg.mkPen("#111", width=2))
+        self.nodes.sigClicked.connect(self._clicked)
+        self.plot.addItem(self.nodes)
+        self.rings = pg.ScatterPlotItem(pxMode=True, brush=None, pen=pg.mkPen("#f59e0b", width=3))
+        self.rings.setZValue(10)
+        self.plot.addItem(self.rings)
+        self.labels: list[pg.TextItem] = []
+        self.empty = pg.TextItem("Run a trace to see its circuit here.", color="#555", anchor=(0.5, 0.5))
+        self.plot.addItem(self.empty)
+
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, 100)
+        self.slider.setToolTip("Pruning threshold: keep the nodes/edges covering this share of influence")
+        self.slider.valueChanged.connect(lambda v: self.state.set_threshold(v / 100, source=NAME))
+        self.threshold_label = QLabel("")
+        self.find_edit = QLineEdit()
+        self.find_edit.setPlaceholderText("Find node (Ctrl+F)…")
+        self.find_edit.setClearButtonEnabled(True)
+        self.find_edit.returnPressed.connect(self.find_next)
+        self._find_hits: list[int] = []
+        self._find_at = -1
+        fit = QToolButton()
+        fit.setText("Fit")
+        fit.setToolTip("Fit the graph in view (F)")
+        fit.clicked.connect(self.fit)
+        bar = QHBoxLayout()
+        bar.addWidget(QLabel("Threshold"))
+        bar.addWidget(self.slider, 2)
+        bar.addWidget(self.threshold_label)
+        bar.addWidget(self.find_edit, 1)
+        bar.addWidget(fit)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addLayout(bar)
+        layout.addWidget(self.plot)
+        self._set_enabled(False)
+        state.subscribe(self.on_change)
+
+    # -- state -> view ----------------------------------------------------------------------------
+    def on_change(self, change: Change) -> None:
+        if change.what in (HOVER, INTERVENTION):
+            return
+        self.refresh_counts[change.what] = self.refresh_counts.get(change.what, 0) + 1
+        if change.what == VIEW:
+            self._draw_all()
+            self.fit()
+        elif change.what in (THRESHOLD, ANNOTATION):
+            self._draw_all()
+        elif change.what == SELECTION:
+            v = self.state.view
+            if v is not None and len(v.visible_edges()) > MAX_DRAWN_EDGES:
+                self._draw_all()  # the selection's own edges join the drawn ones
+            else:
+                self._draw_selection()
+        self.refreshed.emit(change.what)
+
+    def _set_enabled(self, on: bool) -> None:
+        for w in (self.slider, self.find_edit):
+            w.setEnabled(on)
+
+    def _draw_all(self) -> None:
+        v = self.state.view
+        self.empty.setVisible(v is None)
+        self._set_enabled(v is not None)
+        if v is None:
+            self.nodes.setData([])
+            for item in self.edge_items:
+                item.setPath(QPainterPath())
+            self._draw_selection()
+            return
+        self.slider.blockSignals(True)
+        self.slider.setValue(int(round(self.state.threshold * 100)))
+        self.slider.blockSignals(False)
+        nodes, edges = v.visible_nodes(), v.visible_edges()
+        text = f"{self.state.threshold:.2f} · {len(nodes)} nodes · {len(edges)} edges"
+        self.threshold_label.setText(text)
+        if len(edges) > MAX_DRAWN_EDGES:  # a hairball helps nobody: draw the strongest, say so
+            keep = edges[np.argsort(-np.abs(v.weight[edges]), kind="stable")[:MAX_DRAWN_EDGES]]
+            sel = np.asarray(self.state.selected, dtype=int)
+            if len(sel):
+                touching = edges[np.isin(v.src[edges], sel) | np.isin(v.dst[edges], sel)]
+                keep = np.union1d(keep, touching)
+            edges = keep
+            self.threshold_label.setToolTip(f"{text}; the strongest {MAX_DRAWN_EDGES} edges (and the selection's) are drawn")
+        # edges, batched by sign and |weight| bin
+        w = v.weight[edges]
+        top = np.abs(w).max() if len(w) else 1.0
+        rel = np.abs(w) / top if top > 0 else np.zeros_like(w)
+        k = 0
+        for positive in (True, False):
+            for b in range(len(BINS) - 1):
+                sel = edges[((w >= 0) == positive) & (rel >= BINS[b]) & (rel < BINS[b + 1])]
+                self.edge_items[k].setPath(_edge_path(v.x[v.src[sel]], v.y[v.src[sel]], v.x[v.dst[sel]], v.y[v.dst[sel]]))
+                k += 1
+        brushes = [pg.mkBrush(COLOURS[CATEGORIES[c]]) for c in range(len(CATEGORIES))]
+        pinned = self.state.pinned
+        self.nodes.setData(
+            x=v.x[nodes], y=v.y[nodes], data=nodes,
+            size=7 + 15 * np.sqrt(v.size[nodes]),
+            brush=[brushes[c] for c in v.category[nodes]],
+            pen=[pg.mkPen("#111", width=2) if int(i) in pinned else pg.mkPen("#ffffff", width=0.8) for i in nodes],
+        )
+        ax = self.plot.getAxis("bottom")
+        ax.setTicks([[(i, _short(t)) for i, t in enumerate(v.x_labels)]])
+        first = "emb" if v.kind == "attribution" else "input"
+        left = [(0, first)] + [(l + 1, f"L{l}") for l in range(v.n_layers)] + [(v.n_layers + 1, "logits")]
+        self.plot.getAxis("left").setTicks([left[:: max(1, len(left) // 16)] + [left[-1]], left])
+        for t in self.labels:
+            self.plot.removeItem(t)
+        self.labels = []
+        for g in self.state.groups:
+            idx = list(g.nodes)
+            t = pg.TextItem(f"⟨{g.label}⟩", color="#111", anchor=(0.5, 1.2))
+            t.setPos(float(v.x[idx].mean()), float(v.y[idx].max()))
+            self.plot.addItem(t)
+            self.labels.append(t)
+        self._draw_selection()
+
+    def _draw_selection(self) -> None:
+        v = self.state.view
+        sel = list(self.state.selected)
+        if v is None or not sel:
+            self.rings.setData([])
+            return
+        self.rings.setData(x=v.x[sel], y=v.y[sel], size=11 + 15 * np.sqrt(v.size[sel]))
+
+    def fit(self) -> None:
+        v = self.state.view
+        if v is None:
+            self.plot.setRange(xRange=(-1, 1), yRange=(-1, 1))
+            return
+        self.plot.setRange(xRange=(v.x.min() - 0.6, v.x.max() + 0.6), yRange=(v.y.min() - 0.6, v.y.max() + 0.6),
+                           padding=0.02)
+
+    def _tip(self, x, y, data) -> str:
+        v = self.state.view
+        if v is None or data is None:
+            return ""
+        i = int(data)
+        parts = [v.labels[i], f"{CATEGORIES[v.category[i]]} · layer {v.layer[i]} · column {v.column[i]}"]
+        if v.values is not None and np.isfinite(v.values[i]):
+            parts.append(("activation" if v.kind == "attribution" else "node score") + f" {v.values[i]:.4g}")
+        parts.append(f"relative influence {v.size[i]:.3f}")
+        ins = v.incoming(i, 3, visible_only=True)
+        if ins:
+            parts.append("from: " + ", ".join(f"{v.labels[s]} ({w:+.3g})" for s, w in ins))
+        return "\n".join(parts)
+
+    # -- user -> state ----------------------------------------------------------------------------
+    def _clicked(self, _item, points, ev) -> None:
+        if not len(points):
+            return
+        node = int(points[0].data())
+        extend = bool(ev.modifiers() & Qt.KeyboardModifier.ShiftModifier)
+        self.click_node(node, extend)
+        ev.accept()
+
+    def click_node(self, node: int, extend: bool = False) -> None:
+        """A click on a node (shift: add/remove it); a grouped node selects its whole group."""
+        group = self.state.group_of(node)
+        nodes = group.nodes if group else (node,)
+        self.state.select(nodes, source=NAME, extend=extend)
+
+    def find_next(self) -> None:
+        v = self.state.view
+        if v is None:
+            return
+        hits = v.find(self.find_edit.text())
+        if hits != self._find_hits:
+            self._find_hits, self._find_at = hits, -1
+        if not hits:
+            self.find_edit.setStyleSheet("background: #fde2e2")
+            return
+        self.find_edit.setStyleSheet("")
+        self._find_at = (self._find_at + 1) % len(hits)
+        node = hits[self._find_at]
+        if node not in set(v.visible_nodes().tolist()):
+            self.state.pin([node], source=NAME)
+        self.state.select([node], source=NAME)
+        self.plot.setRange(xRange=(v.x[node] - 3, v.x[node] + 3), yRange=(v.y[node] - 4, v.y[node] + 4))
+
+
+def _short(token: str, n: int = 10) -> str:
+    t = token.replace("\n", "⏎")
+    return t if len(t) <= n else t[: n - 1] + "…"

@@ -1,0 +1,202 @@
+"""The inspector: the selected node's facts, the tokens it promotes and suppresses, its strongest
+edges (click to follow), and intervention controls with the before/after result."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QScrollArea,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.graph import ERROR, FEATURE
+from core.selection import INTERVENTION, SELECTION, THRESHOLD, VIEW, Change, WorkbenchState
+from core.view import CATEGORIES
+
+NAME = "inspector"
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class Inspector(QScrollArea):
+    refreshed = Signal(str)
+    intervention_requested = Signal(object)  # (node, mode, value, freeze, all_positions)
+
+    def __init__(self, state: WorkbenchState) -> None:
+        super().__init__()
+        self.state = state
+        self.refresh_counts: dict[str, int] = {}
+        self.token_effects = None  # callable(view, node) -> core.lens.TokenEffects | None (set by the window)
+        self.setWidgetResizable(True)
+        body = QWidget()
+        self.setWidget(body)
+        self.facts = QLabel("Select a node in the graph or a cell in the heatmap.")
+        self.facts.setWordWrap(True)
+        self.facts.setTextFormat(Qt.TextFormat.RichText)
+        self.facts.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.tokens = QTableWidget(0, 2)
+        self.tokens.setHorizontalHeaderLabels(["Promotes", "Suppresses"])
+        self.tokens.verticalHeader().setVisible(False)
+        self.tokens.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.tokens.horizontalHeader().setStretchLastSection(True)
+        self.tokens.setMinimumHeight(140)
+        self.incoming, self.outgoing = QListWidget(), QListWidget()
+        for lst in (self.incoming, self.outgoing):
+            lst.itemActivated.connect(self._follow)
+            lst.itemClicked.connect(self._follow)
+            lst.setMinimumHeight(110)
+
+        box = QGroupBox("Intervene")
+        self.mode = QComboBox()
+        self.mode.addItems(["zero", "scale", "set"])
+        self.value = QDoubleSpinBox()
+        self.value.setRange(-1e4, 1e4)
+        self.value.setDecimals(3)
+        self.value.setValue(2.0)
+        self.positions = QComboBox()
+        self.positions.addItems(["this position", "every position"])
+        self.freeze = QComboBox()
+        self.freeze.addItems(["none", "attention", "replacement"])
+        self.freeze.setToolTip("none: the real model; attention: patterns held; replacement: the graph's linear model")
+        self.run_button = QPushButton("Run intervention")
+        self.run_button.setToolTip("Run the edit on the prompt as a background job (Ctrl+I)")
+        self.run_button.clicked.connect(self.request_intervention)
+        form = QFormLayout(box)
+        form.addRow("Edit", self.mode)
+        form.addRow("Value / factor", self.value)
+        form.addRow("Where", self.positions)
+        form.addRow("Freeze", self.freeze)
+        form.addRow(self.run_button)
+        self.result = QLabel("")
+        self.result.setWordWrap(True)
+        self.result.setTextFormat(Qt.TextFormat.RichText)
+        form.addRow(self.result)
+
+        layout = QVBoxLayout(body)
+        layout.addWidget(self.facts)
+        layout.addWidget(QLabel("<b>Direct effect on tokens</b>"))
+        layout.addWidget(self.tokens)
+        edges = QHBoxLayout()
+        left, right = QVBoxLayout(), QVBoxLayout()
+        left.addWidget(QLabel("<b>Strongest inputs</b>"))
+        left.addWidget(self.incoming)
+        right.addWidget(QLabel("<b>Strongest outputs</b>"))
+        right.addWidget(self.outgoing)
+        edges.addLayout(left)
+        edges.addLayout(right)
+        layout.addLayout(edges)
+        layout.addWidget(box)
+        layout.addStretch(1)
+        self._clear()
+        state.subscribe(self.on_change)
+
+    # -- state -> view ----------------------------------------------------------------------------
+    def on_change(self, change: Change) -> None:
+        if change.what not in (VIEW, SELECTION, THRESHOLD, INTERVENTION):
+            return
+        self.refresh_counts[change.what] = self.refresh_counts.get(change.what, 0) + 1
+        if change.what == INTERVENTION:
+            self._show_intervention()
+        else:
+            self._show_node()
+        self.refreshed.emit(change.what)
+
+    def node(self) -> int | None:
+        sel = self.state.selected
+        return sel[0] if len(sel) == 1 and self.state.view is not None else None
+
+    def intervenable(self, node: int) -> bool:
+        v = self.state.view
+        if v.kind == "attribution":
+            g = v.source
+            return int(g.kind[node]) in (FEATURE, ERROR)
+        return CATEGORIES[v.category[node]] == "head"
+
+    def _clear(self) -> None:
+        self.tokens.setRowCount(0)
+        self.incoming.clear()
+        self.outgoing.clear()
+        self.result.setText("")
+        self.run_button.setEnabled(False)
+
+    def _show_node(self) -> None:
+        v, node = self.state.view, self.node()
+        self._clear()
+        if v is None:
+            self.facts.setText("Run a trace to inspect its nodes.")
+            return
+        if node is None:
+            n = len(self.state.selected)
+            self.facts.setText(f"{n} nodes selected." if n else "Select a node in the graph or a cell in the heatmap.")
+            return
+        kind = CATEGORIES[v.category[node]]
+        lines = [f"<b>{_html(v.labels[node])}</b>", f"{kind} · layer {v.layer[node]} · "
+                 + ("position" if v.kind == "attribution" else "column") + f" {v.column[node]}"]
+        if v.values is not None and np.isfinite(v.values[node]):
+            lines.append(("activation" if v.kind == "attribution" else "node score") + f" {v.values[node]:.5g}")
+        lines.append(f"relative influence {v.size[node]:.4f}")
+        if node in self.state.pinned:
+            lines.append("pinned")
+        group = self.state.group_of(node)
+        if group:
+            lines.append(f"group ⟨{_html(group.label)}⟩")
+        self.facts.setText("<br>".join(lines))
+        effects = self.token_effects(v, node) if self.token_effects else None
+        if effects is not None:
+            k = max(len(effects.promoted), len(effects.suppressed))
+            self.tokens.setRowCount(k)
+            for r in range(k):
+                for c, items in enumerate((effects.promoted, effects.suppressed)):
+                    if r < len(items):
+                        t, s = items[r]
+                        self.tokens.setItem(r, c, QTableWidgetItem(f"{t!r}  {s:+.3f}"))
+            self.tokens.setToolTip(effects.note)
+        for lst, edges in ((self.incoming, v.incoming(node, 10)), (self.outgoing, v.outgoing(node, 10))):
+            for other, w in edges:
+                item = QListWidgetItem(f"{w:+.4g}  {v.labels[other]}")
+                item.setData(Qt.ItemDataRole.UserRole, other)
+                item.setForeground(Qt.GlobalColor.darkBlue if w >= 0 else Qt.GlobalColor.darkRed)
+                lst.addItem(item)
+        self.run_button.setEnabled(self.intervenable(node))
+
+    def _show_intervention(self) -> None:
+        r = self.state.intervention
+        if r is None:
+            self.result.setText("")
+            return
+        before = ", ".join(f"{_html(repr(t))} {p:.3f}" for t, p in r.top_before[:5])
+        after = ", ".join(f"{_html(repr(t))} {p:.3f}" for t, p in r.top_after[:5])
+        self.result.setText(
+            f"<b>{_html(r.interventions[0].describe())}</b> (freeze: {r.freeze})<br>"
+            f"P({_html(repr(r.target))}): {r.prob_before:.4f} → <b>{r.prob_after:.4f}</b> "
+            f"(logit {r.logit_change:+.3f})<br>before: {before}<br>after: {after}"
+        )
+
+    # -- user -> state / window -------------------------------------------------------------------
+    def _follow(self, item: QListWidgetItem) -> None:
+        node = item.data(Qt.ItemDataRole.UserRole)
+        if node is not None:
+            self.state.select([int(node)], source=NAME)
+
+    def request_intervention(self) -> None:
+        node = self.node()
+        if node is None or not self.intervenable(node):
+            return
+        self.result.setText("Running…")
+        self.intervention_requested.emit((node, self.mode.currentText(), float(self.value.value()),
+                                          self.freeze.currentText(), self.positions.currentIndex() == 1))

@@ -1,0 +1,124 @@
+"""The linked panes offscreen: a real trace on a tiny model, clicks in one pane, exactly one
+refresh in each other pane, heatmap cells selecting graph nodes, interventions in the inspector."""
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QSettings
+
+from core.selection import INTERVENTION, SELECTION, THRESHOLD
+from desktop.app import MainWindow
+
+
+@pytest.fixture
+def traced(qtbot, tmp_path, tiny_folder):
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    w.panel.select_spec(str(tiny_folder("llama")))
+    w.panel.device_combo.setCurrentText("cpu")
+    w.panel.prompt_edit.setPlainText("when mary and john went to the store , john gave a drink to")
+    with qtbot.waitSignal(w.run_finished, timeout=120_000):
+        w.run()
+    assert w.last_error is None, w.last_error
+    yield w
+    w.runner.shutdown()
+    assert w.runner.pool.activeThreadCount() == 0
+
+
+def counts(w, what):
+    return (w.graph_pane.refresh_counts.get(what, 0), w.heatmap.refresh_counts.get(what, 0),
+            w.inspector.refresh_counts.get(what, 0))
+
+
+def test_trace_fills_the_graph_heatmap_and_inspector(traced):
+    w = traced
+    v = w.state.view
+    assert v is not None and v.kind == "attribution"
+    shown = w.graph_pane.nodes.data["data"]
+    assert sorted(int(i) for i in shown) == sorted(v.visible_nodes().tolist())
+    assert len(shown) > 5
+    assert w.heatmap.lens is not None
+    img, rows, cols, _ = w.heatmap.matrix()
+    assert img.shape == (w.model.facts.n_layers + 1, len(w.trace_result.graph.tokens))
+    assert w.heatmap.image.image is not None
+    assert w.graph_pane.threshold_label.text().endswith(f"{len(v.visible_edges())} edges")
+
+
+def test_clicking_a_node_refreshes_heatmap_and_inspector_exactly_once(traced):
+    w = traced
+    v = w.state.view
+    from core.graph import FEATURE
+
+    node = next(int(i) for i in v.visible_nodes() if int(v.source.kind[i]) == FEATURE)
+    before = counts(w, SELECTION)
+    w.graph_pane.click_node(node)
+    assert counts(w, SELECTION) == tuple(c + 1 for c in before)
+    assert w.state.selected == (node,)
+    assert v.labels[node].split(" @")[0] in w.inspector.facts.text()
+    assert w.inspector.tokens.rowCount() == 10  # a neuron's promoted / suppressed tokens
+    assert w.inspector.run_button.isEnabled()
+    assert w.heatmap.outline.isVisible()
+    w.graph_pane.click_node(node)  # the same click again changes nothing: no refresh anywhere
+    assert counts(w, SELECTION) == tuple(c + 1 for c in before)
+
+
+def test_clicking_a_heatmap_cell_selects_the_nodes_there(traced):
+    w = traced
+    v = w.state.view
+    node = int(v.visible_nodes()[len(v.visible_nodes()) // 2])
+    layer, pos = v.cell_of(node)
+    row = w.heatmap.rows.index(layer)  # the logit lens rows: emb, L0, L1
+    before = counts(w, SELECTION)
+    w.heatmap.click_cell(row, pos)
+    assert set(w.state.selected) == set(v.nodes_at(layer, pos)) and node in w.state.selected
+    assert w.state.cell == (layer, pos)
+    assert counts(w, SELECTION) == tuple(c + 1 for c in before)
+    rings = w.graph_pane.rings.data
+    assert len(rings) == len(w.state.selected)
+
+
+def test_threshold_slider_reprunes_live(traced):
+    w = traced
+    v = w.state.view
+    before = counts(w, THRESHOLD)
+    shown = len(v.visible_nodes())
+    w.graph_pane.slider.setValue(99)
+    assert w.state.threshold == pytest.approx(0.99)
+    assert counts(w, THRESHOLD) == tuple(c + 1 for c in before)
+    assert len(w.graph_pane.nodes.data) == len(v.visible_nodes()) >= shown
+
+
+def test_find_pin_and_group(traced):
+    w = traced
+    v = w.state.view
+    w.graph_pane.find_edit.setText("Emb")
+    w.graph_pane.find_next()
+    assert len(w.state.selected) == 1 and v.labels[w.state.selected[0]].startswith("Emb")
+    a = w.state.selected[0]
+    b = int(next(i for i in v.visible_nodes() if int(i) != a))
+    w.state.select([b], extend=True)
+    w.pin_action.trigger()
+    assert set(w.state.pinned) == {a, b}
+    w.group_selection("pair")
+    assert w.state.group_of(a).label == "pair"
+    w.graph_pane.click_node(b)  # a grouped node selects its group
+    assert set(w.state.selected) == {a, b}
+
+
+def test_intervention_updates_the_inspector(qtbot, traced):
+    w = traced
+    v = w.state.view
+    from core.graph import FEATURE
+
+    node = max((int(i) for i in v.visible_nodes() if int(v.source.kind[i]) == FEATURE), key=lambda i: v.size[i])
+    w.graph_pane.click_node(node)
+    w.inspector.mode.setCurrentText("zero")
+    before = w.inspector.refresh_counts.get(INTERVENTION, 0)
+    with qtbot.waitSignal(w.run_finished, timeout=60_000):
+        w.intervene_action.trigger()
+    assert w.inspector.refresh_counts.get(INTERVENTION, 0) == before + 1
+    r = w.state.intervention
+    assert r is not None and r.interventions[0].layer == int(v.source.layer[node])
+    text = w.inspector.result.text()
+    assert "→" in text and f"{r.prob_after:.4f}" in text
+    assert np.isfinite(r.prob_after)
