@@ -68,7 +68,7 @@ class GraphPane(QWidget):
                                         hoverPen=pg.mkPen("#111", width=2))
         self.nodes.sigClicked.connect(self._clicked)
         self.plot.addItem(self.nodes)
-        self.rings = pg.ScatterPlotItem(pxMode=True, brush=None, pen=pg.mkPen("#f59e0b", width=3))
+        self.rings = pg.ScatterPlotItem(pxMode=True, brush=pg.mkBrush(0, 0, 0, 0), pen=pg.mkPen("#f59e0b", width=3))
         self.rings.setZValue(10)
         self.plot.addItem(self.rings)
         self.labels: list[pg.TextItem] = []

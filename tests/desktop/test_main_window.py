@@ -21,6 +21,9 @@ def window(qtbot, tmp_path):
 
 
 def start(qtbot, w, spec, prompt):
+    from desktop.app import PREDICT
+
+    w.panel.method_combo.setCurrentText(PREDICT)  # these tests are about jobs; traces: test_workbench.py
     w.panel.select_spec(spec)
     w.panel.device_combo.setCurrentText("cpu")
     w.panel.prompt_edit.setPlainText(prompt)

@@ -1,0 +1,133 @@
+"""Workbench responsiveness (prints figures; asserts nothing).
+
+1. Event-loop stalls during a real trace of the default model: a 10 ms QTimer heartbeat runs while
+   the trace runs on the worker thread; the longest gap between beats minus 10 ms is the stall.
+   Target: longest stall <= 50 ms.
+2. Paint time of a synthetic 5,000-node / 50,000-edge graph in the graph pane (offscreen): the pane
+   is rendered into an image repeatedly; median and max per frame. Target: median <= 16 ms.
+Run: QT_QPA_PLATFORM=offscreen .venv/bin/python benchmarks/gui.py [--skip-trace]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def synthetic_view(n_nodes: int = 5000, n_edges: int = 50000, seed: int = 0):
+    import numpy as np
+
+    from core.graph import EMBEDDING, FEATURE, LOGIT, Graph
+    from core.view import from_attribution
+
+    rng = np.random.default_rng(seed)
+    L, P = 30, 40
+    kind = np.full(n_nodes, FEATURE, np.int8)
+    kind[:P] = EMBEDDING
+    kind[-5:] = LOGIT
+    layer = rng.integers(0, L, n_nodes).astype(np.int32)
+    layer[:P], layer[-5:] = -1, L
+    pos = rng.integers(0, P, n_nodes).astype(np.int32)
+    pos[:P] = np.arange(P)
+    src = rng.integers(0, n_nodes - 5, 4 * n_edges)
+    dst = rng.integers(P, n_nodes, 4 * n_edges)
+    upward = layer[src] < layer[dst]  # acyclic, as attribution graphs are
+    src, dst = src[upward][:n_edges].astype(np.int32), dst[upward][:n_edges].astype(np.int32)
+    g = Graph(kind=kind, layer=layer, pos=pos, index=np.arange(n_nodes), activation=rng.random(n_nodes).astype(np.float32),
+              value=np.full(n_nodes, np.nan, np.float32), src=src, dst=dst,
+              weight=rng.standard_normal(n_edges).astype(np.float32),
+              logit_weight=np.where(kind == LOGIT, 0.2, 0).astype(np.float32),
+              tokens=[f"t{i}" for i in range(P)], token_ids=list(range(P)), n_layers=L, meta={})
+    view = from_attribution(g, threshold=1.0)
+    view.node_mask[:] = True
+    view.edge_mask[:] = True  # draw everything: the worst case
+    return view
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-trace", action="store_true")
+    args = ap.parse_args()
+    from PySide6.QtCore import QElapsedTimer, QSettings, QTimer
+    from PySide6.QtGui import QImage, QPainter
+    from PySide6.QtWidgets import QApplication
+
+    from desktop.app import MainWindow
+
+    app = QApplication.instance() or QApplication([])
+    out: dict = {}
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "circuitdesk-bench.ini"
+    w = MainWindow(settings=QSettings(str(tmp), QSettings.Format.IniFormat))
+    w.resize(1400, 900)
+    w.show()
+    app.processEvents()
+
+    if not args.skip_trace:
+        gaps: list[float] = []
+        clock = QElapsedTimer()
+        beat = QTimer()
+        beat.setInterval(10)
+        last = [0]
+
+        def tick():
+            now = clock.elapsed()
+            gaps.append(now - last[0])
+            last[0] = now
+
+        beat.timeout.connect(tick)
+        done = []
+        w.run_finished.connect(lambda: done.append(1))
+        w.panel.prompt_edit.setPlainText("The capital of France is")
+        clock.start()
+        beat.start()
+        t0 = time.perf_counter()
+        w.run()
+        while not done:
+            app.processEvents()
+            time.sleep(0.001)
+        beat.stop()
+        out["trace_seconds"] = round(time.perf_counter() - t0, 2)
+        out["trace_error"] = w.last_error
+        out["heartbeats"] = len(gaps)
+        out["longest_stall_ms"] = round(max(gaps) - 10, 1) if gaps else None
+        out["p99_stall_ms"] = round(sorted(gaps)[int(0.99 * (len(gaps) - 1))] - 10, 1) if gaps else None
+
+    view = synthetic_view()
+    t0 = time.perf_counter()
+    w.state.show(view)
+    app.processEvents()
+    out["show_5k_50k_seconds"] = round(time.perf_counter() - t0, 3)
+    pane = w.graph_pane.plot
+    img = QImage(pane.size(), QImage.Format.Format_ARGB32)
+    times = []
+    for _ in range(20):
+        pane.getViewBox().translateBy(x=0.01)  # a pan: invalidate and repaint
+        app.processEvents()
+        t = time.perf_counter()
+        painter = QPainter(img)
+        pane.render(painter)
+        painter.end()
+        times.append((time.perf_counter() - t) * 1000)
+    out["drawn_edges"] = int(min(len(view.visible_edges()), 3000))
+    out["paint_ms_median"] = round(statistics.median(times), 1)
+    out["paint_ms_max"] = round(max(times), 1)
+    t = time.perf_counter()
+    w.state.set_threshold(0.5)
+    app.processEvents()
+    out["rethreshold_5k_50k_ms"] = round((time.perf_counter() - t) * 1000, 1)
+    w.close()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
