@@ -41,14 +41,14 @@ def test_window_opens_with_panels_menus_and_demo_prompt(window):
     assert window.open_folder_action.shortcut().toString() == "Ctrl+O"
 
 
-# The window connects its slots before a job starts; a test connecting afterwards could miss a
-# fast job's signals, so tests wait on what the window shows instead.
+# A job's `done` turns true on the worker before the window's queued slots have run; tests that
+# look at the window wait on `run_finished`, which the window emits after updating itself.
 
 
 def test_run_tiny_model_shows_predictions_with_progress(qtbot, window, tiny_folder):
-    handle = start(qtbot, window, str(tiny_folder("mistral")), "the cat")
-    assert window.progress_bar.isVisible() and window.panel.cancel_button.isEnabled()
-    qtbot.waitUntil(lambda: handle.done and window.status_label.text().startswith("Done"), timeout=60_000)
+    with qtbot.waitSignal(window.run_finished, timeout=60_000):
+        start(qtbot, window, str(tiny_folder("mistral")), "the cat")
+        assert window.progress_bar.isVisible() and window.panel.cancel_button.isEnabled()
     assert window.predictions.table.rowCount() == 10
     assert window.last_prediction.top[0].token == window.predictions.tokens()[0]
     assert window.progress_bar.value() == 1000 and not window.progress_bar.isVisible()
@@ -69,10 +69,10 @@ def test_errors_become_dialogs_and_the_app_keeps_running(qtbot, window, tiny_fol
     assert "Traceback" not in window.error_box.text()
     window.error_box.done(0)
 
-    handle = start(qtbot, window, str(tiny_folder("llama")), "the cat")  # still works afterwards
-    qtbot.waitUntil(lambda: handle.done and window.last_prediction is not None, timeout=60_000)
+    with qtbot.waitSignal(window.run_finished, timeout=60_000):  # still works afterwards
+        start(qtbot, window, str(tiny_folder("llama")), "the cat")
     assert window.predictions.table.rowCount() == 10
-    qtbot.waitUntil(lambda: window.status_label.text().startswith("Done in"))
+    assert window.status_label.text().startswith("Done in")
     assert window.last_error is None
 
 
@@ -95,7 +95,8 @@ def test_new_run_cancels_the_running_one(qtbot, window, tiny_folder, monkeypatch
     assert running.wait(30)
     second = start(qtbot, window, str(tiny_folder("llama")), "the dog")
     assert window.status_label.text().startswith("Previous run cancelled")
-    qtbot.waitUntil(lambda: first.done and second.done, timeout=60_000)
+    qtbot.waitUntil(lambda: first.done and second.done and window.last_prediction is not None,
+                    timeout=60_000)
     assert first.ctx.cancelled and not second.ctx.cancelled
     assert window.last_prediction.prompt == "the dog"  # the cancelled run produced nothing
     qtbot.wait(50)  # let any late signal of the cancelled run arrive
@@ -126,8 +127,8 @@ def test_closing_during_a_run_cancels_and_leaves_no_thread(qtbot, tmp_path, tiny
 
 @pytest.mark.slow
 def test_run_default_model_shows_paris(qtbot, window):
-    handle = start(qtbot, window, "default", "The capital of France is")
-    qtbot.waitUntil(lambda: handle.done, timeout=180_000)
+    with qtbot.waitSignal(window.run_finished, timeout=180_000):
+        start(qtbot, window, "default", "The capital of France is")
     assert window.predictions.tokens()[0] == " Paris"
     assert "sha256" in window.panel.model_info.text()
 
