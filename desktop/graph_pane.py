@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QPainterPath, QPen
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QPainterPath, QPen
 from PySide6.QtWidgets import (
+    QGraphicsItem,
     QGraphicsPathItem,
     QHBoxLayout,
     QLabel,
@@ -29,9 +30,12 @@ COLOURS = {  # node colour by category
 POSITIVE, NEGATIVE = (37, 99, 235), (220, 38, 38)  # edge colours by sign
 BINS = (0.0, 0.15, 0.4, 1.01)  # |weight| / max, three widths
 MAX_DRAWN_EDGES = 3000  # the strongest visible edges are drawn (plus every edge of the selection)
+PREVIEW_EDGES = 400  # while the view pans/zooms, only the strongest edges are drawn...
+SETTLE_MS = 150  # ...until it has been still this long
 
 
 def _edge_path(x0, y0, x1, y1) -> QPainterPath:
+    """One path of straight segments (x0, y0) -> (x1, y1)."""
     xs = np.empty(2 * len(x0))
     ys = np.empty(2 * len(x0))
     xs[0::2], xs[1::2], ys[0::2], ys[1::2] = x0, x1, y0, y1
@@ -53,17 +57,18 @@ class GraphPane(QWidget):
             ax = self.plot.getAxis(side)
             ax.setTextPen("#222")
             ax.setPen("#888")
-        self.edge_items: list[QGraphicsPathItem] = []
-        for sign in (POSITIVE, NEGATIVE):
-            for b in range(len(BINS) - 1):
-                item = QGraphicsPathItem()
-                pen = QPen(QColor(*sign, (45, 110, 210)[b]))
-                pen.setCosmetic(True)
-                pen.setWidthF((0.7, 1.4, 2.6)[b])
-                item.setPen(pen)
-                item.setZValue(-10)
-                self.plot.addItem(item)
-                self.edge_items.append(item)
+        # Edges: long translucent lines cost pixels, not Python (a wide pen costs twice a 1-pixel
+        # one, so magnitude is alpha). The full set is cached as a device-space pixmap, so hover
+        # and selection repaints only blit it; while the view pans or zooms only the strongest
+        # PREVIEW_EDGES are drawn, and the full set returns once the view has settled.
+        self.edge_items = [self._path_item(sign, (40, 100, 230)[b], 1.0, cached=True)
+                           for sign in (POSITIVE, NEGATIVE) for b in range(len(BINS) - 1)]
+        self.preview_items = [self._path_item(sign, 160, 1.0, cached=False) for sign in (POSITIVE, NEGATIVE)]
+        self._settle = QTimer(self)
+        self._settle.setSingleShot(True)
+        self._settle.setInterval(SETTLE_MS)
+        self._settle.timeout.connect(self.settle)
+        self.plot.getViewBox().sigRangeChanged.connect(self._view_moved)
         self.nodes = pg.ScatterPlotItem(pxMode=True, hoverable=True, tip=self._tip,
                                         hoverPen=pg.mkPen("#111", width=2))
         self.nodes.sigClicked.connect(self._clicked)
@@ -103,6 +108,39 @@ class GraphPane(QWidget):
         self._set_enabled(False)
         state.subscribe(self.on_change)
 
+    def _path_item(self, rgb, alpha: int, width: float, cached: bool) -> QGraphicsPathItem:
+        item = QGraphicsPathItem()
+        pen = QPen(QColor(*rgb, alpha))
+        pen.setCosmetic(True)
+        pen.setWidthF(width)
+        item.setPen(pen)
+        item.setZValue(-10)
+        if cached:
+            item.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+        else:
+            item.hide()
+        self.plot.addItem(item)
+        return item
+
+    def _view_moved(self, *_args) -> None:
+        """Pans and zooms redraw the edges: show the preview until the view settles."""
+        if self.state.view is not None and len(self.state.view.visible_edges()) > PREVIEW_EDGES:
+            self._show_preview(True)
+            self._settle.start()
+
+    def settle(self) -> None:
+        """Draw the full edge set now (the view stopped moving, or moved programmatically)."""
+        self._settle.stop()
+        self._show_preview(False)
+
+    def _show_preview(self, on: bool) -> None:
+        if self.preview_items[0].isVisible() == on:
+            return
+        for item in self.edge_items:
+            item.setVisible(not on)
+        for item in self.preview_items:
+            item.setVisible(on)
+
     # -- state -> view ----------------------------------------------------------------------------
     def on_change(self, change: Change) -> None:
         if change.what in (HOVER, INTERVENTION):
@@ -131,7 +169,7 @@ class GraphPane(QWidget):
         self._set_enabled(v is not None)
         if v is None:
             self.nodes.setData([])
-            for item in self.edge_items:
+            for item in self.edge_items + self.preview_items:
                 item.setPath(QPainterPath())
             self._draw_selection()
             return
@@ -157,8 +195,11 @@ class GraphPane(QWidget):
         for positive in (True, False):
             for b in range(len(BINS) - 1):
                 sel = edges[((w >= 0) == positive) & (rel >= BINS[b]) & (rel < BINS[b + 1])]
-                self.edge_items[k].setPath(_edge_path(v.x[v.src[sel]], v.y[v.src[sel]], v.x[v.dst[sel]], v.y[v.dst[sel]]))
+                self.edge_items[k].setPath(self._edges_path(v, sel))
                 k += 1
+        strongest = edges[np.argsort(-np.abs(w), kind="stable")[:PREVIEW_EDGES]]
+        for item, positive in zip(self.preview_items, (True, False)):
+            item.setPath(self._edges_path(v, strongest[(v.weight[strongest] >= 0) == positive]))
         brushes = [pg.mkBrush(COLOURS[CATEGORIES[c]]) for c in range(len(CATEGORIES))]
         pinned = self.state.pinned
         self.nodes.setData(
@@ -183,6 +224,10 @@ class GraphPane(QWidget):
             self.labels.append(t)
         self._draw_selection()
 
+    @staticmethod
+    def _edges_path(v, edges: np.ndarray) -> QPainterPath:
+        return _edge_path(v.x[v.src[edges]], v.y[v.src[edges]], v.x[v.dst[edges]], v.y[v.dst[edges]])
+
     def _draw_selection(self) -> None:
         v = self.state.view
         sel = list(self.state.selected)
@@ -198,6 +243,7 @@ class GraphPane(QWidget):
             return
         self.plot.setRange(xRange=(v.x.min() - 0.6, v.x.max() + 0.6), yRange=(v.y.min() - 0.6, v.y.max() + 0.6),
                            padding=0.02)
+        self.settle()
 
     def _tip(self, x, y, data) -> str:
         v = self.state.view
@@ -245,6 +291,7 @@ class GraphPane(QWidget):
             self.state.pin([node], source=NAME)
         self.state.select([node], source=NAME)
         self.plot.setRange(xRange=(v.x[node] - 3, v.x[node] + 3), yRange=(v.y[node] - 4, v.y[node] + 4))
+        self.settle()
 
 
 def _short(token: str, n: int = 10) -> str:

@@ -122,3 +122,27 @@ def test_intervention_updates_the_inspector(qtbot, traced):
     text = w.inspector.result.text()
     assert "→" in text and f"{r.prob_after:.4f}" in text
     assert np.isfinite(r.prob_after)
+
+
+def test_moving_the_view_draws_the_strongest_edges_until_it_settles(traced, monkeypatch):
+    import desktop.graph_pane as gp
+
+    w = traced
+    pane, v = w.graph_pane, w.state.view
+    monkeypatch.setattr(gp, "PREVIEW_EDGES", 3)
+    w.state.set_threshold(0.99)  # more visible edges than the preview holds
+    edges = v.visible_edges()
+    assert len(edges) > 3
+    pane.plot.getViewBox().translateBy(x=0.5)
+    assert all(i.isVisible() for i in pane.preview_items) and not any(i.isVisible() for i in pane.edge_items)
+    drawn = set()
+    for item in pane.preview_items:
+        path = item.path()
+        points = [(round(path.elementAt(k).x, 4), round(path.elementAt(k).y, 4)) for k in range(path.elementCount())]
+        drawn |= {points[k] + points[k + 1] for k in range(0, len(points), 2)}
+    strongest = edges[np.argsort(-np.abs(v.weight[edges]), kind="stable")[:3]]
+    assert drawn == {(round(v.x[s], 4), round(v.y[s], 4), round(v.x[d], 4), round(v.y[d], 4))
+                     for s, d in zip(v.src[strongest], v.dst[strongest])}
+    pane.settle()
+    assert not any(i.isVisible() for i in pane.preview_items) and all(i.isVisible() for i in pane.edge_items)
+    assert sum(i.path().elementCount() for i in pane.edge_items) // 2 == min(len(edges), gp.MAX_DRAWN_EDGES)
