@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QStyledItemDelegate,
     QTableWidget,
@@ -48,14 +49,21 @@ from desktop.graph_pane import GraphPane
 from desktop.heatmap_pane import HeatmapPane
 from desktop.inspector import Inspector
 from desktop.jobs import JobRunner
+from desktop.jobs_pane import JobsPane
 from desktop.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
 DEMO_PROMPT = "The capital of France is"
+DEMO_CORRUPTED = "The capital of Italy is"  # for a component circuit of the demo prompt
 OPEN_FOLDER = "__open_folder__"
 OPEN_GGUF = "__open_gguf__"
-ATTRIBUTION, PREDICT = "Attribution graph", "Next-token prediction"
+ATTRIBUTION, CIRCUIT, PREDICT = "Attribution graph", "Component circuit", "Next-token prediction"
+PROMPT_PAIR, PAIR_FILE = "prompt", "file"  # circuit sources besides the built-in tasks
+# The built-in tasks of core.circuits.TASKS (named here: that module loads torch).
+TASK_LABELS = {PROMPT_PAIR: "This prompt vs a corrupted one", "ioi": "Indirect object (IOI), generated",
+               "greater-than": "Greater-than, generated", "induction": "Induction, generated",
+               "factual": "Factual recall, generated", PAIR_FILE: "Pair file (.jsonl)…"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,11 @@ class RunRequest:
     target: str | None = None
     foil: str | None = None
     max_nodes: int = 1000
+    task: str = PROMPT_PAIR  # component circuits: PROMPT_PAIR, PAIR_FILE or a built-in task
+    corrupted: str = ""
+    pairs_file: str = ""
+    scoring: str = "eap-ig"
+    n_pairs: int = 32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +161,72 @@ def trace_prompt(model, req: RunRequest, ctx):
     return result, data, prediction
 
 
+@dataclass
+class CircuitRun:
+    """What a component-circuit run hands the window."""
+
+    result: object  # core.circuits.CircuitResult
+    ids: object  # torch [1, P]: the first pair's clean prompt (heatmaps, interventions)
+    outputs_last: object  # numpy [n_sources, d]: what each component writes at its last position
+    answer_id: int
+
+
+def check_request(req: RunRequest) -> None:
+    """What can be checked before a model loads (a clear error instead of a wasted run)."""
+    from core.errors import CircuitDeskError
+
+    if req.method != CIRCUIT or req.task == PROMPT_PAIR:
+        require_prompt(req.prompt)
+    if req.method != CIRCUIT:
+        return
+    if req.task == PROMPT_PAIR and not req.corrupted.strip():
+        raise CircuitDeskError("The corrupted prompt is empty; type the prompt to compare with "
+                               "(same number of tokens, the detail that matters changed).")
+    if req.task == PAIR_FILE and not req.pairs_file:
+        raise CircuitDeskError("No pair file chosen; pick a .jsonl file of prompt pairs.")
+
+
+def prompt_pair(model, req: RunRequest):
+    """The user's prompt and its corrupted twin as a one-pair task; answer and counterfactual
+    default to the model's top token on each prompt."""
+    from core.circuits import PromptPair, encode_pairs
+    from core.errors import CircuitDeskError
+    from core.predict import predict_next
+
+    answer = req.target or f"#{predict_next(model, req.prompt, 1).top[0].token_id}"
+    counterfactual = req.foil or f"#{predict_next(model, req.corrupted, 1).top[0].token_id}"
+    if answer == counterfactual:
+        raise CircuitDeskError("Both prompts predict the same top token; give the target and the foil "
+                               "(the corrupted prompt's answer) yourself.")
+    pair = PromptPair(req.prompt, req.corrupted, (answer,), (counterfactual,), "your prompt")
+    return encode_pairs(model, [pair], "prompt", strict=True, source="the prompt box")
+
+
+def circuit_prompt(model, req: RunRequest, ctx):
+    """Worker-thread body of a component circuit: pairs, edge scores and faithfulness curve, then
+    heatmap data and the prediction for the first pair's clean prompt."""
+    import torch
+
+    from core.circuits import CircuitSettings, ComponentRunner, find_circuit, load_pairs, make_task
+    from core.lens import lens
+    from core.predict import predict_next
+
+    if req.task == PROMPT_PAIR:
+        pairs = prompt_pair(model, req)
+    elif req.task == PAIR_FILE:
+        pairs = load_pairs(model, req.pairs_file, n_pairs=req.n_pairs)
+    else:
+        pairs = make_task(model, req.task, n_pairs=req.n_pairs)
+    ctx.check_cancelled()
+    result = find_circuit(model, pairs, CircuitSettings(method=req.scoring), ctx=ctx.sub(0.0, 0.9))
+    first = pairs.pairs[0]
+    ids = torch.tensor([first.clean])
+    outputs = ComponentRunner(model).sources(ids).outputs[:, 0, -1].float().cpu().numpy()
+    data = lens(model, ids, target_id=first.answer[0], ctx=ctx.sub(0.9, 0.97))
+    prediction = predict_next(model, first.clean_text, req.top_k, ctx.sub(0.97, 1.0))
+    return CircuitRun(result, ids, outputs, first.answer[0]), data, prediction
+
+
 def demo_prompts() -> list[dict]:
     """Example prompts shipped in resources/ (an unreadable file just means no examples)."""
     import json
@@ -180,7 +259,7 @@ class ModelPanel(QWidget):
         self.examples.setToolTip("Fill the prompt box with a classic circuit-tracing prompt")
         self.examples.addItem("Examples…", None)
         for demo in demo_prompts():
-            self.examples.addItem(demo["name"], demo["prompt"])
+            self.examples.addItem(demo["name"], demo)
         self.examples.activated.connect(self._example_chosen)
         self.prompt_edit = QPlainTextEdit()
         self.prompt_edit.setPlaceholderText("Type a prompt, e.g. The capital of France is")
@@ -189,11 +268,14 @@ class ModelPanel(QWidget):
         self.top_k.setRange(1, 100)
         self.top_k.setValue(10)
         self.method_combo = QComboBox()
-        self.method_combo.addItems([ATTRIBUTION, PREDICT])
-        self.method_combo.setToolTip("Attribution graph: trace the circuit behind the next token (neuron basis)")
+        self.method_combo.addItems([ATTRIBUTION, CIRCUIT, PREDICT])
+        self.method_combo.setToolTip(
+            "Attribution graph: the features/neurons behind the next token (circuit-tracer method).\n"
+            "Component circuit: the heads and MLPs that matter, by patching clean vs corrupted prompts (EAP-IG).\n"
+            "Next-token prediction: the model's top tokens only.")
         self.target_edit = QLineEdit()
         self.target_edit.setPlaceholderText("model's top tokens")
-        self.target_edit.setToolTip("Token to explain, e.g. ' Paris' (empty: the most likely tokens)")
+        self.target_edit.setToolTip("Token to explain, e.g. ' Paris' or #1234 (empty: the model's top token)")
         self.foil_edit = QLineEdit()
         self.foil_edit.setPlaceholderText("none")
         self.foil_edit.setToolTip("Contrast token: explain target − foil logit difference")
@@ -202,6 +284,24 @@ class ModelPanel(QWidget):
         self.max_nodes.setSingleStep(100)
         self.max_nodes.setValue(1000)
         self.max_nodes.setToolTip("Most feature nodes computed in the graph")
+        self.task_combo = QComboBox()
+        for key, label in TASK_LABELS.items():
+            self.task_combo.addItem(label, key)
+        self.task_combo.setToolTip("Where the clean / corrupted prompt pairs come from")
+        self.corrupted_edit = QLineEdit()
+        self.corrupted_edit.setPlaceholderText("e.g. The capital of Italy is")
+        self.corrupted_edit.setToolTip("The prompt with the detail that matters changed; same number of tokens")
+        self.pairs_file = ""
+        self.pairs_label = QLabel("")
+        self.pairs_label.setWordWrap(True)
+        self.set_pairs_file("")
+        self.scoring_combo = QComboBox()
+        self.scoring_combo.addItems(["eap-ig", "eap"])
+        self.scoring_combo.setToolTip("Edge scores: EAP-IG (integrated gradients, 5 steps) or EAP (one gradient)")
+        self.n_pairs = QSpinBox()
+        self.n_pairs.setRange(1, 1024)
+        self.n_pairs.setValue(32)
+        self.n_pairs.setToolTip("Prompt pairs to generate (or to read from the file)")
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Run the prompt (Ctrl+Enter)")
         self.run_button.setDefault(True)
@@ -214,14 +314,23 @@ class ModelPanel(QWidget):
         self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.model_info.setObjectName("modelInfo")
 
-        form = QFormLayout()
+        form = self.form = QFormLayout()
         form.addRow("Model", self.model_combo)
         form.addRow("Device", self.device_combo)
         form.addRow("Method", self.method_combo)
+        form.addRow("Pairs from", self.task_combo)
+        form.addRow("Corrupted", self.corrupted_edit)
+        form.addRow("", self.pairs_label)
         form.addRow("Target", self.target_edit)
         form.addRow("Foil", self.foil_edit)
         form.addRow("Max nodes", self.max_nodes)
+        form.addRow("Scoring", self.scoring_combo)
+        form.addRow("Pairs", self.n_pairs)
         form.addRow("Top-k", self.top_k)
+        self.method_combo.currentTextChanged.connect(lambda _t: self._update_rows())
+        self.task_combo.currentIndexChanged.connect(lambda _i: self._update_rows())
+        self.task_combo.activated.connect(self._task_chosen)
+        self._previous_task = 0
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -236,11 +345,55 @@ class ModelPanel(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.model_info)
         layout.addStretch(1)
+        self._update_rows()
+
+    @property
+    def method(self) -> str:
+        return self.method_combo.currentText()
+
+    @property
+    def task(self) -> str:
+        return self.task_combo.currentData()
+
+    def _update_rows(self) -> None:
+        """Show the settings the chosen method (and pair source) uses."""
+        circuit = self.method == CIRCUIT
+        pair = circuit and self.task == PROMPT_PAIR
+        rows = {self.task_combo: circuit, self.corrupted_edit: pair, self.pairs_label: circuit and self.task == PAIR_FILE,
+                self.target_edit: not circuit or pair, self.foil_edit: not circuit or pair,
+                self.max_nodes: self.method == ATTRIBUTION, self.scoring_combo: circuit,
+                self.n_pairs: circuit and not pair}
+        for widget, visible in rows.items():
+            self.form.setRowVisible(widget, visible)
+        self.prompt_edit.setEnabled(not circuit or pair)
+        if pair:
+            self.target_edit.setToolTip("Answer to the clean prompt, e.g. ' Paris' (empty: the model's top token)")
+            self.foil_edit.setToolTip("Answer to the corrupted prompt, e.g. ' Rome' (empty: the model's top token there)")
+        else:
+            self.target_edit.setToolTip("Token to explain, e.g. ' Paris' or #1234 (empty: the model's top token)")
+            self.foil_edit.setToolTip("Contrast token: explain target − foil logit difference")
+
+    def _task_chosen(self, index: int) -> None:
+        if self.task_combo.itemData(index) == PAIR_FILE:
+            path, _ = QFileDialog.getOpenFileName(self, "Open a file of prompt pairs", "",
+                                                  "Prompt pairs (*.jsonl);;All files (*)")
+            if not path and not self.pairs_file:
+                self.task_combo.setCurrentIndex(self._previous_task)
+                return
+            if path:
+                self.set_pairs_file(path)
+        self._previous_task = index
+
+    def set_pairs_file(self, path: str) -> None:
+        self.pairs_file = path
+        self.pairs_label.setText(f"<tt>{_html(Path(path).name)}</tt>" if path else "no file chosen")
+        self.pairs_label.setToolTip(path)
 
     def _example_chosen(self, index: int) -> None:
-        prompt = self.examples.itemData(index)
-        if prompt:
-            self.prompt_edit.setPlainText(prompt)
+        demo = self.examples.itemData(index)
+        if demo:
+            self.prompt_edit.setPlainText(demo["prompt"])
+            self.corrupted_edit.setText(demo.get("corrupted", ""))
         self.examples.setCurrentIndex(0)
 
     def set_models(self, entries: list[dict], current: str | None = None) -> None:
@@ -288,6 +441,7 @@ class MainWindow(QMainWindow):
         self._generation = 0  # increments per run; signals of older runs are ignored
 
         self.trace_result = None  # AttributionResult of the graph on show
+        self.circuit_run: CircuitRun | None = None  # ...or the component circuit on show
         self.state = WorkbenchState()
         self.panel = ModelPanel()
         self.predictions = PredictionsView()
@@ -313,8 +467,16 @@ class MainWindow(QMainWindow):
 
         self.model_dock = dock("Model && prompt", "modelDock", self.panel, Qt.DockWidgetArea.LeftDockWidgetArea, 300)
         self.heatmap_dock = dock("Heatmap", "heatmapDock", self.heatmap, Qt.DockWidgetArea.BottomDockWidgetArea)
-        self.inspector_dock = dock("Inspector", "inspectorDock", self.inspector, Qt.DockWidgetArea.RightDockWidgetArea, 320)
+        inspector_scroll = QScrollArea()  # a short dock scrolls instead of squashing the controls
+        inspector_scroll.setWidgetResizable(True)
+        inspector_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        inspector_scroll.setWidget(self.inspector)
+        self.inspector_dock = dock("Inspector", "inspectorDock", inspector_scroll, Qt.DockWidgetArea.RightDockWidgetArea, 320)
 
+        self.jobs = JobsPane(self.runner)
+        self.jobs_dock = dock("Jobs", "jobsDock", self.jobs, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.tabifyDockWidget(self.heatmap_dock, self.jobs_dock)
+        self.heatmap_dock.raise_()
         self._build_status_bar()
         self._build_actions()
         self.panel.set_models(list_models(), current=DEFAULT_SPEC)
@@ -322,6 +484,7 @@ class MainWindow(QMainWindow):
         self.panel.run_button.clicked.connect(self.run)
         self.panel.cancel_button.clicked.connect(self.cancel)
         self.panel.prompt_edit.setPlainText(DEMO_PROMPT)
+        self.panel.corrupted_edit.setText(DEMO_CORRUPTED)
         self.resize(1400, 900)
         self.resizeDocks([self.heatmap_dock], [300], Qt.Orientation.Vertical)
         self._restore_layout()
@@ -389,7 +552,7 @@ class MainWindow(QMainWindow):
                                        "Run the inspector's edit on the selected node")
 
         view_menu = self.menuBar().addMenu("&View")
-        for d in (self.model_dock, self.heatmap_dock, self.inspector_dock):
+        for d in (self.model_dock, self.heatmap_dock, self.inspector_dock, self.jobs_dock):
             view_menu.addAction(d.toggleViewAction())
 
         help_menu = self.menuBar().addMenu("&Help")
@@ -432,12 +595,17 @@ class MainWindow(QMainWindow):
             target=p.target_edit.text() or None,
             foil=p.foil_edit.text() or None,
             max_nodes=p.max_nodes.value(),
+            task=p.task,
+            corrupted=p.corrupted_edit.text(),
+            pairs_file=p.pairs_file,
+            scoring=p.scoring_combo.currentText(),
+            n_pairs=p.n_pairs.value(),
         )
 
     def run(self) -> None:
         req = self.request()
         try:
-            require_prompt(req.prompt)
+            check_request(req)
         except CircuitDeskError as err:
             self.show_error(str(err))
             return
@@ -462,10 +630,13 @@ class MainWindow(QMainWindow):
             ctx.check_cancelled()
             if req.method == PREDICT:
                 return loaded, predict_next(loaded, req.prompt, req.top_k, ctx.sub(share, 1.0))
-            return (loaded,) + trace_prompt(loaded, req, ctx.sub(share, 1.0))
+            work = circuit_prompt if req.method == CIRCUIT else trace_prompt
+            return (loaded,) + work(loaded, req, ctx.sub(share, 1.0))
 
+        what = {PREDICT: "predict", CIRCUIT: "circuit"}.get(req.method, "trace")
+        prompt = " ".join(req.prompt.split())
         self.runner.submit(
-            "predict" if req.method == PREDICT else "trace",
+            f"{what}: {prompt[:40] + '…' if len(prompt) > 40 else prompt}",
             job,
             progress=current(self._on_progress),
             returned=current(lambda result: self._on_result(key, result)),
@@ -511,14 +682,19 @@ class MainWindow(QMainWindow):
             self.predictions.show_prediction(model.name, result[1])
             self.workspace.setCurrentWidget(self.predictions)
         else:
-            _, trace, lens_data, prediction = result
-            self.trace_result = trace
+            from core.view import from_attribution, from_circuit
+
+            _, traced, lens_data, prediction = result
             self.last_prediction = prediction
             self.predictions.show_prediction(model.name, prediction)
             self.heatmap.set_lens(lens_data)
-            from core.view import from_attribution
-
-            self.state.show(from_attribution(trace.graph), source="window")
+            if isinstance(traced, CircuitRun):
+                self.trace_result, self.circuit_run = None, traced
+                view = from_circuit(traced.result)
+            else:
+                self.trace_result, self.circuit_run = traced, None
+                view = from_attribution(traced.graph)
+            self.state.show(view, source="window")
             self.workspace.setCurrentWidget(self.graph_pane)
         self._show_model_info(model)
 
@@ -549,52 +725,87 @@ class MainWindow(QMainWindow):
             self.status_label.setText("Nothing grouped: give a label, and pick nodes not already in a group.")
 
     def _token_effects(self, view, node: int):
-        """Tokens a neuron node promotes/suppresses (quick: one product with the unembedding)."""
-        if self.model is None or view.kind != "attribution" or self.trace_result is None:
+        """Tokens a node promotes/suppresses: a neuron's output direction, or what a circuit's
+        head / MLP wrote at the last prompt position, read through the unembedding."""
+        if self.model is None:
             return None
-        g = view.source
-        from core.graph import FEATURE
-
-        if int(g.kind[node]) != FEATURE or g.meta.get("basis") != "neurons":
-            return None
-        from core.lens import neuron_effects
+        from core.lens import direction_effects, neuron_effects
 
         try:
+            if view.kind == "circuit" and self.circuit_run is not None:
+                out = self.circuit_run.outputs_last
+                if node >= len(out):
+                    return None  # the logits node
+                import torch
+
+                effects = direction_effects(self.model, torch.from_numpy(out[node]))
+                effects.note = "what this component writes at the last position, through the unembedding"
+                return effects
+            g = view.source
+            from core.graph import FEATURE
+
+            if view.kind != "attribution" or int(g.kind[node]) != FEATURE or g.meta.get("basis") != "neurons":
+                return None
             return neuron_effects(self.model, int(g.layer[node]), int(g.index[node]))
         except Exception:  # the inspector still shows the node's facts
             log.warning("token effects failed", exc_info=True)
             return None
 
-    def run_intervention(self, request) -> None:
-        node, mode, value, freeze, every = request
-        trace, model, view = self.trace_result, self.model, self.state.view
-        if trace is None or model is None or view is None or view.kind != "attribution":
-            self.show_error("Interventions need a traced attribution graph.")
-            return
-        if self.runner.busy:
-            self.show_error("A job is running; cancel it or wait before intervening.")
-            return
+    def _intervention_job(self, request):
+        """(job, description) for the inspector's request on the graph on show (or an error)."""
+        from core.errors import CircuitDeskError
         from core.graph import ERROR
-        from core.interventions import Intervention
+        from core.interventions import Intervention, intervene
 
+        node, mode, value, freeze, every = request
+        model, view = self.model, self.state.view
+        if view is not None and view.kind == "circuit" and self.circuit_run is not None:
+            run = self.circuit_run
+            if freeze == "replacement":
+                raise CircuitDeskError("The replacement model belongs to attribution graphs; "
+                                       "for a circuit's head choose freeze none or attention.")
+            layer, head = view.cell_of(node)
+            iv = Intervention("head", int(layer), int(head), None, mode, value)
+
+            def job(ctx):
+                return intervene(model, run.ids, [iv], freeze=freeze, target_id=run.answer_id, ctx=ctx)
+
+            return job
+        trace = self.trace_result
+        if trace is None or view is None:
+            raise CircuitDeskError("Interventions need a traced graph; run a trace first.")
         g = view.source
         kind = "error" if int(g.kind[node]) == ERROR else ("feature" if g.meta.get("basis") != "neurons" else "neuron")
         iv = Intervention(kind, int(g.layer[node]), int(g.index[node]),
                           None if every else (int(g.pos[node]),), mode, value)
-        target = trace.targets[0].token_id
-        generation = self._generation
 
         def job(ctx):
-            from core.interventions import intervene
+            return intervene(model, trace.ids, [iv], freeze=freeze, target_id=trace.targets[0].token_id,
+                             transcoders=trace.transcoders, errors=trace.errors, write_point=trace.write_point,
+                             ctx=ctx)
 
-            return intervene(model, trace.ids, [iv], freeze=freeze, target_id=target, transcoders=trace.transcoders,
-                             errors=trace.errors, write_point=trace.write_point, ctx=ctx)
+        return job
+
+    def run_intervention(self, request) -> None:
+        if self.model is None:
+            self.show_error("Interventions need a traced graph; run a trace first.")
+            return
+        if self.runner.busy:
+            self.show_error("A job is running; cancel it or wait before intervening.")
+            return
+        try:
+            job = self._intervention_job(request)
+        except CircuitDeskError as err:
+            self.show_error(str(err))
+            return
+        generation = self._generation
 
         def done(result):
             if generation == self._generation:
                 self.state.set_intervention(result, source="window")
 
-        self.runner.submit("intervene", job, progress=self._on_progress, returned=done, errored=self.show_error,
+        name = f"intervene: {self.state.view.labels[request[0]]} ({request[1]})"
+        self.runner.submit(name, job, progress=self._on_progress, returned=done, errored=self.show_error,
                            aborted=self._on_aborted, finished=self._on_finished)
         self._set_running(True, "Intervening…")
 
@@ -649,6 +860,8 @@ def run_gui(
     model: str | None = None,
     prompt: str | None = None,
     device: str = "auto",
+    method: str = "attribution",
+    corrupted: str | None = None,
     trace: bool = False,
     screenshot: str | None = None,
     quit_after_trace: bool = False,
@@ -664,6 +877,9 @@ def run_gui(
         window.panel.prompt_edit.setPlainText(prompt)
     if device:
         window.panel.device_combo.setCurrentText(device)
+    window.panel.method_combo.setCurrentText({"circuit": CIRCUIT, "predict": PREDICT}.get(method, ATTRIBUTION))
+    if corrupted is not None:
+        window.panel.corrupted_edit.setText(corrupted)
     window.show()
 
     def after_run() -> None:

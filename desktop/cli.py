@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--model", help="model to open: 'default', a model folder or a .gguf file")
     gui.add_argument("--prompt", help="prompt to put in the prompt box")
     gui.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    gui.add_argument("--method", choices=["attribution", "circuit", "predict"], default="attribution",
+                     help="what a run does: attribution graph (default), component circuit, or prediction only")
+    gui.add_argument("--corrupted", help="component circuit: the corrupted prompt to compare with")
     gui.add_argument("--trace", action="store_true", help="run the prompt as soon as the window opens")
     gui.add_argument("--screenshot", metavar="FILE.png", help="save a picture of the window after the run")
     gui.add_argument("--quit-after-trace", action="store_true", help="close the app when the run has finished")
@@ -129,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             model=getattr(args, "model", None),
             prompt=getattr(args, "prompt", None),
             device=getattr(args, "device", "auto"),
+            method=getattr(args, "method", "attribution"),
+            corrupted=getattr(args, "corrupted", None),
             trace=getattr(args, "trace", False),
             screenshot=getattr(args, "screenshot", None),
             quit_after_trace=getattr(args, "quit_after_trace", False),

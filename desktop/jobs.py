@@ -71,6 +71,8 @@ class _Runnable(QRunnable):
 class JobRunner(QObject):
     """Owns the worker pool; the window asks it to run one job at a time."""
 
+    submitted = Signal(object)  # JobHandle, before it starts (the jobs pane lists it)
+
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.pool = QThreadPool(self)
@@ -93,6 +95,7 @@ class JobRunner(QObject):
         for signal_name, slot in slots.items():
             getattr(handle, signal_name).connect(slot)
         self.current = handle
+        self.submitted.emit(handle)
         self.pool.start(_Runnable(handle, fn))
         return handle
 

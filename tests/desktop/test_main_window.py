@@ -101,6 +101,10 @@ def test_new_run_cancels_the_running_one(qtbot, window, tiny_folder, monkeypatch
     assert window.last_prediction.prompt == "the dog"  # the cancelled run produced nothing
     qtbot.wait(50)  # let any late signal of the cancelled run arrive
     assert window.status_label.text().startswith("Done in")  # ...and it did not overwrite the status
+    # the jobs pane lists both runs, newest first, and says why the first one stopped
+    qtbot.waitUntil(lambda: window.jobs.states() == ["done", "cancelled"])
+    assert window.jobs.item(1, 3).text() == "replaced by a newer run"
+    assert window.jobs.item(0, 0).text() == "predict: the dog"
 
 
 def test_closing_during_a_run_cancels_and_leaves_no_thread(qtbot, tmp_path, tiny_folder, monkeypatch):
@@ -123,6 +127,8 @@ def test_closing_during_a_run_cancels_and_leaves_no_thread(qtbot, tmp_path, tiny
     w.close()  # cancels and waits
     assert w.runner.pool.activeThreadCount() == 0
     assert handle.ctx.cancelled and handle.done
+    qtbot.waitUntil(lambda: w.jobs.states() == ["cancelled"])
+    assert w.jobs.item(0, 3).text() == "cancelled by you"
 
 
 @pytest.mark.slow

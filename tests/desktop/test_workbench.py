@@ -146,3 +146,74 @@ def test_moving_the_view_draws_the_strongest_edges_until_it_settles(traced, monk
     pane.settle()
     assert not any(i.isVisible() for i in pane.preview_items) and all(i.isVisible() for i in pane.edge_items)
     assert sum(i.path().elementCount() for i in pane.edge_items) // 2 == min(len(edges), gp.MAX_DRAWN_EDGES)
+
+
+def test_component_circuit_from_the_panel(qtbot, tmp_path, tiny_folder):
+    """Clean vs corrupted prompt → circuit view; a head's pattern, token effects and ablation."""
+    import torch
+
+    from desktop.app import CIRCUIT, PROMPT_PAIR
+    from desktop.heatmap_pane import ATTENTION
+
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    p = w.panel
+    p.select_spec(str(tiny_folder("llama")))
+    p.device_combo.setCurrentText("cpu")
+    p.method_combo.setCurrentText(CIRCUIT)
+    p.task_combo.setCurrentIndex(p.task_combo.findData(PROMPT_PAIR))
+    assert not p.form.isRowVisible(p.max_nodes) and p.form.isRowVisible(p.corrupted_edit)
+    p.prompt_edit.setPlainText("when mary and john went to the store , john gave a drink to")
+    p.corrupted_edit.setText("when mary and john went to the store , mary gave a drink to")
+    p.target_edit.setText(" mary")
+    p.foil_edit.setText(" john")
+    with qtbot.waitSignal(w.run_finished, timeout=120_000):
+        w.run()
+    assert w.last_error is None, w.last_error
+    v = w.state.view
+    assert v.kind == "circuit" and w.circuit_run is not None and w.trace_result is None
+    assert sorted(int(i) for i in w.graph_pane.nodes.data["data"]) == sorted(v.visible_nodes().tolist())
+
+    # what each component wrote at the last position adds up to the final residual stream
+    run = w.circuit_run
+    with torch.no_grad():
+        hidden = w.model.hf(input_ids=run.ids, output_hidden_states=True).hidden_states[-1]
+    # hidden_states[-1] is after the final norm in HF; rebuild the pre-norm stream from the parts
+    total = torch.from_numpy(run.outputs_last.sum(0))
+    normed = w.model.hf.get_submodule(w.model.adapter.final_norm)(total[None].to(hidden.dtype))[0]
+    assert torch.allclose(normed, hidden[0, -1], atol=1e-4)
+
+    w.heatmap.mode.setCurrentText(ATTENTION)
+    head = next(int(i) for i in v.visible_nodes() if v.category[i] == 5)
+    layer, h = v.cell_of(head)
+    w.graph_pane.click_node(head)
+    assert (w.heatmap.layer_spin.value(), w.heatmap.head_spin.value()) == (layer, h)
+    img, *_ = w.heatmap.matrix()
+    assert np.array_equal(img, w.heatmap.lens.patterns[layer, h])
+    assert w.inspector.tokens.rowCount() == 10 and w.inspector.run_button.isEnabled()
+
+    w.inspector.mode.setCurrentText("zero")
+    with qtbot.waitSignal(w.run_finished, timeout=60_000):
+        w.intervene_action.trigger()
+    assert w.last_error is None, w.last_error
+    iv = w.state.intervention.interventions[0]
+    assert (iv.kind, iv.layer, iv.index) == ("head", layer, h)
+
+
+def test_circuit_settings_are_checked_before_anything_runs(qtbot, tmp_path):
+    from desktop.app import CIRCUIT, PAIR_FILE, PROMPT_PAIR
+
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    p = w.panel
+    p.method_combo.setCurrentText(CIRCUIT)
+    p.task_combo.setCurrentIndex(p.task_combo.findData(PROMPT_PAIR))
+    p.corrupted_edit.setText("  ")
+    w.run()
+    assert "corrupted prompt is empty" in w.error_box.text() and w.runner.current is None
+    w.error_box.done(0)
+    p.task_combo.setCurrentIndex(p.task_combo.findData(PAIR_FILE))
+    assert p.form.isRowVisible(p.pairs_label) and not p.prompt_edit.isEnabled()
+    w.run()
+    assert "No pair file chosen" in w.error_box.text() and w.runner.current is None
