@@ -167,18 +167,21 @@ class PruneResult(NamedTuple):
     cumulative: np.ndarray  # per node: fraction of total influence covered by nodes at least as influential
 
 
-def prune(g: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
+def prune(g: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98,
+          influence: np.ndarray | None = None) -> PruneResult:
     """circuit-tracer's pruning: keep nodes covering ``node_threshold`` of the influence on the
     logits, then edges covering ``edge_threshold`` of the edge influence; embeddings and logits are
     always kept; features/errors left without outgoing edges (and features without incoming ones)
-    are dropped until nothing changes."""
+    are dropped until nothing changes. ``influence``: ``compute_node_influence(g)`` if already
+    known (it does not depend on the thresholds; a live threshold slider reuses it)."""
     for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1 (got {v})")
     n = g.n_nodes
     always = (g.kind == EMBEDDING) | (g.kind == LOGIT)
     inner = ~always  # features and errors
-    influence = compute_node_influence(g)
+    if influence is None:
+        influence = compute_node_influence(g)
     node_mask = influence >= find_threshold(influence, node_threshold)
     node_mask |= always
 

@@ -46,6 +46,7 @@ class GraphView:
     values: np.ndarray | None = None  # [N] activation (attribution) or node score (circuit)
     source: object = None  # the Graph or CircuitResult it came from
     _cells: dict = field(default_factory=dict, repr=False)
+    _influence: np.ndarray | None = field(default=None, repr=False)  # the full graph's, kept across thresholds
 
     @property
     def n_nodes(self) -> int:
@@ -61,8 +62,8 @@ class GraphView:
         if self.kind == "attribution":
             g: Graph = self.source
             edge_t = float(g.meta.get("settings", {}).get("edge_threshold", 0.98))
-            pr = prune(g, node_threshold=self.threshold, edge_threshold=edge_t)
-            self.node_mask, self.edge_mask = pr.node_mask, pr.edge_mask
+            pr = prune(g, node_threshold=self.threshold, edge_threshold=edge_t, influence=self._influence)
+            self.node_mask, self.edge_mask, self._influence = pr.node_mask, pr.edge_mask, pr.node_influence
         else:
             self.node_mask, self.edge_mask = _circuit_masks(self, self.threshold)
 
@@ -106,6 +107,41 @@ class GraphView:
         idx = idx[np.argsort(-np.abs(self.weight[idx]), kind="stable")[:k]]
         return [(int(other_end[i]), float(self.weight[i])) for i in idx]
 
+    # -- what the pane draws -------------------------------------------------------------------------
+    def drawing(self, groups=(), only=None) -> "Drawing":
+        """The visible graph with each group collapsed into one supernode.
+
+        A supernode stands at its members' centroid, is named by its first member, and carries
+        the summed weight of its members' edges to each other drawn node (edges inside a group
+        vanish). ``only``: a set of nodes (the pinned subgraph) drawn with every edge among them,
+        whatever the threshold."""
+        n = self.n_nodes
+        if only is not None:
+            members = np.zeros(n, bool)
+            members[list(only)] = True
+            nodes = np.flatnonzero(members)
+            edges = np.flatnonzero(members[self.src] & members[self.dst])
+        else:
+            nodes, edges = self.visible_nodes(), self.visible_edges()
+        rep = np.arange(n)
+        x, y, size = self.x.astype(float).copy(), self.y.astype(float).copy(), self.size.astype(float).copy()
+        names: dict[int, str] = {}
+        for g in groups:
+            idx = np.asarray(sorted(g.nodes), dtype=int)
+            head = int(idx[0])
+            rep[idx] = head
+            x[head], y[head] = self.x[idx].mean(), self.y[idx].mean()
+            size[head] = min(1.0, float(self.size[idx].sum()))
+            names[head] = g.label
+        drawn = np.unique(rep[nodes])
+        s, d = rep[self.src[edges]], rep[self.dst[edges]]
+        keep = (s != d) & np.isin(s, drawn) & np.isin(d, drawn)
+        pair, inverse = np.unique(s[keep] * n + d[keep], return_inverse=True)
+        weight = np.bincount(inverse.ravel(), weights=self.weight[edges][keep], minlength=len(pair))
+        return Drawing(drawn, x[drawn], y[drawn], size[drawn], self.category[drawn],
+                       np.array([int(i) in names for i in drawn], bool), names,
+                       (pair // n).astype(int), (pair % n).astype(int), weight, rep)
+
     def find(self, text: str) -> list[int]:
         """Nodes whose label contains ``text`` (case-insensitive), visible ones first."""
         text = text.strip().lower()
@@ -114,6 +150,28 @@ class GraphView:
         hits = [i for i, lab in enumerate(self.labels) if text in lab.lower()]
         vis = self.node_mask
         return sorted(hits, key=lambda i: (not vis[i], -self.size[i]))
+
+
+@dataclass
+class Drawing:
+    """The nodes and edges a pane draws (see ``GraphView.drawing``); edges name nodes by id."""
+
+    nodes: np.ndarray  # [n] node ids drawn (a supernode by its first member)
+    x: np.ndarray  # [n]
+    y: np.ndarray
+    size: np.ndarray  # [n] in [0, 1]
+    category: np.ndarray  # [n]
+    is_group: np.ndarray  # [n] bool
+    group_labels: dict[int, str]  # supernode id -> label
+    src: np.ndarray  # [e] node ids (drawn ones)
+    dst: np.ndarray
+    weight: np.ndarray  # [e] summed over collapsed edges
+    rep: np.ndarray  # [N] the drawn node standing for each node of the view
+
+    def position(self, node_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x, y, size where the given nodes of the view are drawn."""
+        at = np.searchsorted(self.nodes, self.rep[np.asarray(node_ids, dtype=int)])
+        return self.x[at], self.y[at], self.size[at]
 
 
 # -- attribution graphs ------------------------------------------------------------------------------

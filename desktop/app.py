@@ -148,17 +148,19 @@ class PredictionsView(QWidget):
 
 
 def trace_prompt(model, req: RunRequest, ctx):
-    """Worker-thread body of a trace: the attribution graph, its heatmap data, the prediction."""
+    """Worker-thread body of a trace: the attribution graph and its drawable view (pruned here,
+    not on the GUI thread), its heatmap data, the prediction."""
     from core.attribution import AttributionSettings, attribute
     from core.lens import lens
     from core.predict import predict_next
+    from core.view import from_attribution
 
     settings = AttributionSettings(target=req.target, foil=req.foil, max_nodes=req.max_nodes)
     result = attribute(model, req.prompt, settings, ctx=ctx.sub(0.0, 0.85))
     ctx.check_cancelled()
     data = lens(model, result.ids, target_id=result.targets[0].token_id, ctx=ctx.sub(0.85, 0.95))
     prediction = predict_next(model, req.prompt, req.top_k, ctx.sub(0.95, 1.0))
-    return result, data, prediction
+    return result, from_attribution(result.graph), data, prediction
 
 
 @dataclass
@@ -210,6 +212,7 @@ def circuit_prompt(model, req: RunRequest, ctx):
     from core.circuits import CircuitSettings, ComponentRunner, find_circuit, load_pairs, make_task
     from core.lens import lens
     from core.predict import predict_next
+    from core.view import from_circuit
 
     if req.task == PROMPT_PAIR:
         pairs = prompt_pair(model, req)
@@ -224,7 +227,7 @@ def circuit_prompt(model, req: RunRequest, ctx):
     outputs = ComponentRunner(model).sources(ids).outputs[:, 0, -1].float().cpu().numpy()
     data = lens(model, ids, target_id=first.answer[0], ctx=ctx.sub(0.9, 0.97))
     prediction = predict_next(model, first.clean_text, req.top_k, ctx.sub(0.97, 1.0))
-    return CircuitRun(result, ids, outputs, first.answer[0]), data, prediction
+    return CircuitRun(result, ids, outputs, first.answer[0]), from_circuit(result), data, prediction
 
 
 def demo_prompts() -> list[dict]:
@@ -546,6 +549,7 @@ class MainWindow(QMainWindow):
         action("&Unpin All", lambda: self.state.unpin_all(source="window"), "Ctrl+Shift+P", graph_menu)
         self.group_action = action("&Group Selection…", self.group_selection, "Ctrl+G", graph_menu,
                                    "Group the selected nodes into a labelled supernode")
+        action("U&ngroup", self.ungroup_selection, "Ctrl+Shift+G", graph_menu, "Break the selected supernode up again")
         action("Clear &Selection", lambda: self.state.clear_selection(source="window"), "Ctrl+Shift+A", graph_menu)
         graph_menu.addSeparator()
         self.intervene_action = action("Run &Intervention", self.inspector.request_intervention, "Ctrl+I", graph_menu,
@@ -682,18 +686,12 @@ class MainWindow(QMainWindow):
             self.predictions.show_prediction(model.name, result[1])
             self.workspace.setCurrentWidget(self.predictions)
         else:
-            from core.view import from_attribution, from_circuit
-
-            _, traced, lens_data, prediction = result
+            _, traced, view, lens_data, prediction = result
             self.last_prediction = prediction
             self.predictions.show_prediction(model.name, prediction)
             self.heatmap.set_lens(lens_data)
-            if isinstance(traced, CircuitRun):
-                self.trace_result, self.circuit_run = None, traced
-                view = from_circuit(traced.result)
-            else:
-                self.trace_result, self.circuit_run = traced, None
-                view = from_attribution(traced.graph)
+            circuit = isinstance(traced, CircuitRun)
+            self.trace_result, self.circuit_run = (None, traced) if circuit else (traced, None)
             self.state.show(view, source="window")
             self.workspace.setCurrentWidget(self.graph_pane)
         self._show_model_info(model)
@@ -723,6 +721,13 @@ class MainWindow(QMainWindow):
                 return
         if self.state.group(label, source="window") is None:
             self.status_label.setText("Nothing grouped: give a label, and pick nodes not already in a group.")
+
+    def ungroup_selection(self) -> None:
+        labels = {g.label for n in self.state.selected if (g := self.state.group_of(n)) is not None}
+        if not labels:
+            self.status_label.setText("Select a supernode to ungroup it.")
+        for label in sorted(labels):
+            self.state.ungroup(label, source="window")
 
     def _token_effects(self, view, node: int):
         """Tokens a node promotes/suppresses: a neuron's output direction, or what a circuit's

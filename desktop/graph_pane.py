@@ -32,6 +32,7 @@ BINS = (0.0, 0.15, 0.4, 1.01)  # |weight| / max, three widths
 MAX_DRAWN_EDGES = 3000  # the strongest visible edges are drawn (plus every edge of the selection)
 PREVIEW_EDGES = 400  # while the view pans/zooms, only the strongest edges are drawn...
 SETTLE_MS = 150  # ...until it has been still this long
+DRAG_MS = 80  # a dragged threshold slider re-prunes at most this often
 
 
 def _edge_path(x0, y0, x1, y1) -> QPainterPath:
@@ -72,6 +73,11 @@ class GraphPane(QWidget):
         self.nodes = pg.ScatterPlotItem(pxMode=True, hoverable=True, tip=self._tip,
                                         hoverPen=pg.mkPen("#111", width=2))
         self.nodes.sigClicked.connect(self._clicked)
+        # shared objects: pyqtgraph's symbol atlas then holds a handful of node images
+        self._brushes = [pg.mkBrush(COLOURS[c]) for c in CATEGORIES]
+        self._pens = [pg.mkPen("#ffffff", width=0.8), pg.mkPen("#111", width=2)]  # plain, pinned
+        self._group_brush = pg.mkBrush("#0f766e")  # supernodes: teal squares
+        self.drawn = None  # core.view.Drawing on show
         self.plot.addItem(self.nodes)
         self.rings = pg.ScatterPlotItem(pxMode=True, brush=pg.mkBrush(0, 0, 0, 0), pen=pg.mkPen("#f59e0b", width=3))
         self.rings.setZValue(10)
@@ -83,7 +89,12 @@ class GraphPane(QWidget):
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, 100)
         self.slider.setToolTip("Pruning threshold: keep the nodes/edges covering this share of influence")
-        self.slider.valueChanged.connect(lambda v: self.state.set_threshold(v / 100, source=NAME))
+        self.slider.valueChanged.connect(self._slider_moved)
+        self._drag = QTimer(self)  # while the handle is dragged, re-prune at most every DRAG_MS
+        self._drag.setSingleShot(True)
+        self._drag.setInterval(DRAG_MS)
+        self._drag.timeout.connect(self._apply_slider)
+        self.slider.sliderReleased.connect(self._apply_slider)
         self.threshold_label = QLabel("")
         self.find_edit = QLineEdit()
         self.find_edit.setPlaceholderText("Find node (Ctrl+F)…")
@@ -91,6 +102,11 @@ class GraphPane(QWidget):
         self.find_edit.returnPressed.connect(self.find_next)
         self._find_hits: list[int] = []
         self._find_at = -1
+        self.pinned_only = QToolButton()
+        self.pinned_only.setText("Pinned only")
+        self.pinned_only.setCheckable(True)
+        self.pinned_only.setToolTip("Show only the pinned nodes and every edge among them (the pinned subgraph)")
+        self.pinned_only.toggled.connect(lambda _on: self._draw_all())
         fit = QToolButton()
         fit.setText("Fit")
         fit.setToolTip("Fit the graph in view (F)")
@@ -100,6 +116,7 @@ class GraphPane(QWidget):
         bar.addWidget(self.slider, 2)
         bar.addWidget(self.threshold_label)
         bar.addWidget(self.find_edit, 1)
+        bar.addWidget(self.pinned_only)
         bar.addWidget(fit)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
@@ -127,6 +144,17 @@ class GraphPane(QWidget):
         if self.state.view is not None and len(self.state.view.visible_edges()) > PREVIEW_EDGES:
             self._show_preview(True)
             self._settle.start()
+
+    def _slider_moved(self, _value: int) -> None:
+        if self.slider.isSliderDown():
+            if not self._drag.isActive():
+                self._drag.start()
+        else:  # keys, wheel, a click on the groove: one step each
+            self._apply_slider()
+
+    def _apply_slider(self) -> None:
+        self._drag.stop()
+        self.state.set_threshold(self.slider.value() / 100, source=NAME)
 
     def settle(self) -> None:
         """Draw the full edge set now (the view stopped moving, or moved programmatically)."""
@@ -160,7 +188,7 @@ class GraphPane(QWidget):
         self.refreshed.emit(change.what)
 
     def _set_enabled(self, on: bool) -> None:
-        for w in (self.slider, self.find_edit):
+        for w in (self.slider, self.find_edit, self.pinned_only):
             w.setEnabled(on)
 
     def _draw_all(self) -> None:
@@ -168,6 +196,7 @@ class GraphPane(QWidget):
         self.empty.setVisible(v is None)
         self._set_enabled(v is not None)
         if v is None:
+            self.drawn = None
             self.nodes.setData([])
             for item in self.edge_items + self.preview_items:
                 item.setPath(QPainterPath())
@@ -176,38 +205,38 @@ class GraphPane(QWidget):
         self.slider.blockSignals(True)
         self.slider.setValue(int(round(self.state.threshold * 100)))
         self.slider.blockSignals(False)
-        nodes, edges = v.visible_nodes(), v.visible_edges()
-        text = f"{self.state.threshold:.2f} · {len(nodes)} nodes · {len(edges)} edges"
+        only = set(self.state.pinned) if self.pinned_only.isChecked() and self.state.pinned else None
+        d = self.drawn = v.drawing(self.state.groups, only)
+        edges = np.arange(len(d.weight))
+        text = f"{self.state.threshold:.2f} · {len(v.visible_nodes())} nodes · {len(v.visible_edges())} edges"
+        if only is not None:
+            text = f"pinned subgraph · {len(only)} nodes · {len(edges)} edges"
         self.threshold_label.setText(text)
+        self.threshold_label.setToolTip("")
         if len(edges) > MAX_DRAWN_EDGES:  # a hairball helps nobody: draw the strongest, say so
-            keep = edges[np.argsort(-np.abs(v.weight[edges]), kind="stable")[:MAX_DRAWN_EDGES]]
-            sel = np.asarray(self.state.selected, dtype=int)
+            keep = edges[np.argsort(-np.abs(d.weight), kind="stable")[:MAX_DRAWN_EDGES]]
+            sel = np.unique(d.rep[np.asarray(self.state.selected, dtype=int)])
             if len(sel):
-                touching = edges[np.isin(v.src[edges], sel) | np.isin(v.dst[edges], sel)]
-                keep = np.union1d(keep, touching)
+                keep = np.union1d(keep, edges[np.isin(d.src, sel) | np.isin(d.dst, sel)])
             edges = keep
             self.threshold_label.setToolTip(f"{text}; the strongest {MAX_DRAWN_EDGES} edges (and the selection's) are drawn")
         # edges, batched by sign and |weight| bin
-        w = v.weight[edges]
+        w = d.weight[edges]
         top = np.abs(w).max() if len(w) else 1.0
         rel = np.abs(w) / top if top > 0 else np.zeros_like(w)
         k = 0
         for positive in (True, False):
             for b in range(len(BINS) - 1):
-                sel = edges[((w >= 0) == positive) & (rel >= BINS[b]) & (rel < BINS[b + 1])]
-                self.edge_items[k].setPath(self._edges_path(v, sel))
+                self.edge_items[k].setPath(self._edges_path(d, edges[((w >= 0) == positive) & (rel >= BINS[b]) & (rel < BINS[b + 1])]))
                 k += 1
         strongest = edges[np.argsort(-np.abs(w), kind="stable")[:PREVIEW_EDGES]]
         for item, positive in zip(self.preview_items, (True, False)):
-            item.setPath(self._edges_path(v, strongest[(v.weight[strongest] >= 0) == positive]))
-        brushes = [pg.mkBrush(COLOURS[CATEGORIES[c]]) for c in range(len(CATEGORIES))]
-        pinned = self.state.pinned
-        self.nodes.setData(
-            x=v.x[nodes], y=v.y[nodes], data=nodes,
-            size=7 + 15 * np.sqrt(v.size[nodes]),
-            brush=[brushes[c] for c in v.category[nodes]],
-            pen=[pg.mkPen("#111", width=2) if int(i) in pinned else pg.mkPen("#ffffff", width=0.8) for i in nodes],
-        )
+            item.setPath(self._edges_path(d, strongest[(d.weight[strongest] >= 0) == positive]))
+        pinned = np.isin(d.nodes, list(self.state.pinned))
+        brushes = [self._group_brush if g else self._brushes[c] for c, g in zip(d.category, d.is_group)]
+        self.nodes.setData(x=d.x, y=d.y, data=d.nodes, size=7 + 15 * np.sqrt(d.size), brush=brushes,
+                           pen=[self._pens[p] for p in pinned.astype(int)],
+                           symbol=["s" if g else "o" for g in d.is_group])
         ax = self.plot.getAxis("bottom")
         ax.setTicks([[(i, _short(t)) for i, t in enumerate(v.x_labels)]])
         first = "emb" if v.kind == "attribution" else "input"
@@ -216,25 +245,31 @@ class GraphPane(QWidget):
         for t in self.labels:
             self.plot.removeItem(t)
         self.labels = []
-        for g in self.state.groups:
-            idx = list(g.nodes)
-            t = pg.TextItem(f"⟨{g.label}⟩", color="#111", anchor=(0.5, 1.2))
-            t.setPos(float(v.x[idx].mean()), float(v.y[idx].max()))
+        for node, label in d.group_labels.items():
+            if node not in set(d.nodes.tolist()):
+                continue
+            x, y, _ = d.position([node])
+            t = pg.TextItem(f"⟨{label}⟩", color="#0f5257", anchor=(0.5, 1.3))
+            t.setPos(float(x[0]), float(y[0]))
             self.plot.addItem(t)
             self.labels.append(t)
         self._draw_selection()
 
     @staticmethod
-    def _edges_path(v, edges: np.ndarray) -> QPainterPath:
-        return _edge_path(v.x[v.src[edges]], v.y[v.src[edges]], v.x[v.dst[edges]], v.y[v.dst[edges]])
+    def _edges_path(d, edges: np.ndarray) -> QPainterPath:
+        at_s, at_d = np.searchsorted(d.nodes, d.src[edges]), np.searchsorted(d.nodes, d.dst[edges])
+        return _edge_path(d.x[at_s], d.y[at_s], d.x[at_d], d.y[at_d])
 
     def _draw_selection(self) -> None:
-        v = self.state.view
-        sel = list(self.state.selected)
-        if v is None or not sel:
+        d = self.drawn
+        sel = np.asarray(self.state.selected, dtype=int)
+        if self.state.view is None or d is None or not len(sel):
             self.rings.setData([])
             return
-        self.rings.setData(x=v.x[sel], y=v.y[sel], size=11 + 15 * np.sqrt(v.size[sel]))
+        shown = np.unique(d.rep[sel])
+        shown = shown[np.isin(shown, d.nodes)]
+        x, y, size = d.position(shown)
+        self.rings.setData(x=x, y=y, size=11 + 15 * np.sqrt(size))
 
     def fit(self) -> None:
         v = self.state.view
@@ -250,6 +285,11 @@ class GraphPane(QWidget):
         if v is None or data is None:
             return ""
         i = int(data)
+        group = self.state.group_of(i)
+        if group is not None:
+            names = [v.labels[n] for n in group.nodes]
+            more = f", … ({len(names) - 6} more)" if len(names) > 6 else ""
+            return f"⟨{group.label}⟩ supernode of {len(names)} nodes\n" + ", ".join(names[:6]) + more
         parts = [v.labels[i], f"{CATEGORIES[v.category[i]]} · layer {v.layer[i]} · column {v.column[i]}"]
         if v.values is not None and np.isfinite(v.values[i]):
             parts.append(("activation" if v.kind == "attribution" else "node score") + f" {v.values[i]:.4g}")

@@ -57,6 +57,8 @@ def test_attribution_view_layout_and_threshold_match_pruning():
     shown = len(v.visible_nodes())
     v.set_threshold(0.95)
     assert len(v.visible_nodes()) >= shown
+    again = prune(g, node_threshold=0.95, edge_threshold=0.98)  # the second threshold reuses the influence
+    assert np.array_equal(v.node_mask, again.node_mask) and np.array_equal(v.edge_mask, again.edge_mask)
     assert set(v.visible_edges()) <= set(np.flatnonzero(v.edge_mask))
     # cells: a heatmap (layer, position) maps to the visible nodes drawn there
     node = int(v.visible_nodes()[len(v.visible_nodes()) // 2])
@@ -158,3 +160,39 @@ def test_strongest_edges_of_a_node_match_brute_force():
     src = int(np.bincount(v.src).argmax())
     outs = [(int(d), float(w)) for s, d, w in zip(v.src, v.dst, v.weight) if s == src]
     assert v.outgoing(src, 4) == sorted(outs, key=lambda e: -abs(e[1]))[:4]
+
+
+def test_supernodes_merge_their_members_and_sum_their_edges():
+    from core.selection import Group
+
+    g = toy_graph(seed=3)
+    v = from_attribution(g, threshold=1.0)
+    vis = v.visible_nodes()
+    feats = [int(i) for i in vis if g.kind[i] == FEATURE][:3]
+    group = Group("trio", tuple(feats))
+    d = v.drawing([group])
+    head = min(feats)
+    assert head in d.nodes and not set(feats[1:]) & set(d.nodes.tolist())
+    assert len(d.nodes) == len(vis) - 2 and d.is_group[list(d.nodes).index(head)]
+    x, y, _ = d.position([feats[1]])  # any member is drawn where the supernode is
+    assert (x[0], y[0]) == (pytest.approx(v.x[feats].mean()), pytest.approx(v.y[feats].mean()))
+    # brute force: each drawn edge's weight = the sum over the collapsed visible edges
+    rep = {i: (head if i in feats else i) for i in range(v.n_nodes)}
+    want: dict[tuple[int, int], float] = {}
+    for e in v.visible_edges():
+        a, b = rep[int(v.src[e])], rep[int(v.dst[e])]
+        if a != b:
+            want[(a, b)] = want.get((a, b), 0.0) + float(v.weight[e])
+    got = {(int(a), int(b)): float(w) for a, b, w in zip(d.src, d.dst, d.weight)}
+    assert got.keys() == want.keys()
+    assert all(got[k] == pytest.approx(want[k]) for k in want)
+
+
+def test_pinned_subgraph_draws_every_edge_among_the_pinned_nodes():
+    g = toy_graph(seed=4)
+    v = from_attribution(g, threshold=0.3)
+    only = {int(i) for i in np.flatnonzero(g.kind == FEATURE)[:5]} | {int(np.flatnonzero(g.kind == LOGIT)[0])}
+    d = v.drawing(only=only)
+    assert set(d.nodes.tolist()) == only
+    expect = {(int(a), int(b)) for a, b in zip(g.src, g.dst) if int(a) in only and int(b) in only}
+    assert {(int(a), int(b)) for a, b in zip(d.src, d.dst)} == expect

@@ -101,8 +101,19 @@ def test_find_pin_and_group(traced):
     assert set(w.state.pinned) == {a, b}
     w.group_selection("pair")
     assert w.state.group_of(a).label == "pair"
+    drawn = set(int(i) for i in w.graph_pane.nodes.data["data"])
+    assert min(a, b) in drawn and max(a, b) not in drawn  # one supernode stands for the pair
+    assert "supernode of 2 nodes" in w.graph_pane._tip(0, 0, min(a, b))
+    assert [t.toPlainText() for t in w.graph_pane.labels] == ["⟨pair⟩"]
     w.graph_pane.click_node(b)  # a grouped node selects its group
     assert set(w.state.selected) == {a, b}
+    assert len(w.graph_pane.rings.data) == 1  # ringed once, as the supernode
+    w.graph_pane.pinned_only.setChecked(True)  # the pinned subgraph: the supernode alone
+    assert [int(i) for i in w.graph_pane.nodes.data["data"]] == [min(a, b)]
+    w.graph_pane.pinned_only.setChecked(False)
+    assert len(w.graph_pane.nodes.data) == len(v.visible_nodes()) - 1
+    w.ungroup_selection()
+    assert w.state.groups == [] and len(w.graph_pane.nodes.data) == len(v.visible_nodes())
 
 
 def test_intervention_updates_the_inspector(qtbot, traced):
