@@ -76,6 +76,7 @@ class RunRequest:
     target: str | None = None
     foil: str | None = None
     max_nodes: int = 1000
+    transcoders: str | None = None  # attribution basis: a transcoder folder, or None for MLP neurons
     task: str = PROMPT_PAIR  # component circuits: PROMPT_PAIR, PAIR_FILE or a built-in task
     corrupted: str = ""
     pairs_file: str = ""
@@ -155,7 +156,8 @@ def trace_prompt(model, req: RunRequest, ctx):
     from core.predict import predict_next
     from core.view import from_attribution
 
-    settings = AttributionSettings(target=req.target, foil=req.foil, max_nodes=req.max_nodes)
+    settings = AttributionSettings(target=req.target, foil=req.foil, max_nodes=req.max_nodes,
+                                   transcoders=req.transcoders)
     result = attribute(model, req.prompt, settings, ctx=ctx.sub(0.0, 0.85))
     ctx.check_cancelled()
     data = lens(model, result.ids, target_id=result.targets[0].token_id, ctx=ctx.sub(0.85, 0.95))
@@ -287,6 +289,11 @@ class ModelPanel(QWidget):
         self.max_nodes.setSingleStep(100)
         self.max_nodes.setValue(1000)
         self.max_nodes.setToolTip("Most feature nodes computed in the graph")
+        self.basis_combo = QComboBox()
+        self.basis_combo.addItem("MLP neurons", None)
+        self.basis_combo.addItem("Transcoders folder…", OPEN_FOLDER)
+        self.basis_combo.setToolTip("Feature basis: the model's own MLP neurons (exact), or trained transcoders")
+        self.basis_combo.activated.connect(self._basis_chosen)
         self.task_combo = QComboBox()
         for key, label in TASK_LABELS.items():
             self.task_combo.addItem(label, key)
@@ -326,6 +333,7 @@ class ModelPanel(QWidget):
         form.addRow("", self.pairs_label)
         form.addRow("Target", self.target_edit)
         form.addRow("Foil", self.foil_edit)
+        form.addRow("Basis", self.basis_combo)
         form.addRow("Max nodes", self.max_nodes)
         form.addRow("Scoring", self.scoring_combo)
         form.addRow("Pairs", self.n_pairs)
@@ -364,7 +372,8 @@ class ModelPanel(QWidget):
         pair = circuit and self.task == PROMPT_PAIR
         rows = {self.task_combo: circuit, self.corrupted_edit: pair, self.pairs_label: circuit and self.task == PAIR_FILE,
                 self.target_edit: not circuit or pair, self.foil_edit: not circuit or pair,
-                self.max_nodes: self.method == ATTRIBUTION, self.scoring_combo: circuit,
+                self.max_nodes: self.method == ATTRIBUTION, self.basis_combo: self.method == ATTRIBUTION,
+                self.scoring_combo: circuit,
                 self.n_pairs: circuit and not pair}
         for widget, visible in rows.items():
             self.form.setRowVisible(widget, visible)
@@ -375,6 +384,31 @@ class ModelPanel(QWidget):
         else:
             self.target_edit.setToolTip("Token to explain, e.g. ' Paris' or #1234 (empty: the model's top token)")
             self.foil_edit.setToolTip("Contrast token: explain target − foil logit difference")
+
+    @property
+    def transcoders(self) -> str | None:
+        data = self.basis_combo.currentData()
+        return None if data in (None, OPEN_FOLDER) else data
+
+    def _basis_chosen(self, index: int) -> None:
+        if self.basis_combo.itemData(index) == OPEN_FOLDER:
+            folder = QFileDialog.getExistingDirectory(self, "Open a folder of transcoders")
+            if folder:
+                self.set_transcoders(folder)
+            else:
+                self.basis_combo.setCurrentIndex(0)
+
+    def set_transcoders(self, folder: str | None) -> None:
+        """Use the transcoders in ``folder`` (None: the neuron basis)."""
+        if folder is None:
+            self.basis_combo.setCurrentIndex(0)
+            return
+        index = self.basis_combo.findData(folder)
+        if index < 0:
+            self.basis_combo.insertItem(1, f"Transcoders: {Path(folder).name}", folder)
+            self.basis_combo.setItemData(1, folder, Qt.ItemDataRole.ToolTipRole)
+            index = 1
+        self.basis_combo.setCurrentIndex(index)
 
     def _task_chosen(self, index: int) -> None:
         if self.task_combo.itemData(index) == PAIR_FILE:
@@ -599,6 +633,7 @@ class MainWindow(QMainWindow):
             target=p.target_edit.text() or None,
             foil=p.foil_edit.text() or None,
             max_nodes=p.max_nodes.value(),
+            transcoders=p.transcoders,
             task=p.task,
             corrupted=p.corrupted_edit.text(),
             pairs_file=p.pairs_file,
@@ -749,9 +784,15 @@ class MainWindow(QMainWindow):
             g = view.source
             from core.graph import FEATURE
 
-            if view.kind != "attribution" or int(g.kind[node]) != FEATURE or g.meta.get("basis") != "neurons":
+            if view.kind != "attribution" or int(g.kind[node]) != FEATURE or self.trace_result is None:
                 return None
-            return neuron_effects(self.model, int(g.layer[node]), int(g.index[node]))
+            layer, index = int(g.layer[node]), int(g.index[node])
+            tc = self.trace_result.transcoders
+            if tc is None:
+                return neuron_effects(self.model, layer, index)
+            effects = direction_effects(self.model, tc.layers[layer].W_dec[index].sum(0))
+            effects.note = "the feature's decoder (summed over the layers it writes to), through the unembedding"
+            return effects
         except Exception:  # the inspector still shows the node's facts
             log.warning("token effects failed", exc_info=True)
             return None

@@ -228,3 +228,42 @@ def test_circuit_settings_are_checked_before_anything_runs(qtbot, tmp_path):
     assert p.form.isRowVisible(p.pairs_label) and not p.prompt_edit.isEnabled()
     w.run()
     assert "No pair file chosen" in w.error_box.text() and w.runner.current is None
+
+
+def test_transcoder_basis_from_the_panel(qtbot, tmp_path, tiny_folder, tiny_model):
+    """A transcoder folder as the basis: feature nodes whose token effects are the decoder's."""
+    import torch
+    from safetensors.torch import save_file
+
+    from core.graph import FEATURE
+    from core.lens import direction_effects
+
+    m = tiny_model("llama")
+    gen = torch.Generator().manual_seed(0)
+    d, d_tc = m.facts.d_model, 24
+    folder = tmp_path / "plt"
+    folder.mkdir()
+    for i in range(m.facts.n_layers):
+        save_file({"W_enc": torch.randn(d_tc, d, generator=gen) * 0.3, "W_dec": torch.randn(d_tc, d, generator=gen) * 0.2,
+                   "b_enc": torch.randn(d_tc, generator=gen).abs() * 0.1, "b_dec": torch.zeros(d)},
+                  str(folder / f"layer_{i}.safetensors"))
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    w.panel.select_spec(str(tiny_folder("llama")))
+    w.panel.device_combo.setCurrentText("cpu")
+    w.panel.set_transcoders(str(folder))
+    assert w.request().transcoders == str(folder)
+    w.panel.prompt_edit.setPlainText("the cat and the dog")
+    with qtbot.waitSignal(w.run_finished, timeout=120_000):
+        w.run()
+    assert w.last_error is None, w.last_error
+    v = w.state.view
+    assert v.source.meta["basis"] == "transcoders"
+    node = next(int(i) for i in v.visible_nodes() if int(v.source.kind[i]) == FEATURE)
+    w.graph_pane.click_node(node)
+    decoder = w.trace_result.transcoders.layers[int(v.source.layer[node])].W_dec[int(v.source.index[node])].sum(0)
+    want = direction_effects(w.model, decoder)
+    assert w.inspector.tokens.item(0, 0).text() == f"{want.promoted[0][0]!r}  {want.promoted[0][1]:+.3f}"
+    w.panel.set_transcoders(None)
+    assert w.request().transcoders is None
