@@ -232,6 +232,46 @@ def circuit_prompt(model, req: RunRequest, ctx):
     return CircuitRun(result, ids, outputs, first.answer[0]), from_circuit(result), data, prediction
 
 
+def render_svg(view, path: str, title: str = "") -> None:
+    """A pyqtgraph view as SVG vectors: items draw their vector form (scatter symbols as paths,
+    not the atlas pixmaps; no cached pixmaps) while the view is rendered."""
+    from PySide6.QtCore import QRect, QRectF
+    from PySide6.QtSvg import QSvgGenerator
+    from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem
+
+    size = view.viewport().size()
+    gen = QSvgGenerator()
+    gen.setFileName(path)
+    gen.setSize(size)
+    gen.setViewBox(QRect(0, 0, size.width(), size.height()))
+    gen.setTitle(title)
+    gen.setResolution(view.logicalDpiX())  # QPicture-cached items (axes) replay at the screen's DPI
+    items = view.scene().items()
+    caches = [(item, item.cacheMode()) for item in items]
+    empty = [i for i in items if isinstance(i, QGraphicsPathItem) and i.isVisible() and i.path().isEmpty()]
+    painter = QPainter()
+    try:
+        for item, _ in caches:
+            item.setCacheMode(QGraphicsItem.CacheMode.NoCache)
+            if hasattr(item, "setExportMode"):
+                item.setExportMode(True, {"antialias": True, "painter": painter})
+        for item in empty:  # an empty path would be written as d="", which readers reject
+            item.hide()
+        if not painter.begin(gen):
+            raise OSError(f"cannot open {path} for writing")
+        source = view.mapToScene(view.viewport().rect()).boundingRect()
+        view.scene().render(painter, QRectF(0, 0, size.width(), size.height()), source)
+    finally:
+        if painter.isActive():
+            painter.end()
+        for item in empty:
+            item.show()
+        for item, mode in caches:
+            item.setCacheMode(mode)
+            if hasattr(item, "setExportMode"):
+                item.setExportMode(False)
+
+
 def demo_prompts() -> list[dict]:
     """Example prompts shipped in resources/ (an unreadable file just means no examples)."""
     import json
@@ -566,6 +606,11 @@ class MainWindow(QMainWindow):
         self.open_folder_action = action("Open Model &Folder…", self.open_model_folder, "Ctrl+O", file_menu)
         self.open_gguf_action = action("Open &GGUF File…", self.open_gguf_file, "Ctrl+Shift+O", file_menu)
         file_menu.addSeparator()
+        self.export_graph_action = action("&Export Graph Image…", lambda: self.export_image("graph"), "Ctrl+E",
+                                          file_menu, "Save the circuit graph as PNG or SVG (vector)")
+        action("Export &Heatmap Image…", lambda: self.export_image("heatmap"), "Ctrl+Shift+E", file_menu,
+               "Save the heatmap as PNG or SVG (vector)")
+        file_menu.addSeparator()
         action("&Quit", self.close, QKeySequence.StandardKey.Quit, file_menu)
 
         run_menu = self.menuBar().addMenu("&Run")
@@ -756,6 +801,41 @@ class MainWindow(QMainWindow):
                 return
         if self.state.group(label, source="window") is None:
             self.status_label.setText("Nothing grouped: give a label, and pick nodes not already in a group.")
+
+    def export_image(self, pane: str, path: str | None = None) -> bool:
+        """Save the graph or heatmap pane as PNG (pixels at 2× screen size) or SVG (vectors)."""
+        plot = (self.graph_pane if pane == "graph" else self.heatmap).plot.getPlotItem()
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, f"Export the {pane}", f"{pane}.png",
+                                                  "PNG image (*.png);;SVG vector image (*.svg)")
+            if not path:
+                return False
+        suffix = Path(path).suffix.lower()
+        if suffix not in (".png", ".svg"):
+            self.show_error(f"Cannot export to '{Path(path).name}': choose a .png or .svg file name.")
+            return False
+        widget = self.graph_pane if pane == "graph" else self.heatmap
+        if pane == "graph":
+            self.graph_pane.settle()  # every drawn edge, not the pan preview
+        tmp = Path(path).with_suffix(".tmp" + suffix)
+        try:
+            if suffix == ".svg":
+                render_svg(widget.plot, str(tmp), title=f"Circuit Desk {pane}")
+            else:
+                from pyqtgraph.exporters import ImageExporter
+
+                exporter = ImageExporter(plot)
+                exporter.parameters()["width"] = int(plot.sceneBoundingRect().width() * 2)
+                exporter.export(str(tmp))
+            if not tmp.exists():
+                raise OSError(f"nothing was written to {tmp.parent}")
+            tmp.replace(path)  # whole file or nothing
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            self.show_error(f"Cannot write {path}: {getattr(err, 'strerror', None) or err}.")
+            return False
+        self.status_label.setText(f"Saved {path}")
+        return True
 
     def ungroup_selection(self) -> None:
         labels = {g.label for n in self.state.selected if (g := self.state.group_of(n)) is not None}

@@ -267,3 +267,24 @@ def test_transcoder_basis_from_the_panel(qtbot, tmp_path, tiny_folder, tiny_mode
     assert w.inspector.tokens.item(0, 0).text() == f"{want.promoted[0][0]!r}  {want.promoted[0][1]:+.3f}"
     w.panel.set_transcoders(None)
     assert w.request().transcoders is None
+
+
+def test_panes_export_as_png_and_svg(traced, tmp_path):
+    from PySide6.QtGui import QImage
+
+    w = traced
+    assert w.export_image("graph", str(tmp_path / "graph.svg"))
+    svg = (tmp_path / "graph.svg").read_text()
+    # vectors: a path per node symbol and the edge paths, no embedded pixmaps
+    assert svg.count("<path") >= len(w.graph_pane.nodes.data) and "<image" not in svg and 'd=""' not in svg
+    assert w.export_image("heatmap", str(tmp_path / "heat.png"))
+    img = QImage(str(tmp_path / "heat.png"))
+    assert not img.isNull() and img.width() >= 2 * w.heatmap.plot.getPlotItem().sceneBoundingRect().width() - 1
+    assert not w.export_image("graph", str(tmp_path / "graph.bmp"))
+    assert "choose a .png or .svg" in w.error_box.text()
+    w.error_box.done(0)
+    for name in ("graph.png", "graph.svg"):
+        w.error_box and w.error_box.done(0)
+        assert not w.export_image("graph", str(tmp_path / "missing" / name))
+        assert "Cannot write" in w.error_box.text()
+    assert list(tmp_path.glob("*.tmp.*")) == []
