@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -28,3 +29,34 @@ def log_dir() -> Path:
 def resources_dir() -> Path:
     """The repository's data folder (demo prompts, later task suites)."""
     return Path(__file__).resolve().parent.parent / "resources"
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Write a file whole or not at all: ``write(binary_file)`` fills a temporary file in the same
+    folder, which then replaces ``path`` (permissions as a plain ``open`` would give, umask
+    applied). Any failure or interruption removes the temporary file; OS errors become one
+    sentence."""
+    from core.errors import CircuitDeskError
+
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise CircuitDeskError(f"Cannot write {path}: the folder {folder} does not exist.")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".~" + path.name, suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise CircuitDeskError(f"Cannot write {path}: {e.strerror or e}.") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved file is the user's usual kind
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise CircuitDeskError(f"Cannot write {path}: {e.strerror or e}.") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import numpy as np
 import core
 from core.errors import CircuitDeskError
 from core.graph import Graph
+from core.paths import atomic_write
 
 if TYPE_CHECKING:
     from core.circuits.discover import CircuitResult
@@ -69,32 +68,21 @@ def save_session(path: str | Path, session: Session) -> Path:
     path = Path(path).expanduser()
     if path.suffix != ".cdesk":
         raise CircuitDeskError(f"Session files end in .cdesk; got {path.name!r}.")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise CircuitDeskError(f"Cannot write {path}: the folder {folder} does not exist.")
     if (session.graph is None) == (session.circuit is None):
         raise ValueError("a session holds exactly one of a graph or a circuit")
     key = "graph" if session.graph is not None else "circuit"
     manifest = dict(session.manifest, **{key: session.payload().header()})
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".~" + path.name, suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise CircuitDeskError(f"Cannot write {path}: {e.strerror or e}.") from None
-    try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+
+    def write(fh) -> None:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
             z.writestr("manifest.json", json.dumps(manifest, indent=1, default=_json_default))
             z.writestr("annotations.json", json.dumps(session.annotations or {}, indent=1))
             for name, arr in session.payload().arrays().items():
                 buf = io.BytesIO()
                 np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
                 z.writestr(f"arrays/{name}.npy", buf.getvalue())
-        os.replace(tmp, path)
-    except OSError as e:
-        _unlink(tmp)
-        raise CircuitDeskError(f"Cannot write {path}: {e.strerror or e}.") from None
-    except BaseException:
-        _unlink(tmp)
-        raise
+
+    atomic_write(path, write)
     return path
 
 
@@ -189,10 +177,3 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def _unlink(p: str) -> None:
-    try:
-        os.unlink(p)
-    except OSError:
-        pass

@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     circuit.add_argument("--batch-size", type=int, default=16, help="pairs per pass (default 16)")
     circuit.add_argument("--seed", type=int, default=0, help="seed for generated tasks and the random method")
     _run_options(circuit, session_out=True)
+
+    export = sub.add_parser("export", help="write a session's graph for other tools (Neuronpedia, Gephi/yEd, CSV)")
+    export.add_argument("session", metavar="FILE.cdesk", help="session file written by trace or circuit")
+    export.add_argument("--format", required=True, choices=["neuronpedia", "graphml", "csv"],
+                        help="neuronpedia: circuit-tracer/Neuronpedia graph JSON (attribution graphs); "
+                             "graphml: every node and edge for Gephi/yEd; csv: NAME.nodes.csv + NAME.edges.csv")
+    export.add_argument("--out", required=True, metavar="FILE", help="file to write")
     return parser
 
 
@@ -141,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     from core.errors import CircuitDeskError
 
     try:
-        return {"models": cmd_models, "predict": cmd_predict, "trace": cmd_trace, "circuit": cmd_circuit}[command](args)
+        return {"models": cmd_models, "predict": cmd_predict, "trace": cmd_trace, "circuit": cmd_circuit,
+                "export": cmd_export}[command](args)
     except CircuitDeskError as err:
         log.info("user error: %s", err)
         print(f"circuitdesk: {err}", file=sys.stderr)
@@ -154,6 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         where = setup_logging()
         print(f"circuitdesk: internal error: {exc} (details in {where}).", file=sys.stderr)
         return 1
+
+
+def cmd_export(args) -> int:
+    from core.export import export_session
+    from core.session import load_session
+
+    for path in export_session(load_session(args.session), args.format, args.out):
+        print(path)
+    return 0
 
 
 def cmd_models(args) -> int:

@@ -103,6 +103,13 @@ def test_trace_tiny_model_json_and_session(tiny_folder, tmp_path):
     assert int(g.node_mask.sum()) == summary["pruned_nodes"] and int(g.edge_mask.sum()) == summary["pruned_edges"]
     assert session.manifest["model"]["sha256"] == summary["model"]["sha256"]
     assert session.manifest["command"].startswith("circuitdesk trace --model ")
+    # the session exports for other tools, from the command line
+    out = run("export", str(out_file), "--format", "neuronpedia", "--out", str(tmp_path / "g.json"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(tmp_path / "g.json")]
+    assert len(json.loads((tmp_path / "g.json").read_text())["nodes"]) == summary["pruned_nodes"]
+    out = run("export", str(out_file), "--format", "csv", "--out", str(tmp_path / "missing" / "g.csv"))
+    assert out.returncode == 1 and out.stderr.strip().endswith("does not exist.")
 
 
 def test_trace_bad_inputs_say_one_sentence_and_write_nothing(tiny_folder, tmp_path):

@@ -97,3 +97,30 @@ def test_circuit_session_round_trip_and_tampering(tiny_model, tmp_path):
     _rewrite(path, tmp_path / "bad.cdesk", bad_circuit)
     with pytest.raises(CircuitDeskError, match="inconsistent circuit"):
         load_session(tmp_path / "bad.cdesk")
+
+
+def test_fuzzed_manifests_never_crash_the_loader(session, tmp_path_factory):
+    """Any JSON in manifest.json (also mutations of a real one) gives a CircuitDeskError at worst."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    folder = tmp_path_factory.mktemp("fuzz")
+    good = save_session(folder / "good.cdesk", session)
+    with zipfile.ZipFile(good) as z:
+        real = json.loads(z.read("manifest.json"))
+    scalars = st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True) | st.text(max_size=20)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                          max_leaves=12)
+    mutated = st.fixed_dictionaries({}, optional={k: values for k in real}).map(lambda edits: {**real, **edits})
+    bad = folder / "bad.cdesk"
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(manifest=values | mutated)
+    def check(manifest):
+        _rewrite(good, bad, lambda m: {**m, "manifest.json": json.dumps(manifest).encode()})
+        try:
+            load_session(bad)
+        except CircuitDeskError:
+            pass
+
+    check()
