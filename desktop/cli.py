@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="neuronpedia: circuit-tracer/Neuronpedia graph JSON (attribution graphs); "
                              "graphml: every node and edge for Gephi/yEd; csv: NAME.nodes.csv + NAME.edges.csv")
     export.add_argument("--out", required=True, metavar="FILE", help="file to write")
+
+    verify = sub.add_parser("verify", help="recompute a session with the model on disk and compare (exit 0: it matches)")
+    verify.add_argument("session", metavar="FILE.cdesk", help="session file written by trace or circuit")
+    verify.add_argument("--model", help="the model to check against (default: the one the session names)")
+    verify.add_argument("--device", help="device to recompute on (default: the recorded one)")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"models": cmd_models, "predict": cmd_predict, "trace": cmd_trace, "circuit": cmd_circuit,
-                "export": cmd_export}[command](args)
+                "export": cmd_export, "verify": cmd_verify}[command](args)
     except CircuitDeskError as err:
         log.info("user error: %s", err)
         print(f"circuitdesk: {err}", file=sys.stderr)
@@ -171,6 +177,27 @@ def cmd_export(args) -> int:
     for path in export_session(load_session(args.session), args.format, args.out):
         print(path)
     return 0
+
+
+def cmd_verify(args) -> int:
+    from core.jobs import JobContext
+    from core.session import load_session
+    from core.verify import TOLERANCE, verify_session
+
+    session = load_session(args.session)
+    report = verify_session(session, model_spec=args.model, device=args.device,
+                            ctx=JobContext(StderrProgress(enabled=not args.json)))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        for problem in report.problems:
+            print(f"circuitdesk: {problem}", file=sys.stderr)
+        if report.fingerprint_ok:
+            print(f"model fingerprint matches; {report.compared:,} edges compared, largest deviation "
+                  f"{report.max_abs_deviation:.3g} ({report.max_rel_deviation:.2e} of the largest weight; "
+                  f"allowed {TOLERANCE:g})")
+        print("verified: the session matches" if report.ok else "NOT verified")
+    return 0 if report.ok else 1
 
 
 def cmd_models(args) -> int:

@@ -110,6 +110,11 @@ def test_trace_tiny_model_json_and_session(tiny_folder, tmp_path):
     assert len(json.loads((tmp_path / "g.json").read_text())["nodes"]) == summary["pruned_nodes"]
     out = run("export", str(out_file), "--format", "csv", "--out", str(tmp_path / "missing" / "g.csv"))
     assert out.returncode == 1 and out.stderr.strip().endswith("does not exist.")
+    # ...and re-computes to the same graph with the model on disk
+    out = run("verify", str(out_file), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["ok"] and report["compared"] == summary["edges"] and report["max_rel_deviation"] <= 1e-4
 
 
 def test_trace_bad_inputs_say_one_sentence_and_write_nothing(tiny_folder, tmp_path):

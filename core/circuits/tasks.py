@@ -60,7 +60,8 @@ class TokenPair:
 
     def to_json(self, tokenizer=None) -> dict:
         out = {"label": self.label, "clean": self.clean_text, "corrupted": self.corrupted_text,
-               "tokens": len(self.clean), "answer": list(self.answer), "counterfactual": list(self.counterfactual)}
+               "tokens": len(self.clean), "answer": list(self.answer), "counterfactual": list(self.counterfactual),
+               "clean_ids": list(self.clean), "corrupted_ids": list(self.corrupted)}
         if tokenizer is not None:
             out["answer_text"] = [tokenizer.decode([t]) for t in self.answer]
             out["counterfactual_text"] = [tokenizer.decode([t]) for t in self.counterfactual]
@@ -378,6 +379,19 @@ def induction_pairs(model, n_pairs: int, rng: random.Random, length: int = 10, r
         pairs.append(TokenPair(tuple(clean), tuple(corrupted), (r[repeat],), (r[repeat - 2],), f"induction #{k + 1}",
                                dec(clean), dec(corrupted)))
     return PairSet("induction", pairs, [], "built-in")
+
+
+def pairs_from_json(rows: Sequence[dict], task: str = "stored") -> PairSet:
+    """The pairs a circuit session stored (``TokenPair.to_json``), exactly as they were run."""
+    pairs = []
+    for i, r in enumerate(rows):
+        try:
+            ids = [tuple(int(t) for t in r[k]) for k in ("clean_ids", "corrupted_ids", "answer", "counterfactual")]
+            pairs.append(TokenPair(*ids, str(r.get("label", f"pair {i}")), str(r["clean"]), str(r["corrupted"])))
+        except (KeyError, TypeError, ValueError):
+            raise CircuitDeskError(f"Stored pair {i} has no token ids (older session files do not keep them); "
+                                   f"it cannot be re-run exactly.") from None
+    return PairSet(task, pairs, source="session")
 
 
 def iter_pairs_json(ps: PairSet, tokenizer=None) -> Iterator[dict]:
