@@ -175,6 +175,25 @@ class CircuitRun:
     answer_id: int
 
 
+def cli_command(req: RunRequest) -> str:
+    """The headless command that regenerates a run's graph (provenance for its session file)."""
+    import shlex
+
+    if req.method == ATTRIBUTION:
+        parts = ["circuitdesk", "trace", "--model", req.spec, "--prompt", req.prompt]
+        for flag, value in (("--target", req.target), ("--foil", req.foil), ("--transcoders", req.transcoders)):
+            if value:
+                parts += [flag, value]
+        parts += ["--max-nodes", str(req.max_nodes)]
+    elif req.method == CIRCUIT and req.task != PROMPT_PAIR:
+        parts = ["circuitdesk", "circuit", "--model", req.spec]
+        parts += ["--pairs", req.pairs_file] if req.task == PAIR_FILE else ["--task", req.task]
+        parts += ["--method", req.scoring, "--n-pairs", str(req.n_pairs)]
+    else:
+        return ""  # one prompt pair typed in the window: no headless equivalent yet
+    return shlex.join(parts + ["--out", "FILE.cdesk"])
+
+
 def check_request(req: RunRequest) -> None:
     """What can be checked before a model loads (a clear error instead of a wasted run)."""
     from core.errors import CircuitDeskError
@@ -519,6 +538,11 @@ class MainWindow(QMainWindow):
 
         self.trace_result = None  # AttributionResult of the graph on show
         self.circuit_run: CircuitRun | None = None  # ...or the component circuit on show
+        self.opened = None  # core.session.Session opened from a file (until the next run)
+        self.session_path: str | None = None
+        self.dirty = False
+        self.intervention_log: list[dict] = []  # every intervention on the graph on show (saved with it)
+        self._command = ""  # the CLI command that regenerates the graph on show
         self.state = WorkbenchState()
         self.panel = ModelPanel()
         self.predictions = PredictionsView()
@@ -556,6 +580,8 @@ class MainWindow(QMainWindow):
         self.heatmap_dock.raise_()
         self._build_status_bar()
         self._build_actions()
+        self._fill_recent()
+        self.state.subscribe(self._state_changed)
         self.panel.set_models(list_models(), current=DEFAULT_SPEC)
         self.panel.model_combo.currentIndexChanged.connect(self._model_chosen)
         self.panel.run_button.clicked.connect(self.run)
@@ -603,6 +629,14 @@ class MainWindow(QMainWindow):
             return act
 
         file_menu = self.menuBar().addMenu("&File")
+        self.open_session_action = action("Open &Session…", lambda: self.open_session(), "Ctrl+Alt+O", file_menu,
+                                          "Open a .cdesk session file")
+        self.recent_menu = file_menu.addMenu("Open &Recent")
+        self.save_action = action("&Save Session", lambda: self.save_session(), QKeySequence.StandardKey.Save,
+                                  file_menu, "Save the graph on show with its groups, pins and interventions")
+        self.save_as_action = action("Save Session &As…", lambda: self.save_session(ask=True),
+                                     QKeySequence.StandardKey.SaveAs, file_menu)
+        file_menu.addSeparator()
         self.open_folder_action = action("Open Model &Folder…", self.open_model_folder, "Ctrl+O", file_menu)
         self.open_gguf_action = action("Open &GGUF File…", self.open_gguf_file, "Ctrl+Shift+O", file_menu)
         file_menu.addSeparator()
@@ -723,7 +757,7 @@ class MainWindow(QMainWindow):
             f"{what}: {prompt[:40] + '…' if len(prompt) > 40 else prompt}",
             job,
             progress=current(self._on_progress),
-            returned=current(lambda result: self._on_result(key, result)),
+            returned=current(lambda result: self._on_result(key, result, cli_command(req))),
             errored=current(self.show_error),
             aborted=current(self._on_aborted),
             finished=current(self._on_finished),
@@ -758,7 +792,7 @@ class MainWindow(QMainWindow):
         if p.message:
             self.status_label.setText(p.message + "…")
 
-    def _on_result(self, key, result) -> None:
+    def _on_result(self, key, result, command: str = "") -> None:
         model = result[0]
         self.model, self.model_key = model, key
         if len(result) == 2:
@@ -772,6 +806,7 @@ class MainWindow(QMainWindow):
             self.heatmap.set_lens(lens_data)
             circuit = isinstance(traced, CircuitRun)
             self.trace_result, self.circuit_run = (None, traced) if circuit else (traced, None)
+            self.opened, self.intervention_log, self._command = None, [], command
             self.state.show(view, source="window")
             self.workspace.setCurrentWidget(self.graph_pane)
         self._show_model_info(model)
@@ -801,6 +836,128 @@ class MainWindow(QMainWindow):
                 return
         if self.state.group(label, source="window") is None:
             self.status_label.setText("Nothing grouped: give a label, and pick nodes not already in a group.")
+
+    # -- session files ---------------------------------------------------------------------------
+    def _session(self):
+        """The graph on show as a core.session.Session (manifest, payload, annotations)."""
+        from core.session import Session, new_manifest
+
+        st, model = self.state, self.model
+        notes = {"groups": [{"label": g.label, "nodes": list(g.nodes)} for g in st.groups],
+                 "pinned": sorted(st.pinned), "threshold": st.threshold,
+                 "interventions": list(self.intervention_log)}
+        if self.opened is not None:  # re-saving an opened session keeps its manifest and payload
+            return Session(self.opened.manifest, self.opened.graph, notes, self.opened.circuit)
+        summary = model.summary()
+        if self.circuit_run is not None:
+            r = self.circuit_run.result
+            prompt = r.pairs[0]["clean"] if r.pairs else ""
+            return Session(new_manifest("circuit", summary, prompt, r.settings, task=r.task, stats=r.stats,
+                                        command=self._command), notes, circuit=r)
+        t = self.trace_result
+        manifest = new_manifest("attribution", summary, t.prompt, t.graph.meta.get("settings", {}),
+                                targets=[x.to_json() for x in t.targets], stats=t.stats, command=self._command)
+        return Session(manifest, t.graph, notes)
+
+    def save_session(self, path: str | None = None, ask: bool = False) -> bool:
+        """Save (Ctrl+S) to the session's file, or ask where (Save As, or the first save)."""
+        from core.session import save_session
+
+        if self.state.view is None:
+            self.show_error("Nothing to save yet: run a trace or a circuit first.")
+            return False
+        if path is None and (ask or self.session_path is None):
+            path, _ = QFileDialog.getSaveFileName(self, "Save session", self.session_path or "analysis.cdesk",
+                                                  "Circuit Desk sessions (*.cdesk)")
+            if not path:
+                return False
+            if not path.endswith(".cdesk"):
+                path += ".cdesk"
+        path = path or self.session_path
+        try:
+            save_session(path, self._session())
+        except CircuitDeskError as err:
+            self.show_error(str(err))
+            return False
+        self.session_path = str(path)
+        self._remember(self.session_path)
+        self._set_dirty(False)
+        self.status_label.setText(f"Saved {path}")
+        return True
+
+    def open_session(self, path: str | None = None) -> bool:
+        """Open a .cdesk file: its graph, threshold, groups and pins (heatmaps need a re-run)."""
+        from core.selection import Group
+        from core.session import load_session
+        from core.view import from_attribution, from_circuit
+
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Open session", "", "Circuit Desk sessions (*.cdesk);;All files (*)")
+            if not path:
+                return False
+        if self.runner.busy:
+            self.show_error("A job is running; cancel it or wait before opening a session.")
+            return False
+        try:
+            session = load_session(path)
+        except CircuitDeskError as err:
+            self.show_error(str(err))
+            return False
+        notes = session.annotations
+        view = from_attribution(session.graph) if session.graph is not None else from_circuit(session.circuit)
+        self._generation += 1  # a late signal of an earlier run must not overwrite this
+        self.trace_result, self.circuit_run, self.opened = None, None, session
+        self.intervention_log = list(notes.get("interventions", [])) if isinstance(notes.get("interventions"), list) else []
+        self.heatmap.set_lens(None)
+        self.state.show(view, source="window")
+        valid = lambda ids: [int(i) for i in ids if isinstance(i, int) and 0 <= i < view.n_nodes]  # noqa: E731
+        threshold = notes.get("threshold")
+        if isinstance(threshold, (int, float)) and 0 <= threshold <= 1:
+            self.state.set_threshold(float(threshold), source="window")
+        if valid(notes.get("pinned", [])):
+            self.state.pin(valid(notes["pinned"]), source="window")
+        for g in notes.get("groups", []):
+            if isinstance(g, dict) and isinstance(g.get("label"), str) and len(valid(g.get("nodes", []))) >= 2:
+                self.state.select(valid(g["nodes"]), source="window")
+                self.state.group(g["label"], source="window")
+        self.state.clear_selection(source="window")
+        self.session_path = str(path)
+        self._remember(self.session_path)
+        self._set_dirty(False)
+        self.workspace.setCurrentWidget(self.graph_pane)
+        m = session.manifest.get("model", {})
+        self.status_label.setText(f"Opened {Path(path).name}: {session.manifest.get('kind')} of "
+                                  f"{m.get('name', 'a model')} — run again to see heatmaps and intervene")
+        return True
+
+    def _remember(self, path: str) -> None:
+        recent = [p for p in (self.settings.value("session/recent") or []) if p != path]
+        self.settings.setValue("session/recent", [path] + recent[:7])
+        self._fill_recent()
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        recent = self.settings.value("session/recent") or []
+        if isinstance(recent, str):
+            recent = [recent]
+        for p in recent:
+            self.recent_menu.addAction(Path(p).name, lambda p=p: self.open_session(p)).setToolTip(p)
+        self.recent_menu.setEnabled(bool(recent))
+
+    def _set_dirty(self, dirty: bool) -> None:
+        self.dirty = dirty
+        name = Path(self.session_path).name if self.session_path else "untitled"
+        has_view = self.state.view is not None
+        self.setWindowTitle(f"{name}{' *' if dirty else ''} — Circuit Desk {core.__version__}" if has_view
+                            else f"Circuit Desk {core.__version__}")
+
+    def _state_changed(self, change) -> None:
+        from core.selection import ANNOTATION, INTERVENTION, THRESHOLD, VIEW
+
+        if change.what == VIEW and change.source == "window" and self.opened is None:
+            self.session_path = None  # a new run is a new, unsaved analysis
+        if change.what in (VIEW, ANNOTATION, THRESHOLD, INTERVENTION):
+            self._set_dirty(True)
 
     def export_image(self, pane: str, path: str | None = None) -> bool:
         """Save the graph or heatmap pane as PNG (pixels at 2× screen size) or SVG (vectors)."""
@@ -928,6 +1085,7 @@ class MainWindow(QMainWindow):
 
         def done(result):
             if generation == self._generation:
+                self.intervention_log.append(result.to_json())
                 self.state.set_intervention(result, source="window")
 
         name = f"intervene: {self.state.view.labels[request[0]]} ({request[1]})"

@@ -288,3 +288,39 @@ def test_panes_export_as_png_and_svg(traced, tmp_path):
         assert not w.export_image("graph", str(tmp_path / "missing" / name))
         assert "Cannot write" in w.error_box.text()
     assert list(tmp_path.glob("*.tmp.*")) == []
+
+
+def test_save_and_open_a_session_keeps_graph_groups_pins_and_threshold(qtbot, traced, tmp_path):
+    from core.session import load_session
+
+    w = traced
+    v = w.state.view
+    nodes = [int(i) for i in v.visible_nodes()[:3]]
+    w.state.select(nodes[:2])
+    w.group_selection("pair")
+    w.state.pin([nodes[2]])
+    w.graph_pane.slider.setValue(95)
+    assert w.dirty and w.windowTitle().startswith("untitled *")
+    path = tmp_path / "a.cdesk"
+    assert w.save_session(str(path))
+    assert not w.dirty and w.windowTitle().startswith("a.cdesk —")
+    s = load_session(path)
+    assert s.annotations["groups"] == [{"label": "pair", "nodes": sorted(nodes[:2])}]
+    assert s.manifest["command"].startswith("circuitdesk trace --model ")
+    assert s.manifest["model"]["sha256"] == w.model.fingerprint.sha256
+
+    other = MainWindow(settings=w.settings)  # same settings: the recent list is shared
+    qtbot.addWidget(other)
+    assert other.recent_menu.actions()[0].toolTip() == str(path)
+    assert other.open_session(str(path))
+    o = other.state.view
+    assert np.array_equal(o.source.weight, v.source.weight) and o.labels == v.labels
+    assert other.state.threshold == pytest.approx(0.95)
+    assert [(g.label, set(g.nodes)) for g in other.state.groups] == [("pair", set(nodes[:2]))]
+    assert nodes[2] in other.state.pinned
+    assert sorted(other.state.view.visible_nodes().tolist()) == sorted(v.visible_nodes().tolist())
+    assert not other.dirty and other.windowTitle().startswith("a.cdesk —")
+    # a damaged file is one sentence, and the open graph stays
+    (tmp_path / "bad.cdesk").write_bytes(b"not a zip")
+    assert not other.open_session(str(tmp_path / "bad.cdesk"))
+    assert "not a zip" in other.error_box.text() and other.state.view is o
