@@ -55,6 +55,7 @@ from desktop.logs import setup_logging
 log = logging.getLogger(__name__)
 
 DEMO_PROMPT = "The capital of France is"
+AUTOSAVE_MS = 120_000  # unsaved work goes to the recovery file this often
 DEMO_CORRUPTED = "The capital of Italy is"  # for a component circuit of the demo prompt
 OPEN_FOLDER = "__open_folder__"
 OPEN_GGUF = "__open_gguf__"
@@ -582,6 +583,11 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._fill_recent()
         self.state.subscribe(self._state_changed)
+        self._autosave = QTimer(self)
+        self._autosave.setInterval(AUTOSAVE_MS)
+        self._autosave.timeout.connect(self.autosave)
+        self._autosave.start()
+        self._offer_recovery()
         self.panel.set_models(list_models(), current=DEFAULT_SPEC)
         self.panel.model_combo.currentIndexChanged.connect(self._model_chosen)
         self.panel.run_button.clicked.connect(self.run)
@@ -636,6 +642,9 @@ class MainWindow(QMainWindow):
                                   file_menu, "Save the graph on show with its groups, pins and interventions")
         self.save_as_action = action("Save Session &As…", lambda: self.save_session(ask=True),
                                      QKeySequence.StandardKey.SaveAs, file_menu)
+        self.recover_action = action("Recover &Unsaved Work", self.recover, None, file_menu,
+                                     "Open what was autosaved before Circuit Desk last closed without saving")
+        self.recover_action.setEnabled(False)
         file_menu.addSeparator()
         self.open_folder_action = action("Open Model &Folder…", self.open_model_folder, "Ctrl+O", file_menu)
         self.open_gguf_action = action("Open &GGUF File…", self.open_gguf_file, "Ctrl+Shift+O", file_menu)
@@ -885,12 +894,14 @@ class MainWindow(QMainWindow):
         self.status_label.setText(f"Saved {path}")
         return True
 
-    def open_session(self, path: str | None = None) -> bool:
+    def open_session(self, path: str | None = None, remember: bool = True) -> bool:
         """Open a .cdesk file: its graph, threshold, groups and pins (heatmaps need a re-run)."""
         from core.selection import Group
         from core.session import load_session
         from core.view import from_attribution, from_circuit
 
+        if not self.may_discard("opening another session"):
+            return False
         if path is None:
             path, _ = QFileDialog.getOpenFileName(self, "Open session", "", "Circuit Desk sessions (*.cdesk);;All files (*)")
             if not path:
@@ -922,12 +933,68 @@ class MainWindow(QMainWindow):
                 self.state.group(g["label"], source="window")
         self.state.clear_selection(source="window")
         self.session_path = str(path)
-        self._remember(self.session_path)
+        if remember:
+            self._remember(self.session_path)
         self._set_dirty(False)
         self.workspace.setCurrentWidget(self.graph_pane)
         m = session.manifest.get("model", {})
         self.status_label.setText(f"Opened {Path(path).name}: {session.manifest.get('kind')} of "
                                   f"{m.get('name', 'a model')} — run again to see heatmaps and intervene")
+        return True
+
+    def unsaved_choice(self, why: str) -> str:
+        """Ask what to do with unsaved work: "save", "discard" or "cancel" (tests replace this)."""
+        box = QMessageBox(QMessageBox.Icon.Question, "Circuit Desk",
+                          f"The analysis on show has unsaved changes. Save them before {why}?",
+                          QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                          | QMessageBox.StandardButton.Cancel, self)
+        box.setDefaultButton(QMessageBox.StandardButton.Save)
+        answer = box.exec()
+        return {QMessageBox.StandardButton.Save: "save",
+                QMessageBox.StandardButton.Discard: "discard"}.get(QMessageBox.StandardButton(answer), "cancel")
+
+    def may_discard(self, why: str) -> bool:
+        """True when the analysis on show may be replaced: saved, nothing to lose, or the user agrees."""
+        if not self.dirty or self.state.view is None:
+            return True
+        choice = self.unsaved_choice(why)
+        if choice == "save":
+            return self.save_session()
+        return choice == "discard"
+
+    # -- autosave and recovery ---------------------------------------------------------------------
+    @property
+    def recovery_path(self) -> Path:
+        """Where unsaved work is autosaved: beside this window's settings file."""
+        return Path(self.settings.fileName()).with_suffix(".autosave.cdesk")
+
+    def autosave(self) -> bool:
+        """Write unsaved work to the recovery file (every AUTOSAVE_MS; quietly, it is a safety net)."""
+        from core.session import save_session
+
+        if not self.dirty or self.state.view is None:
+            return False
+        try:
+            self.recovery_path.parent.mkdir(parents=True, exist_ok=True)
+            save_session(self.recovery_path, self._session())
+        except (CircuitDeskError, OSError):
+            log.warning("autosave failed", exc_info=True)
+            return False
+        return True
+
+    def _offer_recovery(self) -> None:
+        if not self.recovery_path.is_file():
+            return
+        self.recover_action.setEnabled(True)
+        self.status_label.setText("Circuit Desk closed with unsaved work; File → Recover Unsaved Work brings it back.")
+
+    def recover(self) -> bool:
+        """Open the autosaved work of a session that did not close cleanly (as unsaved work)."""
+        if not self.recovery_path.is_file() or not self.open_session(str(self.recovery_path), remember=False):
+            return False
+        self.session_path = None
+        self._set_dirty(True)
+        self.recover_action.setEnabled(False)
         return True
 
     def _remember(self, path: str) -> None:
@@ -1131,6 +1198,11 @@ class MainWindow(QMainWindow):
             self.restoreState(state)
 
     def closeEvent(self, event) -> None:
+        if not self.may_discard("closing"):
+            event.ignore()
+            return
+        self._autosave.stop()
+        self.recovery_path.unlink(missing_ok=True)  # a clean exit: nothing to recover
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
         if self.runner.busy:

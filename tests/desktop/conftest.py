@@ -10,3 +10,11 @@ def _collect_after_each_test(qapp):
         w.deleteLater()
     qapp.processEvents()
     gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def _unsaved_work_is_discarded(monkeypatch):
+    """Windows closed by a test (or its teardown) would otherwise wait on a modal question."""
+    from desktop.app import MainWindow
+
+    monkeypatch.setattr(MainWindow, "unsaved_choice", lambda self, why: "discard")

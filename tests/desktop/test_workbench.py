@@ -324,3 +324,30 @@ def test_save_and_open_a_session_keeps_graph_groups_pins_and_threshold(qtbot, tr
     (tmp_path / "bad.cdesk").write_bytes(b"not a zip")
     assert not other.open_session(str(tmp_path / "bad.cdesk"))
     assert "not a zip" in other.error_box.text() and other.state.view is o
+
+
+def test_unsaved_work_is_asked_about_autosaved_and_recovered(qtbot, traced, monkeypatch, tmp_path):
+    from desktop.app import MainWindow
+
+    w = traced
+    assert w.dirty
+    asked = []
+    monkeypatch.setattr(MainWindow, "unsaved_choice", lambda self, why: asked.append(why) or "cancel")
+    w.close()
+    assert asked == ["closing"] and w.isVisible()  # cancel keeps the window and its work
+    assert not w.open_session(str(tmp_path / "other.cdesk")) and asked[-1] == "opening another session"
+
+    assert w.autosave() and w.recovery_path.is_file()  # the timer's job, run now
+    # a crash: the recovery file stays; the next window offers it
+    other = MainWindow(settings=w.settings)
+    qtbot.addWidget(other)
+    assert other.recover_action.isEnabled()
+    assert other.recover()
+    assert np.array_equal(other.state.view.source.weight, w.state.view.source.weight)
+    assert other.dirty and other.session_path is None  # recovered work is unsaved work
+
+    monkeypatch.setattr(MainWindow, "unsaved_choice", lambda self, why: "save")
+    path = tmp_path / "kept.cdesk"
+    monkeypatch.setattr("desktop.app.QFileDialog.getSaveFileName", lambda *a, **k: (str(path), ""))
+    w.close()  # "save": asks where, saves, closes, and removes the recovery file
+    assert path.is_file() and not w.isVisible() and not w.recovery_path.exists()
