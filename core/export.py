@@ -124,6 +124,8 @@ def neuronpedia_graph(session) -> dict:
     ids: dict[int, str] = {}
     nodes = []
     targets = g.meta.get("target_tokens", {})
+    labels = (session.annotations or {}).get("labels", {})
+    labels = labels if isinstance(labels, dict) else {}
     for i in np.flatnonzero(keep).tolist():
         k, layer, pos, idx = int(g.kind[i]), int(g.layer[i]), int(g.pos[i]), int(g.index[i])
         if k == FEATURE:
@@ -144,6 +146,9 @@ def neuronpedia_graph(session) -> dict:
             token = targets.get(str(i), f"#{idx}")
             node.update(token_prob=prob, is_target_logit=bool(g.logit_weight[i] > 0),
                         clerp=f'Output "{token}" (p={prob:.3f})')
+        label = labels.get(str(i))
+        if isinstance(label, str) and label:
+            node["clerp"] = label  # the auditor's label for the node
         ids[i] = node_id
         nodes.append(node)
     links = [{"source": ids[s], "target": ids[t], "weight": float(w)}

@@ -47,6 +47,8 @@ class WorkbenchState:
     threshold: float = 0.8
     pinned: tuple[int, ...] = ()
     groups: list[Group] = field(default_factory=list)
+    notes: dict[int, str] = field(default_factory=dict)  # the auditor's label for a node
+    findings: str = ""  # free-text findings about the analysis on show
     intervention: Any = None  # the latest core.interventions.InterventionResult for the selection
     _observers: list[Observer] = field(default_factory=list, repr=False)
     _delivering: bool = field(default=False, repr=False)
@@ -79,6 +81,7 @@ class WorkbenchState:
         self.view = view
         self.selected, self.cell, self.hovered = (), None, None
         self.pinned, self.groups, self.intervention = (), [], None
+        self.notes, self.findings = {}, ""
         if view is not None:
             self.threshold = view.threshold
         self._emit(VIEW, source)
@@ -170,6 +173,27 @@ class WorkbenchState:
         self.groups.append(g)
         self._emit(ANNOTATION, source)
         return g
+
+    def set_note(self, node: int, text: str, source: str = "") -> bool:
+        """Label a node in your own words (empty text removes the label)."""
+        if not self._writable():
+            return False
+        text = text.strip()
+        if self.notes.get(int(node), "") == text:
+            return False
+        if text:
+            self.notes[int(node)] = text
+        else:
+            self.notes.pop(int(node), None)
+        self._emit(ANNOTATION, source)
+        return True
+
+    def set_findings(self, text: str, source: str = "") -> bool:
+        if not self._writable() or text == self.findings:
+            return False
+        self.findings = text
+        self._emit(ANNOTATION, source)
+        return True
 
     def ungroup(self, label: str, source: str = "") -> bool:
         if not self._writable():

@@ -29,7 +29,6 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSpinBox,
     QStyledItemDelegate,
     QTableWidget,
@@ -569,15 +568,21 @@ class MainWindow(QMainWindow):
 
         self.model_dock = dock("Model && prompt", "modelDock", self.panel, Qt.DockWidgetArea.LeftDockWidgetArea, 300)
         self.heatmap_dock = dock("Heatmap", "heatmapDock", self.heatmap, Qt.DockWidgetArea.BottomDockWidgetArea)
-        inspector_scroll = QScrollArea()  # a short dock scrolls instead of squashing the controls
-        inspector_scroll.setWidgetResizable(True)
-        inspector_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        inspector_scroll.setWidget(self.inspector)
-        self.inspector_dock = dock("Inspector", "inspectorDock", inspector_scroll, Qt.DockWidgetArea.RightDockWidgetArea, 320)
+        self.inspector_dock = dock("Inspector", "inspectorDock", self.inspector, Qt.DockWidgetArea.RightDockWidgetArea, 320)
 
+        self.findings = QPlainTextEdit()
+        self.findings.setPlaceholderText("Findings: what this circuit shows, what the interventions confirmed… "
+                                         "(saved with the session)")
+        self._findings_timer = QTimer(self)  # commit typing after a pause, not per keystroke
+        self._findings_timer.setSingleShot(True)
+        self._findings_timer.setInterval(400)
+        self._findings_timer.timeout.connect(self._commit_findings)
+        self.findings.textChanged.connect(self._findings_timer.start)
+        self.findings_dock = dock("Findings", "findingsDock", self.findings, Qt.DockWidgetArea.BottomDockWidgetArea)
         self.jobs = JobsPane(self.runner)
         self.jobs_dock = dock("Jobs", "jobsDock", self.jobs, Qt.DockWidgetArea.BottomDockWidgetArea)
         self.tabifyDockWidget(self.heatmap_dock, self.jobs_dock)
+        self.tabifyDockWidget(self.heatmap_dock, self.findings_dock)
         self.heatmap_dock.raise_()
         self._build_status_bar()
         self._build_actions()
@@ -678,7 +683,7 @@ class MainWindow(QMainWindow):
                                        "Run the inspector's edit on the selected node")
 
         view_menu = self.menuBar().addMenu("&View")
-        for d in (self.model_dock, self.heatmap_dock, self.inspector_dock, self.jobs_dock):
+        for d in (self.model_dock, self.heatmap_dock, self.inspector_dock, self.jobs_dock, self.findings_dock):
             view_menu.addAction(d.toggleViewAction())
 
         help_menu = self.menuBar().addMenu("&Help")
@@ -852,8 +857,10 @@ class MainWindow(QMainWindow):
         from core.session import Session, new_manifest
 
         st, model = self.state, self.model
+        self._commit_findings()
         notes = {"groups": [{"label": g.label, "nodes": list(g.nodes)} for g in st.groups],
                  "pinned": sorted(st.pinned), "threshold": st.threshold,
+                 "labels": {str(n): text for n, text in sorted(st.notes.items())}, "findings": st.findings,
                  "interventions": list(self.intervention_log)}
         if self.opened is not None:  # re-saving an opened session keeps its manifest and payload
             return Session(self.opened.manifest, self.opened.graph, notes, self.opened.circuit)
@@ -931,6 +938,12 @@ class MainWindow(QMainWindow):
             if isinstance(g, dict) and isinstance(g.get("label"), str) and len(valid(g.get("nodes", []))) >= 2:
                 self.state.select(valid(g["nodes"]), source="window")
                 self.state.group(g["label"], source="window")
+        labels = notes.get("labels", {})
+        for key, text in (labels.items() if isinstance(labels, dict) else []):
+            if isinstance(key, str) and key.isdigit() and isinstance(text, str) and int(key) < view.n_nodes:
+                self.state.set_note(int(key), text, source="window")
+        if isinstance(notes.get("findings"), str):
+            self.state.set_findings(notes["findings"], source="window")
         self.state.clear_selection(source="window")
         self.session_path = str(path)
         if remember:
@@ -1011,6 +1024,10 @@ class MainWindow(QMainWindow):
             self.recent_menu.addAction(Path(p).name, lambda p=p: self.open_session(p)).setToolTip(p)
         self.recent_menu.setEnabled(bool(recent))
 
+    def _commit_findings(self) -> None:
+        self._findings_timer.stop()
+        self.state.set_findings(self.findings.toPlainText(), source="findings")
+
     def _set_dirty(self, dirty: bool) -> None:
         self.dirty = dirty
         name = Path(self.session_path).name if self.session_path else "untitled"
@@ -1023,6 +1040,10 @@ class MainWindow(QMainWindow):
 
         if change.what == VIEW and change.source == "window" and self.opened is None:
             self.session_path = None  # a new run is a new, unsaved analysis
+        if change.what == VIEW or (change.what == ANNOTATION and change.source != "findings"):
+            self.findings.blockSignals(True)
+            self.findings.setPlainText(self.state.findings)
+            self.findings.blockSignals(False)
         if change.what in (VIEW, ANNOTATION, THRESHOLD, INTERVENTION):
             self._set_dirty(True)
 

@@ -290,7 +290,8 @@ class GraphPane(QWidget):
             names = [v.labels[n] for n in group.nodes]
             more = f", … ({len(names) - 6} more)" if len(names) > 6 else ""
             return f"⟨{group.label}⟩ supernode of {len(names)} nodes\n" + ", ".join(names[:6]) + more
-        parts = [v.labels[i], f"{CATEGORIES[v.category[i]]} · layer {v.layer[i]} · column {v.column[i]}"]
+        note = self.state.notes.get(i)
+        parts = [v.labels[i] + (f"  “{note}”" if note else ""), f"{CATEGORIES[v.category[i]]} · layer {v.layer[i]} · column {v.column[i]}"]
         if v.values is not None and np.isfinite(v.values[i]):
             parts.append(("activation" if v.kind == "attribution" else "node score") + f" {v.values[i]:.4g}")
         parts.append(f"relative influence {v.size[i]:.3f}")
@@ -318,7 +319,9 @@ class GraphPane(QWidget):
         v = self.state.view
         if v is None:
             return
-        hits = v.find(self.find_edit.text())
+        text = self.find_edit.text().strip().lower()
+        noted = [n for n, note in sorted(self.state.notes.items()) if text and text in note.lower()]
+        hits = noted + [n for n in v.find(text) if n not in noted]  # your labels first
         if hits != self._find_hits:
             self._find_hits, self._find_at = hits, -1
         if not hits:

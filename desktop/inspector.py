@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -49,6 +50,10 @@ class Inspector(QScrollArea):
         self.facts.setWordWrap(True)
         self.facts.setTextFormat(Qt.TextFormat.RichText)
         self.facts.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.note_edit = QLineEdit()
+        self.note_edit.setPlaceholderText("Your label for this node (Enter to keep it)")
+        self.note_edit.setToolTip("Saved with the session, shown in the graph's tooltip and used by Find")
+        self.note_edit.editingFinished.connect(self._note_edited)
         self.tokens = QTableWidget(0, 2)
         self.tokens.setHorizontalHeaderLabels(["Promotes", "Suppresses"])
         self.tokens.verticalHeader().setVisible(False)
@@ -89,6 +94,7 @@ class Inspector(QScrollArea):
 
         layout = QVBoxLayout(body)
         layout.addWidget(self.facts)
+        layout.addWidget(self.note_edit)
         layout.addWidget(QLabel("<b>Direct effect on tokens</b>"))
         layout.addWidget(self.tokens)
         edges = QHBoxLayout()
@@ -127,12 +133,21 @@ class Inspector(QScrollArea):
             return int(g.kind[node]) in (FEATURE, ERROR)
         return CATEGORIES[v.category[node]] == "head"
 
+    def _note_edited(self) -> None:
+        node = self.node()
+        if node is not None:
+            self.state.set_note(node, self.note_edit.text(), source=NAME)
+
     def _clear(self) -> None:
         self.tokens.setRowCount(0)
         self.incoming.clear()
         self.outgoing.clear()
         self.result.setText("")
         self.run_button.setEnabled(False)
+        self.note_edit.blockSignals(True)
+        self.note_edit.clear()
+        self.note_edit.blockSignals(False)
+        self.note_edit.setEnabled(False)
 
     def _show_node(self) -> None:
         v, node = self.state.view, self.node()
@@ -144,6 +159,10 @@ class Inspector(QScrollArea):
             n = len(self.state.selected)
             self.facts.setText(f"{n} nodes selected." if n else "Select a node in the graph or a cell in the heatmap.")
             return
+        self.note_edit.blockSignals(True)
+        self.note_edit.setText(self.state.notes.get(node, ""))
+        self.note_edit.blockSignals(False)
+        self.note_edit.setEnabled(True)
         kind = CATEGORIES[v.category[node]]
         lines = [f"<b>{_html(v.labels[node])}</b>", f"{kind} · layer {v.layer[node]} · "
                  + ("position" if v.kind == "attribution" else "column") + f" {v.column[node]}"]

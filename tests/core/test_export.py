@@ -22,7 +22,7 @@ def session(tiny_model):
     manifest = new_manifest("attribution", m.summary(), res.prompt, AttributionSettings().to_json())
     g = res.graph
     feats = [int(i) for i in np.flatnonzero(g.node_mask & (g.kind == FEATURE))[:3]]
-    notes = {"groups": [{"label": "names", "nodes": feats[:2]}], "pinned": feats}
+    notes = {"groups": [{"label": "names", "nodes": feats[:2]}], "pinned": feats, "labels": {str(feats[2]): "a name"}}
     return Session(manifest, g, notes)
 
 
@@ -49,6 +49,7 @@ def test_neuronpedia_json_follows_the_schema_and_holds_the_pruned_graph(session,
     assert len(logits) == len(g.nodes_of(LOGIT)) and sum(n["is_target_logit"] for n in logits) >= 1
     assert doc["qParams"]["supernodes"][0][0] == "names" and len(doc["qParams"]["supernodes"][0]) == 3
     assert len(doc["qParams"]["pinnedIds"]) == 3
+    assert [n["clerp"] for n in doc["nodes"] if n["node_id"] == g.node_id(session.annotations["pinned"][2])] == ["a name"]
     assert doc["metadata"]["prompt_tokens"] == g.tokens
 
 

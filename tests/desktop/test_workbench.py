@@ -300,12 +300,23 @@ def test_save_and_open_a_session_keeps_graph_groups_pins_and_threshold(qtbot, tr
     w.group_selection("pair")
     w.state.pin([nodes[2]])
     w.graph_pane.slider.setValue(95)
+    w.graph_pane.click_node(nodes[2])
+    w.inspector.note_edit.setText("says a name")
+    w.inspector.note_edit.editingFinished.emit()
+    assert w.state.notes == {nodes[2]: "says a name"}
+    assert "“says a name”" in w.graph_pane._tip(0, 0, nodes[2])
+    w.graph_pane.find_edit.setText("A NAME")  # find searches your labels too
+    w.graph_pane.find_next()
+    assert w.state.selected == (nodes[2],)
+    w.findings.setPlainText("The pair carries the subject.")
     assert w.dirty and w.windowTitle().startswith("untitled *")
     path = tmp_path / "a.cdesk"
     assert w.save_session(str(path))
     assert not w.dirty and w.windowTitle().startswith("a.cdesk —")
     s = load_session(path)
     assert s.annotations["groups"] == [{"label": "pair", "nodes": sorted(nodes[:2])}]
+    assert s.annotations["labels"] == {str(nodes[2]): "says a name"}
+    assert s.annotations["findings"] == "The pair carries the subject."  # typed text is committed on save
     assert s.manifest["command"].startswith("circuitdesk trace --model ")
     assert s.manifest["model"]["sha256"] == w.model.fingerprint.sha256
 
@@ -318,6 +329,8 @@ def test_save_and_open_a_session_keeps_graph_groups_pins_and_threshold(qtbot, tr
     assert other.state.threshold == pytest.approx(0.95)
     assert [(g.label, set(g.nodes)) for g in other.state.groups] == [("pair", set(nodes[:2]))]
     assert nodes[2] in other.state.pinned
+    assert other.state.notes == {nodes[2]: "says a name"}
+    assert other.findings.toPlainText() == "The pair carries the subject."
     assert sorted(other.state.view.visible_nodes().tolist()) == sorted(v.visible_nodes().tolist())
     assert not other.dirty and other.windowTitle().startswith("a.cdesk —")
     # a damaged file is one sentence, and the open graph stays
