@@ -1040,7 +1040,9 @@ class MainWindow(QMainWindow):
 
         if change.what == VIEW and change.source == "window" and self.opened is None:
             self.session_path = None  # a new run is a new, unsaved analysis
-        if change.what == VIEW or (change.what == ANNOTATION and change.source != "findings"):
+        typing = self._findings_timer.isActive()  # an edit not committed yet is never overwritten
+        if (change.what in (VIEW, ANNOTATION) and change.source != "findings" and not typing
+                and self.findings.toPlainText() != self.state.findings):
             self.findings.blockSignals(True)
             self.findings.setPlainText(self.state.findings)
             self.findings.blockSignals(False)
@@ -1049,7 +1051,8 @@ class MainWindow(QMainWindow):
 
     def export_image(self, pane: str, path: str | None = None) -> bool:
         """Save the graph or heatmap pane as PNG (pixels at 2× screen size) or SVG (vectors)."""
-        plot = (self.graph_pane if pane == "graph" else self.heatmap).plot.getPlotItem()
+        widget = self.graph_pane if pane == "graph" else self.heatmap
+        plot = widget.plot.getPlotItem()
         if path is None:
             path, _ = QFileDialog.getSaveFileName(self, f"Export the {pane}", f"{pane}.png",
                                                   "PNG image (*.png);;SVG vector image (*.svg)")
@@ -1059,7 +1062,6 @@ class MainWindow(QMainWindow):
         if suffix not in (".png", ".svg"):
             self.show_error(f"Cannot export to '{Path(path).name}': choose a .png or .svg file name.")
             return False
-        widget = self.graph_pane if pane == "graph" else self.heatmap
         if pane == "graph":
             self.graph_pane.settle()  # every drawn edge, not the pan preview
         tmp = Path(path).with_suffix(".tmp" + suffix)

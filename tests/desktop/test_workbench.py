@@ -309,6 +309,9 @@ def test_save_and_open_a_session_keeps_graph_groups_pins_and_threshold(qtbot, tr
     w.graph_pane.find_next()
     assert w.state.selected == (nodes[2],)
     w.findings.setPlainText("The pair carries the subject.")
+    w.state.set_note(nodes[0], "first")  # another annotation while typing: the typed text stays
+    assert w.findings.toPlainText() == "The pair carries the subject."
+    w.state.set_note(nodes[0], "")
     assert w.dirty and w.windowTitle().startswith("untitled *")
     path = tmp_path / "a.cdesk"
     assert w.save_session(str(path))
