@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import CircuitDeskError
-from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT
+from core.graph import EMBEDDING, ERROR, FEATURE, KIND_NAMES, LOGIT, compute_node_influence, cumulative_share
 from core.paths import atomic_write
 
 FORMATS = ("neuronpedia", "graphml", "csv")
@@ -61,7 +61,7 @@ def _attribution_tables(g) -> tuple[list[dict], list[dict]]:
     for i in range(g.n_nodes):
         p = int(g.pos[i])
         nodes.append({
-            "id": ids[i], "label": g.label(i), "kind": _kind_name(int(g.kind[i])), "layer": int(g.layer[i]),
+            "id": ids[i], "label": g.label(i), "kind": KIND_NAMES[int(g.kind[i])], "layer": int(g.layer[i]),
             "position": p, "index": int(g.index[i]), "token": g.tokens[p] if 0 <= p < len(g.tokens) else "",
             "activation": float(g.activation[i]), "influence": _num(influence[i]), "in_pruned_graph": bool(node_mask[i]),
         })
@@ -86,10 +86,6 @@ def _circuit_tables(c) -> tuple[list[dict], list[dict]]:
         edges.append({"source": names[s], "target": names[int(dst_node[d])], "path": path,
                       "weight": float(c.scores[s, d]), "in_circuit": bool(c.circuit[s, d])})
     return nodes, edges
-
-
-def _kind_name(k: int) -> str:
-    return {EMBEDDING: "embedding", FEATURE: "feature", ERROR: "error", LOGIT: "logit"}[k]
 
 
 def _component_kind(name: str) -> str:
@@ -179,17 +175,8 @@ def neuronpedia_graph(session) -> dict:
 
 
 def _cumulative_influence(g) -> np.ndarray:
-    """circuit-tracer's node ``influence``: the share of total influence covered by the nodes at
-    least as influential as this one (smaller = more important)."""
-    from core.graph import compute_node_influence
-
-    influence = g.influence if g.influence is not None else compute_node_influence(g)
-    order = np.argsort(-influence, kind="stable")
-    total = influence.sum()
-    out = np.zeros(g.n_nodes)
-    if total > 0:
-        out[order] = np.cumsum(influence[order]) / total
-    return out
+    """circuit-tracer's node ``influence`` (see ``core.graph.cumulative_share``)."""
+    return cumulative_share(g.influence if g.influence is not None else compute_node_influence(g))
 
 
 def _cantor(x: int, y: int) -> int:

@@ -206,12 +206,18 @@ def prune(g: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98,
             break
     edge_mask &= node_mask[src] & node_mask[dst]
 
+    return PruneResult(node_mask, edge_mask, influence, cumulative_share(influence))
+
+
+def cumulative_share(influence: np.ndarray) -> np.ndarray:
+    """Per node: the share of total influence covered by the nodes at least as influential
+    (circuit-tracer's ``cumulative_scores``; smaller = more important)."""
     order = np.argsort(-influence, kind="stable")
     total = influence.sum()
-    cumulative = np.zeros(n)
+    out = np.zeros(len(influence))
     if total > 0:
-        cumulative[order] = np.cumsum(influence[order]) / total
-    return PruneResult(node_mask, edge_mask, influence, cumulative)
+        out[order] = np.cumsum(influence[order]) / total
+    return out
 
 
 class Scores(NamedTuple):

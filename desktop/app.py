@@ -209,14 +209,14 @@ def check_request(req: RunRequest) -> None:
         raise CircuitDeskError("No pair file chosen; pick a .jsonl file of prompt pairs.")
 
 
-def prompt_pair(model, req: RunRequest):
+def prompt_pair(model, req: RunRequest, prediction):
     """The user's prompt and its corrupted twin as a one-pair task; answer and counterfactual
-    default to the model's top token on each prompt."""
+    default to the model's top token on each prompt (``prediction``: the one on the prompt)."""
     from core.circuits import PromptPair, encode_pairs
     from core.errors import CircuitDeskError
     from core.predict import predict_next
 
-    answer = req.target or f"#{predict_next(model, req.prompt, 1).top[0].token_id}"
+    answer = req.target or f"#{prediction.top[0].token_id}"
     counterfactual = req.foil or f"#{predict_next(model, req.corrupted, 1).top[0].token_id}"
     if answer == counterfactual:
         raise CircuitDeskError("Both prompts predict the same top token; give the target and the foil "
@@ -235,8 +235,10 @@ def circuit_prompt(model, req: RunRequest, ctx):
     from core.predict import predict_next
     from core.view import from_circuit
 
-    if req.task == PROMPT_PAIR:
-        pairs = prompt_pair(model, req)
+    prediction = None
+    if req.task == PROMPT_PAIR:  # the prompt's prediction also gives the default answer
+        prediction = predict_next(model, req.prompt, req.top_k)
+        pairs = prompt_pair(model, req, prediction)
     elif req.task == PAIR_FILE:
         pairs = load_pairs(model, req.pairs_file, n_pairs=req.n_pairs)
     else:
@@ -247,7 +249,7 @@ def circuit_prompt(model, req: RunRequest, ctx):
     ids = torch.tensor([first.clean])
     outputs = ComponentRunner(model).sources(ids).outputs[:, 0, -1].float().cpu().numpy()
     data = lens(model, ids, target_id=first.answer[0], ctx=ctx.sub(0.9, 0.97))
-    prediction = predict_next(model, first.clean_text, req.top_k, ctx.sub(0.97, 1.0))
+    prediction = prediction or predict_next(model, first.clean_text, req.top_k, ctx.sub(0.97, 1.0))
     return CircuitRun(result, ids, outputs, first.answer[0]), from_circuit(result), data, prediction
 
 

@@ -245,8 +245,9 @@ class GraphPane(QWidget):
         for t in self.labels:
             self.plot.removeItem(t)
         self.labels = []
+        drawn = set(d.nodes.tolist())
         for node, label in d.group_labels.items():
-            if node not in set(d.nodes.tolist()):
+            if node not in drawn:
                 continue
             x, y, _ = d.position([node])
             t = pg.TextItem(f"⟨{label}⟩", color="#0f5257", anchor=(0.5, 1.3))
