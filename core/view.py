@@ -22,6 +22,12 @@ import numpy as np
 from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT, Graph, find_threshold, prune
 
 CATEGORIES = ("embedding", "feature", "error", "logit", "input", "head", "mlp")
+CATEGORY_COLOURS = {  # node colour by category: the graph pane and the report's figure
+    "embedding": "#7f8c8d", "feature": "#3b78c2", "error": "#c0392b", "logit": "#27ae60",
+    "input": "#7f8c8d", "head": "#8e44ad", "mlp": "#e67e22",
+}
+GROUP_COLOUR = "#0f766e"  # supernodes: teal squares
+POSITIVE, NEGATIVE = (37, 99, 235), (220, 38, 38)  # edge colours by sign (RGB)
 
 
 @dataclass

@@ -20,14 +20,9 @@ from PySide6.QtWidgets import (
 )
 
 from core.selection import ANNOTATION, HOVER, INTERVENTION, SELECTION, THRESHOLD, VIEW, Change, WorkbenchState
-from core.view import CATEGORIES
+from core.view import CATEGORIES, CATEGORY_COLOURS, GROUP_COLOUR, NEGATIVE, POSITIVE
 
 NAME = "graph"
-COLOURS = {  # node colour by category
-    "embedding": "#7f8c8d", "feature": "#3b78c2", "error": "#c0392b", "logit": "#27ae60",
-    "input": "#7f8c8d", "head": "#8e44ad", "mlp": "#e67e22",
-}
-POSITIVE, NEGATIVE = (37, 99, 235), (220, 38, 38)  # edge colours by sign
 BINS = (0.0, 0.15, 0.4, 1.01)  # |weight| / max, three widths
 MAX_DRAWN_EDGES = 3000  # the strongest visible edges are drawn (plus every edge of the selection)
 PREVIEW_EDGES = 400  # while the view pans/zooms, only the strongest edges are drawn...
@@ -74,9 +69,9 @@ class GraphPane(QWidget):
                                         hoverPen=pg.mkPen("#111", width=2))
         self.nodes.sigClicked.connect(self._clicked)
         # shared objects: pyqtgraph's symbol atlas then holds a handful of node images
-        self._brushes = [pg.mkBrush(COLOURS[c]) for c in CATEGORIES]
+        self._brushes = [pg.mkBrush(CATEGORY_COLOURS[c]) for c in CATEGORIES]
         self._pens = [pg.mkPen("#ffffff", width=0.8), pg.mkPen("#111", width=2)]  # plain, pinned
-        self._group_brush = pg.mkBrush("#0f766e")  # supernodes: teal squares
+        self._group_brush = pg.mkBrush(GROUP_COLOUR)  # supernodes: teal squares
         self.drawn = None  # core.view.Drawing on show
         self.plot.addItem(self.nodes)
         self.rings = pg.ScatterPlotItem(pxMode=True, brush=pg.mkBrush(0, 0, 0, 0), pen=pg.mkPen("#f59e0b", width=3))

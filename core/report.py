@@ -1,0 +1,669 @@
+"""The audit report as data: a title page, sections, tables and figure descriptions.
+
+``build_report(session, path)`` turns a saved session into a ``Report``; ``build_summary`` turns a
+batch audit's results into one. Nothing here draws: ``desktop.report_pdf`` lays the blocks out on
+pages and paints them with QPainter (vector graphics, running header, page numbers, contents).
+The report is a function of the session file alone (plus the auditor's name and the date), so
+the GUI and ``circuitdesk report`` give the same document, and a reviewer can tie every page to
+the file by its sha256.
+
+Figures carry numbers, not pictures: ``GraphFigure`` holds node positions, colours and the edges
+to draw (the same layout and palette as the graph pane, ``core.view``), ``Heatmap`` a matrix and
+its colour scale, ``LineChart`` a few series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import core
+from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT, cumulative_share
+
+MAX_FIGURE_EDGES = 3000  # the strongest drawn edges, as in the graph pane
+FIGURE_LABELS = 14  # nodes named in the graph figure (the most influential), besides groups and logits
+TOP_ROWS = 25  # rows of the top nodes / top edges tables
+
+
+# -- blocks -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 1  # 1: a section (new page, in the contents); 2: a subsection (in the contents)
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+    style: str = "body"  # body | mono (code, JSON; wrapped anywhere) | note (small, grey)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """A two-column key / value table."""
+
+    rows: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    widths: tuple[float, ...] = ()  # relative column widths; equal when empty
+    numeric: tuple[bool, ...] = ()  # right-aligned columns
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class GraphFigure:
+    """A circuit graph as the graph pane draws it: x = token position or head, y = layer."""
+
+    x: np.ndarray  # [n] node positions
+    y: np.ndarray
+    size: np.ndarray  # [n] in [0, 1]
+    colour: tuple[str, ...]  # [n] "#rrggbb"
+    square: np.ndarray  # [n] bool: supernodes are squares
+    ring: np.ndarray  # [n] bool: pinned nodes are ringed
+    labels: dict  # node position in the arrays -> text
+    src: np.ndarray  # [e] indices into the node arrays
+    dst: np.ndarray
+    weight: np.ndarray  # [e] signed
+    x_ticks: tuple[str, ...]  # one per integer x
+    y_ticks: tuple[tuple[float, str], ...]
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    title: str
+    values: np.ndarray  # [rows, cols]; row 0 is drawn at the bottom (layer 0)
+    row_labels: tuple[str, ...]
+    col_labels: tuple[str, ...]
+    scale: str = "sequential"  # sequential (0 .. max) | diverging (−m .. +m, white at 0)
+    unit: str = ""
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class LineChart:
+    title: str
+    series: tuple[tuple[str, tuple[float, ...], tuple[float, ...]], ...]  # (name, xs, ys)
+    x_label: str
+    y_label: str
+    log_x: bool = False
+    marker: tuple[float, float, str] | None = None  # a labelled point (the chosen circuit)
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Contents:
+    """The table of contents (filled in by the renderer, which knows the page numbers)."""
+
+
+@dataclass(frozen=True)
+class PageBreak:
+    pass
+
+
+@dataclass
+class Report:
+    title: str
+    subtitle: str
+    header: str  # running header on every page after the first
+    footer: str  # left of the page number
+    blocks: list = field(default_factory=list)
+
+    def headings(self) -> list[Heading]:
+        return [b for b in self.blocks if isinstance(b, Heading)]
+
+
+# -- building ------------------------------------------------------------------------------------------
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_report(session, path: str | Path, auditor: str = "", now: float | None = None) -> Report:
+    """The audit report of the session saved at ``path`` (its sha256 is cited throughout)."""
+    path = Path(path)
+    m = session.manifest
+    model = m.get("model", {})
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(now if now is not None else time.time()))
+    digest = file_sha256(path)
+    name = model.get("name", "unknown model")
+    kind = "Attribution graph" if session.graph is not None else "Component circuit"
+    blocks: list = [_cover_facts(session, path, digest, auditor, when), Contents(), PageBreak()]
+    if session.graph is not None:
+        blocks += _attribution_sections(session)
+    else:
+        blocks += _circuit_sections(session)
+    blocks += _intervention_section(session.annotations.get("interventions") or [])
+    blocks += _annotation_section(session)
+    blocks += _appendix(session, path, digest)
+    return Report(
+        title=f"Circuit audit report: {kind.lower()}",
+        subtitle=m.get("prompt", ""),
+        header=f"{name} · {kind} · {when}",
+        footer=f"{path.name} · sha256 {digest[:12]}…",
+        blocks=blocks,
+    )
+
+
+def _cover_facts(session, path: Path, digest: str, auditor: str, when: str) -> Facts:
+    m = session.manifest
+    mod = m.get("model", {})
+    arch = mod.get("family", "?")
+    if mod.get("model_type") and mod.get("model_type") != arch:
+        arch += f" ({mod['model_type']})"
+    shape = f"{mod.get('n_layers', '?')} layers, {mod.get('n_heads', '?')} heads, d_model {mod.get('d_model', '?')}"
+    tool = core.__version__
+    if m.get("tool_version") and m["tool_version"] != tool:
+        tool += f" (session written by {m['tool_version']})"
+    method = _method_name(session)
+    rows = [
+        ("Model", mod.get("name", "?")),
+        ("Architecture", f"{arch}; {shape}"),
+        ("Parameters", _params(mod.get("n_params"))),
+        ("Weights sha256", mod.get("sha256", "?")),
+        ("Weights from", mod.get("source", "?")),
+        ("Device, dtype", f"{mod.get('device', '?')}, {mod.get('dtype', '?')}"),
+        ("Method", method),
+        ("Prompt", m.get("prompt", "")),
+        ("Session file", path.name),
+        ("Session sha256", digest),
+        ("Session created", m.get("created", "?")),
+        ("Report generated", when),
+        ("Circuit Desk", tool),
+        ("Auditor", auditor or "(not set)"),
+    ]
+    return Facts(tuple(rows))
+
+
+def _method_name(session) -> str:
+    if session.graph is not None:
+        basis = session.graph.meta.get("basis", "neurons")
+        what = "MLP neurons, frozen nonlinearity" if basis == "neurons" else f"{basis}"
+        return f"Attribution graph (circuit-tracer method; basis: {what})"
+    s = session.circuit.settings
+    name = {"eap": "EAP (edge attribution patching)", "eap-ig": "EAP-IG (integrated gradients)",
+            "exact": "exact activation patching", "random": "random scores (baseline)"}.get(s.get("method"), s.get("method"))
+    return f"Component circuit over heads and MLPs; edge scores by {name}, metric {s.get('metric', '?')}"
+
+
+def _params(n) -> str:
+    if not isinstance(n, (int, float)):
+        return "?"
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+
+
+def _p(x, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+# -- attribution graphs ----------------------------------------------------------------------------
+def _attribution_sections(session) -> list:
+    from core.view import from_attribution
+
+    g, m = session.graph, session.manifest
+    notes = session.annotations or {}
+    stats = m.get("stats") or g.meta.get("stats", {})
+    settings = m.get("settings") or g.meta.get("settings", {})
+    targets = m.get("targets") or []
+    threshold = float(notes.get("threshold", settings.get("node_threshold", 0.8)))
+    view = from_attribution(g, threshold)
+    view.pinned = {int(i) for i in notes.get("pinned", []) if 0 <= int(i) < g.n_nodes}
+    labels = _node_labels(notes, g.n_nodes)
+    out = [Heading("Prompt and prediction"),
+           Paragraph(f"Prompt: {m.get('prompt', '')!r}"),
+           Paragraph("Tokens: " + "  ".join(f"{i}:{t!r}" for i, t in enumerate(g.tokens)), "mono"),
+           Table(("Target token", "Token id", "Probability"),
+                 tuple((repr(t.get("token")), str(t.get("token_id")), _p(t.get("probability"), 4)) for t in targets),
+                 widths=(3, 1, 1), numeric=(False, True, True),
+                 caption="The logits the graph explains, weighted by their probability (circuit-tracer: the top "
+                         "logits up to the desired cumulative probability)."
+                         + (f" Explained as a difference against the foil {targets[0].get('foil')!r}."
+                            if targets and targets[0].get("foil") else ""))]
+    out += [Heading("Method and settings"),
+            Paragraph("The attribution graph follows Ameisen et al. (2025) and circuit-tracer: with attention "
+                      "patterns, normalisation scales and the MLP nonlinearity frozen at their values on this "
+                      "prompt, the model is linear in its active features, so each edge is the exact direct "
+                      "effect of one node on another. Error nodes carry whatever the basis does not explain. "
+                      "Nodes are pruned by their influence on the logits (node threshold), then edges (edge "
+                      "threshold). The replacement score is the share of the logits' influence that flows from "
+                      "the embeddings through features rather than error nodes; the completeness score the share "
+                      "of the nodes' inputs explained by non-error nodes."),
+            Facts(tuple((k, _fmt(v)) for k, v in settings.items()) +
+                  (("basis", str(g.meta.get("basis", "neurons"))), ("threshold shown", f"{threshold:g}")))]
+    d = view.drawing(_groups(notes, g.n_nodes))
+    out += [Heading("Circuit graph"),
+            _graph_figure(view, d, labels, f"Attribution graph at node threshold {threshold:g}: "
+                                           f"{len(d.nodes)} nodes drawn, {_drawn_edges_note(d)}. Blue edges excite, "
+                                           "red inhibit; node size is influence on the logits. Grey: token "
+                                           "embeddings, blue: features, red: error nodes, green: logits, teal "
+                                           "squares: groups.")]
+    out += [Heading("Activation heatmaps")] + _attribution_heatmaps(g)
+    out += [Heading("Top nodes and edges")] + _attribution_tables(g, labels)
+    scores = (
+        ("Replacement score (full graph)", _p(stats.get("replacement_score"))),
+        ("Completeness score (full graph)", _p(stats.get("completeness_score"))),
+        ("Replacement score (pruned graph)", _p(stats.get("pruned_replacement_score"))),
+        ("Completeness score (pruned graph)", _p(stats.get("pruned_completeness_score"))),
+        ("Nodes / edges (full)", f"{stats.get('nodes', g.n_nodes):,} / {stats.get('edges', g.n_edges):,}"),
+        ("Nodes / edges (pruned)", f"{_n(stats.get('pruned_nodes'))} / {_n(stats.get('pruned_edges'))}"),
+        ("Active features, rows computed", f"{_n(stats.get('active_features'))}, {_n(stats.get('feature_rows'))}"),
+        ("Largest completeness error", f"{stats.get('max_completeness_error', 0.0):.1e} (each row's edges sum "
+                                       "to the node's value)"),
+        ("Backward passes, seconds", f"{_n(stats.get('backward_passes'))}, {stats.get('seconds', 0.0):.1f}"),
+    )
+    out += [Heading("Graph scores"), Facts(scores), _influence_curve(g, threshold)]
+    return out
+
+
+def _n(v) -> str:
+    return f"{v:,}" if isinstance(v, int) else "?"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if v is None:
+        return "—"
+    return str(v) if not isinstance(v, (dict, list)) else json.dumps(v)
+
+
+def _node_labels(notes: dict, n: int) -> dict[int, str]:
+    out = {}
+    for k, v in (notes.get("labels") or {}).items():
+        try:
+            i = int(k)
+        except (TypeError, ValueError):
+            continue
+        if 0 <= i < n and str(v).strip():
+            out[i] = str(v).strip()
+    return out
+
+
+class _Group:
+    def __init__(self, label: str, nodes) -> None:
+        self.label, self.nodes = label, nodes
+
+
+def _groups(notes: dict, n: int) -> list[_Group]:
+    out, taken = [], set()
+    for grp in notes.get("groups") or []:
+        nodes = [int(i) for i in grp.get("nodes", []) if 0 <= int(i) < n and int(i) not in taken]
+        if nodes:
+            taken.update(nodes)
+            out.append(_Group(str(grp.get("label", "group")), nodes))
+    return out
+
+
+def _drawn_edges_note(d) -> str:
+    e = len(d.weight)
+    return f"{e:,} edges" if e <= MAX_FIGURE_EDGES else f"the strongest {MAX_FIGURE_EDGES:,} of {e:,} edges"
+
+
+def _graph_figure(view, d, labels: dict[int, str], caption: str) -> GraphFigure:
+    from core.view import CATEGORIES, CATEGORY_COLOURS, GROUP_COLOUR
+
+    at = {int(node): k for k, node in enumerate(d.nodes)}
+    keep = np.argsort(-np.abs(d.weight), kind="stable")[:MAX_FIGURE_EDGES]
+    src = np.array([at[int(s)] for s in d.src[keep]], dtype=int)
+    dst = np.array([at[int(t)] for t in d.dst[keep]], dtype=int)
+    colour = tuple(GROUP_COLOUR if grp else CATEGORY_COLOURS[CATEGORIES[int(c)]]
+                   for c, grp in zip(d.category, d.is_group))
+    # labels in priority order (the renderer skips one that would cover an earlier one): the
+    # auditor's groups and labels, the strongest logits, then the most influential nodes
+    names: dict[int, str] = {}
+    for k, node in enumerate(d.nodes):
+        node = int(node)
+        if node in d.group_labels:
+            names[k] = d.group_labels[node]
+        elif node in labels:
+            names[k] = labels[node]
+    by_size = sorted(range(len(d.nodes)), key=lambda k: -d.size[k])
+    logits = [k for k in by_size if CATEGORIES[int(d.category[k])] == "logit"]
+    inner = [k for k in by_size if CATEGORIES[int(d.category[k])] not in ("embedding", "input", "logit")]
+    for k in logits[:3] + inner[:FIGURE_LABELS]:
+        names.setdefault(k, _short_label(view.labels[int(d.nodes[k])]))
+    first = "emb" if view.kind == "attribution" else "input"
+    ticks = ((0.0, first),) + tuple((l + 1.0, f"L{l}") for l in range(view.n_layers)) + ((view.n_layers + 1.0, "logits"),)
+    return GraphFigure(
+        x=d.x.astype(float), y=d.y.astype(float), size=d.size.astype(float), colour=colour,
+        square=d.is_group.copy(), ring=np.isin(d.nodes, list(view.pinned)), labels=names,
+        src=src, dst=dst, weight=d.weight[keep].astype(float), x_ticks=tuple(view.x_labels), y_ticks=ticks,
+        caption=caption)
+
+
+def _short_label(label: str) -> str:
+    return label.split(" @")[0] if label.startswith("L") and " @" in label else label
+
+
+def _attribution_heatmaps(g) -> list:
+    L, P = g.n_layers, len(g.tokens)
+    infl = g.influence if g.influence is not None else np.zeros(g.n_nodes)
+    cols = tuple(f"{p}:{t!r}" for p, t in enumerate(g.tokens))
+    rows = tuple(f"L{l}" for l in range(L))
+    feats, errs = g.kind == FEATURE, g.kind == ERROR
+    by_cell = np.zeros((L, P))
+    np.add.at(by_cell, (g.layer[feats], g.pos[feats]), infl[feats])
+    err = np.zeros((L, P))
+    np.add.at(err, (g.layer[errs], g.pos[errs]), g.activation[errs])
+    err_infl = np.zeros((L, P))
+    np.add.at(err_infl, (g.layer[errs], g.pos[errs]), infl[errs])
+    share = float(infl[errs].sum() / max(infl[feats | errs].sum(), 1e-30))
+    return [
+        Heatmap("Feature influence on the logits, by layer and token", by_cell, rows, cols, unit="influence",
+                caption="Summed influence of the feature nodes in each layer and position (all computed nodes, "
+                        "not only the pruned graph)."),
+        Heatmap("Error-node influence, by layer and token", err_infl, rows, cols, unit="influence",
+                caption=f"What the basis leaves unexplained, weighted by its influence on the logits: error nodes "
+                        f"hold {share:.1%} of the influence of features and errors together."),
+        Heatmap("Error-node norm, by layer and token", err, rows, cols, unit="‖error‖",
+                caption="The size of each MLP reconstruction error (zero for the exact neuron basis)."),
+    ]
+
+
+def _attribution_tables(g, labels: dict[int, str]) -> list:
+    infl = g.influence if g.influence is not None else np.zeros(g.n_nodes)
+    mask = g.node_mask if g.node_mask is not None else np.ones(g.n_nodes, bool)
+    cand = np.flatnonzero((g.kind == FEATURE) | (g.kind == ERROR))
+    order = cand[np.argsort(-infl[cand], kind="stable")][:TOP_ROWS]
+    node_rows = tuple(
+        (str(r + 1), g.label(int(i)), labels.get(int(i), ""), f"{g.activation[i]:.3g}", f"{infl[i]:.4f}",
+         "yes" if mask[i] else "no")
+        for r, i in enumerate(order))
+    emask = g.edge_mask if g.edge_mask is not None else np.ones(g.n_edges, bool)
+    edges = np.flatnonzero(emask)
+    edges = edges[np.argsort(-np.abs(g.weight[edges]), kind="stable")][:TOP_ROWS]
+    edge_rows = tuple((str(r + 1), g.label(int(g.src[e])), g.label(int(g.dst[e])), f"{g.weight[e]:+.4f}")
+                      for r, e in enumerate(edges))
+    return [Heading("Most influential nodes", 2),
+            Table(("#", "Node", "Label", "Activation", "Influence", "Pruned graph"), node_rows,
+                  widths=(0.5, 3.2, 2.4, 1.3, 1.3, 1.2), numeric=(True, False, False, True, True, False),
+                  caption="Feature and error nodes by influence on the logits (the indirect, normalised effect "
+                          "through every path)."),
+            Heading("Strongest edges", 2),
+            Table(("#", "From", "To", "Weight"), edge_rows, widths=(0.5, 4, 4, 1.4),
+                  numeric=(True, False, False, True),
+                  caption="Edges of the pruned graph by |weight| (direct effect of the source on the target's "
+                          "pre-activation, or on the logit).")]
+
+
+def _influence_curve(g, threshold: float) -> LineChart:
+    infl = g.influence if g.influence is not None else np.zeros(g.n_nodes)
+    feats = np.flatnonzero((g.kind == FEATURE) | (g.kind == ERROR))
+    v = np.sort(infl[feats])[::-1]
+    share = cumulative_share(v) if len(v) else np.zeros(0)
+    # cumulative_share of a sorted vector is already in order
+    xs = tuple(float(i + 1) for i in range(len(v)))
+    kept = int(np.searchsorted(share, threshold) + 1) if len(v) else 0
+    marker = (float(kept), float(share[kept - 1]), f"threshold {threshold:g}: {kept} nodes") if kept else None
+    return LineChart("Influence captured by the most influential nodes", (("nodes", xs, tuple(share.tolist())),),
+                     x_label="feature and error nodes kept (most influential first)",
+                     y_label="share of influence", log_x=len(v) > 20, marker=marker,
+                     caption="The pruning curve: how much of the influence on the logits the top nodes hold. "
+                             "The node threshold keeps nodes until this share is reached.")
+
+
+# -- component circuits ---------------------------------------------------------------------------
+def _circuit_sections(session) -> list:
+    from core.view import from_circuit
+
+    c, m = session.circuit, session.manifest
+    notes = session.annotations or {}
+    s = c.settings
+    task = c.task or {}
+    view = from_circuit(c, notes.get("threshold"))
+    n = view.n_nodes
+    view.pinned = {int(i) for i in notes.get("pinned", []) if 0 <= int(i) < n}
+    labels = _node_labels(notes, n)
+    pairs = c.pairs[:12]
+    out = [Heading("Prompt and prediction"),
+           Paragraph(f"Task: {task.get('task') or task.get('name') or '?'} ({task.get('source', '?')}); "
+                     f"{len(c.pairs)} pairs used, {task.get('dropped', 0)} dropped"
+                     + "".join(f"; {r}" for r in (task.get("dropped_reasons") or [])[:3]) + "."),
+           Paragraph(f"Prompt: {m.get('prompt', '')!r}"),
+           Table(("Clean prompt", "Corrupted prompt", "Answer", "Counterfactual"),
+                 tuple((p.get("clean", ""), p.get("corrupted", ""), repr(p.get("answer", "")),
+                        repr(p.get("counterfactual", ""))) for p in pairs),
+                 widths=(3, 3, 1.2, 1.2),
+                 caption=f"{len(pairs)} of {len(c.pairs)} prompt pairs. The metric compares the answer with the "
+                         f"counterfactual on the clean prompt; patching with the corrupted prompt removes the "
+                         f"information the circuit carries."),
+           Facts((("Metric", s.get("metric", "?")), ("Metric, clean prompts (full model)", _p(c.metric_clean)),
+                  ("Metric, corrupted prompts", _p(c.metric_corrupted)),
+                  ("Metric, every edge patched", _p(c.metric_empty))))]
+    out += [Heading("Method and settings"),
+            Paragraph("Edge attribution patching (Syed et al. 2023) estimates, for every edge between components "
+                      "(input, attention heads through their q/k/v inputs, MLPs, logits), how much the metric changes "
+                      "when that edge carries the corrupted activation instead of the clean one. EAP-IG (Hanna et "
+                      "al. 2024) integrates the gradient along the path from corrupted to clean. The circuit is the "
+                      "set of top edges, pruned of edges that do not connect input to logits; its faithfulness is "
+                      "(m(circuit) − m(∅)) / (m(full) − m(∅)), with every edge outside the circuit patched."),
+            Facts(tuple((k, _fmt(v)) for k, v in s.items()))]
+    d = view.drawing(_groups(notes, n))
+    out += [Heading("Circuit graph"),
+            _graph_figure(view, d, labels, f"Component circuit ({view.threshold:.0%} of |score| shown): "
+                                           f"{len(d.nodes)} nodes, {_drawn_edges_note(d)}. Blue edges raise the "
+                                           "metric, red lower it; q/k/v paths into a head are summed. Purple: heads, "
+                                           "orange: MLPs.")]
+    L, H = c.graph.n_layers, c.graph.n_heads
+    ns = c.graph.node_scores(c.scores)
+    grid = np.zeros((L, H + 1))
+    names = list(c.graph.node_names)
+    for i, name in enumerate(names):
+        if name.startswith("a"):
+            l, h = (int(p[1:]) for p in name.split("."))
+            grid[l, h] = ns[i]
+        elif name.startswith("m"):
+            grid[int(name[1:]), H] = ns[i]
+    inside = c.graph.nodes_in(c.circuit)
+    member = np.zeros((L, H + 1))
+    for i, name in enumerate(names):
+        if inside[i] and name[0] in "am":
+            l, h = ((int(p[1:]) for p in name.split(".")) if name[0] == "a" else (int(name[1:]), H))
+            member[l, h] = 1.0
+    cols = tuple(f"h{h}" for h in range(H)) + ("MLP",)
+    rows = tuple(f"L{l}" for l in range(L))
+    out += [Heading("Activation heatmaps"),
+            Heatmap("Component scores, by layer and head", grid, rows, cols, scale="diverging", unit="score",
+                    caption="Each component's summed outgoing edge scores: the estimated change in the metric when "
+                            "it is patched with its corrupted activation (sign: direction of the effect)."),
+            Heatmap("Components in the circuit", member, rows, cols, unit="in circuit",
+                    caption="1 where the head or MLP belongs to the chosen circuit.")]
+    out += [Heading("Top nodes and edges"), Heading("Components by score", 2),
+            Table(("#", "Component", "Label", "Score", "In circuit"),
+                  tuple((str(r + 1), t["node"], labels.get(names.index(t["node"]), ""), f"{t['score']:+.4f}",
+                         "yes" if t["in_circuit"] else "no") for r, t in enumerate(c.top_nodes(TOP_ROWS))),
+                  widths=(0.5, 2, 3, 1.3, 1), numeric=(True, False, False, True, False)),
+            Heading("Strongest edges", 2),
+            Table(("#", "Edge", "Score", "In circuit"),
+                  tuple((str(r + 1), t["edge"], f"{t['score']:+.4f}", "yes" if t["in_circuit"] else "no")
+                        for r, t in enumerate(c.top_edges(TOP_ROWS))),
+                  widths=(0.5, 4, 1.3, 1), numeric=(True, False, True, False),
+                  caption="Edges by |score|; a destination names the q, k or v input of a head.")]
+    st = c.stats
+    rows = [("Circuit faithfulness", _p(c.circuit_faithfulness)),
+            ("Circuit edges / nodes", f"{st.get('circuit_edges', int(c.circuit.sum())):,} / {st.get('circuit_nodes', '?')}"),
+            ("Edges in the model graph", f"{c.graph.n_edges:,}")]
+    curve = c.curve
+    if curve:
+        rows += [("CPR (area under the faithfulness curve)", _p(curve.cpr)),
+                 ("CMD (area between the curve and 1)", _p(curve.cmd))]
+    rows += [("Pairs used", str(len(c.pairs))), ("Seconds (scoring, curve)",
+             f"{st.get('scoring_seconds', 0.0):.1f}, {st.get('curve_seconds', 0.0):.1f}")]
+    out += [Heading("Graph scores"), Facts(tuple(rows))]
+    if curve:
+        chosen = int(c.circuit.sum())
+        frac = chosen / max(c.graph.n_edges, 1)
+        out.append(LineChart(
+            "Faithfulness curve", (("faithfulness", tuple(curve.sizes), tuple(curve.faithfulness)),),
+            x_label="share of edges kept (top by |score|, then pruned)", y_label="faithfulness", log_x=True,
+            marker=(max(frac, curve.sizes[0]), c.circuit_faithfulness, f"circuit: {chosen} edges"),
+            caption="Faithfulness of the top-scoring circuits of growing size (MIB's evaluation). CPR is the "
+                    "area under this curve over log size, CMD the area between it and 1; higher CPR and lower "
+                    "CMD are better."))
+    return out
+
+
+# -- interventions, annotations, appendix ----------------------------------------------------------------
+def _intervention_section(log: list) -> list:
+    out: list = [Heading("Interventions")]
+    if not log:
+        return out + [Paragraph("No interventions were run in this session.", "note")]
+    rows = []
+    for entry in log:
+        try:
+            what = "; ".join(_describe_intervention(i) for i in entry.get("interventions", []))
+            target = entry.get("target", {}).get("token", "?")
+            top_after = entry.get("top_after") or []
+            rows.append((what, entry.get("freeze", "?"), repr(target),
+                         f"{entry['logit_before']:.3f} → {entry['logit_after']:.3f} "
+                         f"({entry['logit_after'] - entry['logit_before']:+.3f})",
+                         f"{entry['prob_before']:.3f} → {entry['prob_after']:.3f}",
+                         repr(top_after[0][0]) if top_after else "—"))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            rows.append(("(an unreadable log entry)", "", "", "", "", ""))
+    return out + [Table(("Intervention", "Freeze", "Target", "Logit before → after", "P before → after", "Top after"),
+                        tuple(rows), widths=(3.2, 1.2, 1, 2.4, 1.7, 1),
+                        caption="Every intervention run on this graph, in order. Freeze: none (the real model), "
+                                "attention (patterns held) or replacement (the graph's linear model).")]
+
+
+def _describe_intervention(d: dict) -> str:
+    what = {"zero": "zero", "scale": f"×{d.get('value', 0):g}", "set": f"= {d.get('value', 0):g}"}.get(d.get("mode"), "?")
+    pos = d.get("positions")
+    at = "all positions" if pos is None else "pos " + ",".join(map(str, pos))
+    idx = "" if d.get("kind") == "error" else f" {d.get('index')}"
+    return f"{d.get('kind')} L{d.get('layer')}{idx} @ {at}: {what}"
+
+
+def _annotation_section(session) -> list:
+    notes = session.annotations or {}
+    payload = session.graph if session.graph is not None else session.circuit
+    label_of = _labeller(session)
+    n = payload.n_nodes if session.graph is not None else len(payload.graph.node_names)
+    out: list = [Heading("Annotations and findings")]
+    findings = str(notes.get("findings") or "").strip()
+    out += [Heading("Findings", 2)] + ([Paragraph(p) for p in findings.split("\n\n")] if findings else
+                                       [Paragraph("No findings were written.", "note")])
+    groups = _groups(notes, n)
+    if groups:
+        out += [Heading("Groups (supernodes)", 2),
+                Table(("Group", "Members"), tuple((g.label, ", ".join(label_of(i) for i in g.nodes)) for g in groups),
+                      widths=(1.5, 5))]
+    labels = _node_labels(notes, n)
+    if labels:
+        out += [Heading("Node labels", 2),
+                Table(("Node", "Label"), tuple((label_of(i), t) for i, t in sorted(labels.items())), widths=(2, 4))]
+    pinned = [int(i) for i in notes.get("pinned", []) if 0 <= int(i) < n]
+    if pinned:
+        out += [Heading("Pinned nodes", 2), Paragraph(", ".join(label_of(i) for i in pinned))]
+    if not (groups or labels or pinned):
+        out.append(Paragraph("No nodes were grouped, labelled or pinned.", "note"))
+    return out
+
+
+def _labeller(session):
+    if session.graph is not None:
+        return session.graph.label
+    names = session.circuit.graph.node_names
+    return lambda i: names[i]
+
+
+def _appendix(session, path: Path, digest: str) -> list:
+    m = session.manifest
+    command = m.get("command") or ""
+    settings = {k: v for k, v in m.items() if k not in ("graph", "circuit")}
+    if session.graph is not None:
+        settings["graph"] = {k: v for k, v in session.graph.meta.items() if k != "row_check"}
+    else:
+        settings["circuit"] = {"settings": session.circuit.settings, "task": session.circuit.task,
+                               "stats": session.circuit.stats}
+    files = (m.get("model") or {}).get("files") or {}
+    return [
+        Heading("Reproducibility appendix"),
+        Facts((("Session file", str(path.name)), ("Session sha256", digest),
+               ("Session size", f"{path.stat().st_size:,} bytes"),
+               ("Format version", str(m.get("format_version", "?"))))),
+        Heading("Regenerate", 2),
+        Paragraph("This command recomputes the analysis from the model on disk:" if command else
+                  "No single command regenerates this run (a prompt pair typed in the window); "
+                  "the verify command below recomputes it from the token ids stored in the session.", "note"),
+        *([Paragraph(command, "mono")] if command else []),
+        Paragraph("This command checks the model's fingerprint, recomputes the graph with the stored settings and "
+                  "compares every edge (exit status 0 when it matches):", "note"),
+        Paragraph(f"circuitdesk verify {path.name}", "mono"),
+        Heading("Model files", 2),
+        Table(("File", "sha256"), tuple((k, v) for k, v in files.items()), widths=(2, 4)),
+        Heading("Full settings", 2),
+        Paragraph(compact_json(settings), "mono"),
+    ]
+
+
+def compact_json(obj, indent: int = 0, width: int = 100) -> str:
+    """JSON indented like ``json.dumps(indent=1)`` but with any value that fits on one line kept on
+    one line (a list of numbers, a small object): the full settings stay readable in print."""
+    flat = json.dumps(obj, ensure_ascii=False, default=str)
+    if len(flat) + indent <= width or not isinstance(obj, (dict, list)) or not obj:
+        return flat
+    pad = " " * (indent + 1)
+    if isinstance(obj, dict):
+        items = [f"{pad}{json.dumps(str(k), ensure_ascii=False)}: {compact_json(v, indent + 1, width).lstrip()}"
+                 for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    items = [pad + compact_json(v, indent + 1, width).lstrip() for v in obj]
+    return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+
+
+# -- batch audits ----------------------------------------------------------------------------------
+def build_summary(summary: dict) -> Report:
+    """The one-document overview of a batch audit (``core.audit``'s ``summary.json``)."""
+    cases = summary.get("cases", [])
+    failed = [c for c in cases if c.get("status") != "ok"]
+    rows = []
+    for c in cases:
+        r = c.get("result") or {}
+        rows.append((c.get("name", "?"), c.get("method", "?"), c.get("status", "?"),
+                     r.get("target", "—") if c.get("status") == "ok" else "—",
+                     _p(r.get("target_probability")) if "target_probability" in r else "—",
+                     _score_cell(r), f"{c.get('seconds', 0.0):.1f}"))
+    model = summary.get("model") or {}
+    blocks = [
+        Facts((("Suite", summary.get("suite", "?")), ("Model", model.get("name", summary.get("model_spec", "?"))),
+               ("Weights sha256", model.get("sha256", "?")), ("Cases", f"{len(cases)} ({len(failed)} failed)"),
+               ("Started", summary.get("started", "?")), ("Seconds", f"{summary.get('seconds', 0.0):.1f}"),
+               ("Circuit Desk", core.__version__), ("Auditor", summary.get("auditor") or "(not set)"))),
+        Contents(), PageBreak(),
+        Heading("Cases"),
+        Table(("Case", "Method", "Status", "Target", "P(target)", "Scores", "Seconds"), tuple(rows),
+              widths=(2, 1.3, 0.8, 1.1, 1, 2.8, 0.9), numeric=(False, False, False, False, True, False, True),
+              caption="Scores: replacement / completeness of the pruned attribution graph, or the circuit's "
+                      "faithfulness and CPR. Each case's session and report sit beside this file."),
+    ]
+    if failed:
+        blocks += [Heading("Failures"), Table(("Case", "Reason"), tuple((c.get("name", "?"), c.get("error", "?"))
+                                                                        for c in failed), widths=(1.5, 5))]
+    blocks += [Heading("Files"), Table(("Case", "Session", "Report"),
+                                       tuple((c.get("name", "?"), c.get("session") or "—", c.get("report") or "—")
+                                             for c in cases), widths=(1.5, 3, 3))]
+    return Report(title="Batch audit summary", subtitle=summary.get("suite", ""),
+                  header=f"{model.get('name', '')} · batch audit · {summary.get('started', '')}",
+                  footer="summary.pdf", blocks=blocks)
+
+
+def _score_cell(r: dict) -> str:
+    if "pruned_replacement_score" in r:
+        return f"repl {_p(r['pruned_replacement_score'])} / compl {_p(r.get('pruned_completeness_score'))}"
+    if "circuit_faithfulness" in r:
+        return f"faith {_p(r['circuit_faithfulness'])} / CPR {_p(r.get('cpr'))}"
+    return "—"

@@ -1,0 +1,623 @@
+"""Paint a ``core.report.Report`` into a PDF with QPdfWriter and QPainter.
+
+Everything is vector: text stays text (selectable, searchable, ``pdftotext`` reads it), the
+graph's edges and nodes are paths, heatmap cells are filled rectangles. Layout is a simple flow:
+each block becomes pieces of known height (a table row, a line of text, a figure), placed top to
+bottom and onto a new page when the next one does not fit; a table split over pages repeats its
+header, a section starts on a new page, a heading is kept with what follows it. Page numbers are
+known once everything is placed, so the contents page and the "Page i of N" footers are painted
+after the layout.
+
+Needs a ``QGuiApplication`` (fonts); ``ensure_gui_app`` makes an offscreen one for the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QMarginsF, QPointF, QRectF, Qt
+from PySide6.QtGui import (QBrush, QColor, QFont, QFontMetricsF, QGuiApplication, QPageLayout, QPageSize,
+                           QPainter, QPainterPath, QPdfWriter, QPen, QTextLayout, QTextOption)
+
+from core.paths import atomic_write
+from core.report import (Contents, Facts, GraphFigure, Heading, Heatmap, LineChart, PageBreak, Paragraph, Report,
+                         Table)
+from core.view import NEGATIVE, POSITIVE
+
+DPI = 300
+PT = DPI / 72.0  # device units per point
+MARGIN_MM = 16
+SANS = ["DejaVu Sans", "Noto Sans", "Liberation Sans", "Helvetica", "Arial"]
+MONO = ["DejaVu Sans Mono", "Noto Sans Mono", "Liberation Mono", "Courier New"]
+INK, GREY, RULE, HEADER_BG = QColor("#1f2933"), QColor("#616e7c"), QColor("#cbd2d9"), QColor("#eef2f6")
+_VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"]
+
+
+def ensure_gui_app():
+    """The running QGuiApplication, or a new offscreen one (headless report rendering)."""
+    app = QGuiApplication.instance()
+    if app is None:
+        if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+            os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+        app = QGuiApplication([])
+    return app
+
+
+def write_pdf(report: Report, path: str | Path) -> Path:
+    """Render ``report`` to ``path`` (written whole or not at all); returns the path."""
+    from core.errors import CircuitDeskError
+
+    path = Path(path).expanduser()
+    if path.suffix.lower() != ".pdf":
+        raise CircuitDeskError(f"Reports are PDF files; the name must end in .pdf (got {path.name!r}).")
+    data = render_pdf(report)
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def render_pdf(report: Report) -> bytes:
+    """The PDF document as bytes."""
+    ensure_gui_app()
+    buf = QByteArray()
+    dev = QBuffer(buf)
+    dev.open(QIODevice.OpenModeFlag.WriteOnly)
+    writer = QPdfWriter(dev)
+    writer.setResolution(DPI)
+    writer.setTitle(report.title)
+    writer.setCreator("Circuit Desk")
+    writer.setPageLayout(QPageLayout(QPageSize(QPageSize.PageSizeId.A4), QPageLayout.Orientation.Portrait,
+                                     QMarginsF(MARGIN_MM, MARGIN_MM, MARGIN_MM, MARGIN_MM),
+                                     QPageLayout.Unit.Millimeter))
+    painter = QPainter(writer)
+    try:
+        _Renderer(report, painter, writer.pageLayout().paintRectPixels(DPI)).run(writer)
+    finally:
+        painter.end()
+    dev.close()
+    return bytes(buf.data())
+
+
+def _font(families, size: float, bold: bool = False, italic: bool = False) -> QFont:
+    f = QFont()
+    f.setFamilies(families)
+    f.setPointSizeF(size)
+    f.setBold(bold)
+    f.setItalic(italic)
+    f.setStyleHint(QFont.StyleHint.Monospace if families is MONO else QFont.StyleHint.SansSerif)
+    return f
+
+
+@dataclass
+class _Piece:
+    height: float
+    paint: Callable[[QPainter, float, float], None]  # (painter, x, y) at the content width
+    gap: float = 0.0  # space above, dropped at the top of a page
+    keep_with_next: bool = False
+    new_page: bool = False
+    heading: tuple[str, int] | None = None  # (numbered title, level) for the contents
+    repeat: "_Piece | None" = None  # a table's header, repeated after a page break
+
+
+@dataclass
+class _Page:
+    pieces: list = field(default_factory=list)  # (piece, y)
+
+
+class _Renderer:
+    def __init__(self, report: Report, painter: QPainter, rect) -> None:
+        self.report, self.p = report, painter
+        self.w = rect.width()
+        self.h = rect.height()
+        self.body = _font(SANS, 9.5)
+        self.small = _font(SANS, 7.5)
+        self.table = _font(SANS, 8)
+        self.table_bold = _font(SANS, 8, bold=True)
+        self.caption = _font(SANS, 8, italic=True)
+        self.mono = _font(MONO, 7.2)
+        self.h1 = _font(SANS, 15, bold=True)
+        self.h2 = _font(SANS, 11, bold=True)
+        self.title = _font(SANS, 21, bold=True)
+        self.header_h = 14 * PT  # running header band (pages after the first)
+        self.footer_h = 12 * PT
+        self.contents: list[tuple[str, int, int]] = []  # (title, level, page), filled after layout
+
+    # -- text helpers ----------------------------------------------------------------------------
+    def metrics(self, font: QFont) -> QFontMetricsF:
+        return QFontMetricsF(font, self.p.device())
+
+    def lines(self, text: str, font: QFont, width: float) -> list[str]:
+        """``text`` broken into lines that fit ``width`` (at word boundaries, else anywhere)."""
+        out: list[str] = []
+        for para in text.split("\n"):
+            if not para:
+                out.append("")
+                continue
+            layout = QTextLayout(para, font, self.p.device())
+            opt = QTextOption()
+            opt.setWrapMode(QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere)
+            layout.setTextOption(opt)
+            layout.beginLayout()
+            while True:
+                line = layout.createLine()
+                if not line.isValid():
+                    break
+                line.setLineWidth(width)
+                out.append(para[line.textStart(): line.textStart() + line.textLength()].rstrip())
+            layout.endLayout()
+        return out
+
+    def text_pieces(self, text: str, font: QFont, colour: QColor = INK, indent: float = 0.0,
+                    gap: float = 0.0) -> list[_Piece]:
+        fm = self.metrics(font)
+        lh = fm.lineSpacing()
+        pieces = []
+        for k, line in enumerate(self.lines(text, font, self.w - indent)):
+            def paint(p, x, y, line=line):
+                p.setFont(font)
+                p.setPen(colour)
+                p.drawText(QPointF(x + indent, y + fm.ascent()), line)
+            pieces.append(_Piece(lh, paint, gap=gap if k == 0 else 0.0))
+        return pieces
+
+    # -- blocks -> pieces -----------------------------------------------------------------------
+    def pieces(self) -> list[_Piece]:
+        out: list[_Piece] = []
+        numbers = [0, 0]
+        first_section = True
+        for block in self.report.blocks:
+            if isinstance(block, Heading):
+                if block.level == 1:
+                    numbers = [numbers[0] + 1, 0]
+                    title = f"{numbers[0]}  {block.text}"
+                else:
+                    numbers[1] += 1
+                    title = f"{numbers[0]}.{numbers[1]}  {block.text}"
+                font = self.h1 if block.level == 1 else self.h2
+                fm = self.metrics(font)
+
+                def paint(p, x, y, title=title, font=font, fm=fm, level=block.level):
+                    p.setFont(font)
+                    p.setPen(INK)
+                    p.drawText(QPointF(x, y + fm.ascent()), title)
+                    if level == 1:
+                        p.setPen(QPen(RULE, 0.8 * PT))
+                        p.drawLine(QPointF(x, y + fm.height() + 2 * PT), QPointF(x + self.w, y + fm.height() + 2 * PT))
+                new_page = block.level == 1 and not first_section
+                first_section = False if block.level == 1 else first_section
+                out.append(_Piece(fm.height() + (6 if block.level == 1 else 3) * PT, paint,
+                                  gap=(4 if block.level == 1 else 10) * PT, keep_with_next=True,
+                                  new_page=new_page, heading=(title, block.level)))
+            elif isinstance(block, Paragraph):
+                font = {"mono": self.mono, "note": self.caption}.get(block.style, self.body)
+                colour = GREY if block.style == "note" else INK
+                out += self.text_pieces(block.text, font, colour, gap=5 * PT)
+            elif isinstance(block, Facts):
+                out += self.table_pieces(("", ""), block.rows, (1.6, 4.4), (), "", header=False)
+            elif isinstance(block, Table):
+                out += self.table_pieces(block.columns, block.rows, block.widths, block.numeric, block.caption)
+            elif isinstance(block, GraphFigure):
+                out += self.figure(block, self.graph_height(block), self.paint_graph, block.caption)
+            elif isinstance(block, Heatmap):
+                out += self.figure(block, self.heatmap_height(block), self.paint_heatmap, block.caption)
+            elif isinstance(block, LineChart):
+                out += self.figure(block, 0.42 * self.w, self.paint_chart, block.caption)
+            elif isinstance(block, Contents):
+                out += self.contents_pieces()
+            elif isinstance(block, PageBreak):
+                out.append(_Piece(0.0, lambda p, x, y: None, new_page=True))
+        return out
+
+    def table_pieces(self, columns, rows, widths, numeric, caption: str, header: bool = True) -> list[_Piece]:
+        n = len(columns)
+        widths = widths if len(widths) == n else (1.0,) * n
+        total = sum(widths)
+        col_w = [self.w * wi / total for wi in widths]
+        pad = 2.5 * PT
+        fm = self.metrics(self.table)
+        lh = fm.lineSpacing()
+        right = [bool(numeric[i]) if i < len(numeric) else False for i in range(n)]
+
+        def row_piece(cells, bold_cols, fill: QColor | None, gap: float = 0.0) -> _Piece:
+            wrapped = []
+            for i, cell in enumerate(cells):
+                font = self.table_bold if i in bold_cols else self.table
+                wrapped.append(self.lines(str(cell), font, col_w[i] - 2 * pad)[:40])
+            height = max(len(w) for w in wrapped) * lh + 2 * pad
+
+            def paint(p, x, y):
+                if fill is not None:
+                    p.fillRect(QRectF(x, y, self.w, height), fill)
+                p.setPen(QPen(RULE, 0.4 * PT))
+                p.drawLine(QPointF(x, y + height), QPointF(x + self.w, y + height))
+                cx = x
+                for i, lines in enumerate(wrapped):
+                    p.setFont(self.table_bold if i in bold_cols else self.table)
+                    p.setPen(INK)
+                    for k, line in enumerate(lines):
+                        base = y + pad + k * lh + fm.ascent()
+                        if right[i]:
+                            p.drawText(QPointF(cx + col_w[i] - pad - fm.horizontalAdvance(line), base), line)
+                        else:
+                            p.drawText(QPointF(cx + pad, base), line)
+                    cx += col_w[i]
+            return _Piece(height, paint, gap=gap)
+
+        pieces = []
+        head = row_piece(columns, set(range(n)), HEADER_BG, gap=5 * PT) if header else None
+        if head is not None:
+            head.keep_with_next = True
+            pieces.append(head)
+        for k, r in enumerate(rows):
+            piece = row_piece(r, {0} if not header else set(), None, gap=0.0 if (header or k) else 5 * PT)
+            piece.repeat = head
+            pieces.append(piece)
+        if header and not rows:
+            pieces += self.text_pieces("(none)", self.caption, GREY)
+        if caption:
+            pieces += self.text_pieces(caption, self.caption, GREY, gap=2 * PT)
+        return pieces
+
+    def figure(self, block, height: float, paint_fn, caption: str) -> list[_Piece]:
+        def paint(p, x, y):
+            p.save()
+            paint_fn(p, QRectF(x, y, self.w, height), block)
+            p.restore()
+        pieces = [_Piece(height, paint, gap=8 * PT, keep_with_next=bool(caption))]
+        if caption:
+            pieces += self.text_pieces(caption, self.caption, GREY, gap=3 * PT)
+        return pieces
+
+    def contents_pieces(self) -> list[_Piece]:
+        headings = [b for b in self.report.blocks if isinstance(b, Heading)]
+        fm = self.metrics(self.body)
+        lh = fm.lineSpacing() * 1.15
+        title_fm = self.metrics(self.h2)
+
+        def title(p, x, y):
+            p.setFont(self.h2)
+            p.setPen(INK)
+            p.drawText(QPointF(x, y + title_fm.ascent()), "Contents")
+        pieces = [_Piece(title_fm.height() + 4 * PT, title, gap=14 * PT, keep_with_next=True)]
+        for k in range(len(headings)):
+            def paint(p, x, y, k=k):
+                if k >= len(self.contents):
+                    return
+                text, level, page = self.contents[k]
+                font = self.body if level == 1 else self.table
+                p.setFont(font)
+                p.setPen(INK if level == 1 else GREY)
+                indent = 0 if level == 1 else 14 * PT
+                num = str(page)
+                p.drawText(QPointF(x + indent, y + fm.ascent()), text)
+                p.drawText(QPointF(x + self.w - self.metrics(font).horizontalAdvance(num), y + fm.ascent()), num)
+                left = x + indent + self.metrics(font).horizontalAdvance(text) + 4 * PT
+                right = x + self.w - self.metrics(font).horizontalAdvance(num) - 4 * PT
+                if right > left:
+                    p.setPen(QPen(RULE, 0.6 * PT, Qt.PenStyle.DotLine))
+                    p.drawLine(QPointF(left, y + fm.ascent()), QPointF(right, y + fm.ascent()))
+            pieces.append(_Piece(lh, paint))
+        return pieces
+
+    # -- layout and painting ---------------------------------------------------------------------------
+    def layout(self, pieces: list[_Piece]) -> list[_Page]:
+        pages = [_Page()]
+        cover_top = self.cover_height()
+        top = lambda: cover_top if len(pages) == 1 else self.header_h  # noqa: E731
+        bottom = self.h - self.footer_h
+        y = top()
+        i = 0
+        while i < len(pieces):
+            piece = pieces[i]
+            at_top = not pages[-1].pieces or y == top()
+            if piece.new_page and not at_top:
+                pages.append(_Page())
+                y = top()
+                at_top = True
+            if piece.new_page and piece.height == 0:
+                i += 1
+                continue
+            need = piece.height + (0 if at_top else piece.gap)
+            j = i  # keep a heading (or table header) with the piece after it
+            while pieces[j].keep_with_next and j + 1 < len(pieces) and not pieces[j + 1].new_page:
+                j += 1
+                need += pieces[j].gap + pieces[j].height
+            if y + need > bottom and not at_top:
+                pages.append(_Page())
+                y = top()
+                if piece.repeat is not None:  # a table goes on: its header again
+                    pages[-1].pieces.append((piece.repeat, y))
+                    y += piece.repeat.height
+                continue
+            y += 0 if at_top else piece.gap
+            pages[-1].pieces.append((piece, y))
+            y += piece.height
+            i += 1
+        return pages
+
+    def cover_height(self) -> float:
+        t, s = self.metrics(self.title), self.metrics(_font(SANS, 12))
+        n = len(self.lines(self.report.subtitle, _font(SANS, 12), self.w)) if self.report.subtitle else 0
+        return t.height() + 8 * PT + n * s.lineSpacing() + 14 * PT
+
+    def paint_cover(self) -> None:
+        p = self.p
+        t = self.metrics(self.title)
+        p.setFont(self.title)
+        p.setPen(INK)
+        p.drawText(QPointF(0, t.ascent()), self.report.title)
+        sub = _font(SANS, 12, italic=True)
+        s = self.metrics(sub)
+        p.setFont(sub)
+        p.setPen(GREY)
+        y = t.height() + 8 * PT
+        if self.report.subtitle:
+            for line in self.lines(self.report.subtitle, sub, self.w):
+                p.drawText(QPointF(0, y + s.ascent()), line)
+                y += s.lineSpacing()
+        p.setPen(QPen(QColor("#0f766e"), 2 * PT))
+        p.drawLine(QPointF(0, y + 6 * PT), QPointF(self.w, y + 6 * PT))
+
+    def paint_frame(self, page_no: int, n_pages: int) -> None:
+        p = self.p
+        fm = self.metrics(self.small)
+        p.setFont(self.small)
+        p.setPen(GREY)
+        if page_no > 1:
+            head = fm.elidedText(self.report.header, Qt.TextElideMode.ElideRight, self.w)
+            p.drawText(QPointF(0, fm.ascent()), head)
+            p.setPen(QPen(RULE, 0.5 * PT))
+            p.drawLine(QPointF(0, fm.height() + 2 * PT), QPointF(self.w, fm.height() + 2 * PT))
+            p.setPen(GREY)
+        y = self.h - fm.descent()
+        p.drawText(QPointF(0, y), fm.elidedText(self.report.footer, Qt.TextElideMode.ElideMiddle, self.w * 0.7))
+        num = f"Page {page_no} of {n_pages}"
+        p.drawText(QPointF(self.w - fm.horizontalAdvance(num), y), num)
+
+    def run(self, writer: QPdfWriter) -> None:
+        pieces = self.pieces()
+        pages = self.layout(pieces)
+        for k, page in enumerate(pages, 1):
+            for piece, _ in page.pieces:
+                if piece.heading is not None and piece is not None:
+                    self.contents.append((*piece.heading, k))
+        for k, page in enumerate(pages, 1):
+            if k > 1:
+                writer.newPage()
+            else:
+                self.paint_cover()
+            self.paint_frame(k, len(pages))
+            for piece, y in page.pieces:
+                piece.paint(self.p, 0.0, y)
+        self.n_pages = len(pages)
+
+    # -- figures ------------------------------------------------------------------------------------
+    def graph_height(self, g: GraphFigure) -> float:
+        rows = len(g.y_ticks)
+        return min(self.h * 0.72, max(0.55 * self.w, rows * 15 * PT))
+
+    def paint_graph(self, p: QPainter, r: QRectF, g: GraphFigure) -> None:
+        fm = self.metrics(self.small)
+        left, bottom = 34 * PT, 16 * PT
+        plot = QRectF(r.left() + left, r.top() + 4 * PT, r.width() - left - 4 * PT, r.height() - bottom - 4 * PT)
+        n_cols = max(len(g.x_ticks), int(np.ceil(g.x.max())) + 1 if len(g.x) else 1)
+        y_lo, y_hi = min(t for t, _ in g.y_ticks), max(t for t, _ in g.y_ticks)
+        x_lo, x_hi = -0.6, n_cols - 0.4
+        y_lo, y_hi = y_lo - 0.7, y_hi + 0.7
+        sx = lambda v: plot.left() + (v - x_lo) / (x_hi - x_lo) * plot.width()  # noqa: E731
+        sy = lambda v: plot.bottom() - (v - y_lo) / (y_hi - y_lo) * plot.height()  # noqa: E731
+        # frame and axes
+        p.setPen(QPen(RULE, 0.5 * PT))
+        p.drawRect(plot)
+        p.setFont(self.small)
+        step = max(1, math.ceil(len(g.y_ticks) / 24))
+        for k, (v, text) in enumerate(g.y_ticks):
+            if k % step and k != len(g.y_ticks) - 1:
+                continue
+            y = sy(v)
+            p.setPen(QPen(QColor("#eef0f2"), 0.4 * PT))
+            p.drawLine(QPointF(plot.left(), y), QPointF(plot.right(), y))
+            p.setPen(GREY)
+            p.drawText(QPointF(plot.left() - 4 * PT - fm.horizontalAdvance(text), y + fm.ascent() / 2 - 1 * PT), text)
+        col_w = plot.width() / (x_hi - x_lo)
+        for k, text in enumerate(g.x_ticks):
+            label = fm.elidedText(text.replace("\n", "⏎"), Qt.TextElideMode.ElideRight, col_w - 2 * PT)
+            p.drawText(QPointF(sx(k) - fm.horizontalAdvance(label) / 2, plot.bottom() + 4 * PT + fm.ascent()), label)
+        # edges: weakest first, one path per sign and strength band
+        if len(g.weight):
+            top = float(np.abs(g.weight).max()) or 1.0
+            rel = np.abs(g.weight) / top
+            for positive, rgb in ((True, POSITIVE), (False, NEGATIVE)):
+                for lo, hi, alpha, width in ((0.0, 0.15, 50, 0.35), (0.15, 0.4, 120, 0.6), (0.4, 1.01, 210, 1.0)):
+                    sel = np.flatnonzero(((g.weight >= 0) == positive) & (rel >= lo) & (rel < hi))
+                    if not len(sel):
+                        continue
+                    path = QPainterPath()
+                    for e in sel:
+                        s, t = int(g.src[e]), int(g.dst[e])
+                        path.moveTo(sx(g.x[s]), sy(g.y[s]))
+                        path.lineTo(sx(g.x[t]), sy(g.y[t]))
+                    p.setPen(QPen(QColor(*rgb, alpha), width * PT))
+                    p.setBrush(Qt.BrushStyle.NoBrush)
+                    p.drawPath(path)
+        # nodes
+        for k in np.argsort(g.size, kind="stable"):
+            radius = (2.2 + 4.5 * math.sqrt(float(g.size[k]))) * PT
+            c = QPointF(sx(g.x[k]), sy(g.y[k]))
+            p.setBrush(QBrush(QColor(g.colour[k])))
+            p.setPen(QPen(QColor("#f59e0b"), 1.4 * PT) if g.ring[k] else QPen(QColor("white"), 0.5 * PT))
+            if g.square[k]:
+                p.drawRect(QRectF(c.x() - radius, c.y() - radius, 2 * radius, 2 * radius))
+            else:
+                p.drawEllipse(c, radius, radius)
+        # labels in priority order, skipping any that would cover one already drawn; a light box
+        # behind each so edges do not cross the text
+        p.setFont(self.small)
+        boxes: list[QRectF] = []
+        for k, text in g.labels.items():
+            text = fm.elidedText(text, Qt.TextElideMode.ElideRight, 90 * PT)
+            radius = (2.2 + 4.5 * math.sqrt(float(g.size[k]))) * PT
+            at = QPointF(sx(g.x[k]) + radius + 1.5 * PT, sy(g.y[k]) + fm.ascent() / 2 - 1 * PT)
+            box = QRectF(at.x() - 1 * PT, at.y() - fm.ascent(), fm.horizontalAdvance(text) + 2 * PT, fm.height())
+            if any(box.intersects(b) for b in boxes):
+                continue
+            boxes.append(box)
+            p.fillRect(box, QColor(255, 255, 255, 200))
+            p.setPen(INK)
+            p.drawText(at, text)
+
+    def heatmap_height(self, h: Heatmap) -> float:
+        rows = max(1, h.values.shape[0])
+        return min(self.h * 0.45, 20 * PT + rows * min(9 * PT, max(4 * PT, 220 * PT / rows)) + 26 * PT)
+
+    def paint_heatmap(self, p: QPainter, r: QRectF, h: Heatmap) -> None:
+        fm = self.metrics(self.small)
+        v = np.nan_to_num(np.asarray(h.values, float))
+        rows, cols = v.shape
+        p.setFont(self.table_bold)
+        p.setPen(INK)
+        tfm = self.metrics(self.table_bold)
+        p.drawText(QPointF(r.left(), r.top() + tfm.ascent()), h.title)
+        left = max((fm.horizontalAdvance(t) for t in h.row_labels), default=0) + 6 * PT
+        bar_w = 54 * PT
+        grid = QRectF(r.left() + left, r.top() + tfm.height() + 6 * PT,
+                      r.width() - left - bar_w - 8 * PT, r.height() - tfm.height() - 6 * PT - 20 * PT)
+        cw, ch = grid.width() / max(cols, 1), grid.height() / max(rows, 1)
+        if h.scale == "diverging":
+            m = float(np.abs(v).max()) or 1.0
+            lo, hi = -m, m
+        else:
+            lo, hi = min(0.0, float(v.min())), float(v.max()) or 1.0
+        colour = lambda x: _diverging((x - lo) / (hi - lo) * 2 - 1) if h.scale == "diverging" else _viridis((x - lo) / (hi - lo))  # noqa: E731
+        p.setPen(Qt.PenStyle.NoPen)
+        for i in range(rows):
+            for j in range(cols):
+                p.setBrush(colour(v[i, j]))
+                p.drawRect(QRectF(grid.left() + j * cw, grid.bottom() - (i + 1) * ch, cw + 0.3, ch + 0.3))
+        p.setFont(self.small)
+        p.setPen(GREY)
+        step = max(1, math.ceil(rows * fm.height() / grid.height()))
+        for i, text in enumerate(h.row_labels):
+            if i % step == 0 or i == rows - 1:
+                y = grid.bottom() - (i + 0.5) * ch + fm.ascent() / 2 - 1 * PT
+                p.drawText(QPointF(grid.left() - 3 * PT - fm.horizontalAdvance(text), y), text)
+        for j, text in enumerate(h.col_labels):
+            label = fm.elidedText(text.replace("\n", "⏎"), Qt.TextElideMode.ElideRight, cw - 1 * PT)
+            p.drawText(QPointF(grid.left() + (j + 0.5) * cw - fm.horizontalAdvance(label) / 2,
+                               grid.bottom() + 3 * PT + fm.ascent()), label)
+        # colour bar
+        bar = QRectF(grid.right() + 8 * PT, grid.top(), 9 * PT, grid.height())
+        steps = 48
+        for k in range(steps):
+            x = lo + (hi - lo) * (k + 0.5) / steps
+            p.setBrush(colour(x))
+            p.setPen(Qt.PenStyle.NoPen)
+            p.drawRect(QRectF(bar.left(), bar.bottom() - (k + 1) * bar.height() / steps, bar.width(),
+                              bar.height() / steps + 0.3))
+        p.setPen(QPen(GREY, 0.4 * PT))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.drawRect(bar)
+        for frac in (0.0, 0.5, 1.0):
+            val = lo + (hi - lo) * frac
+            y = bar.bottom() - frac * bar.height()
+            p.drawLine(QPointF(bar.right(), y), QPointF(bar.right() + 2 * PT, y))
+            p.drawText(QPointF(bar.right() + 3 * PT, y + fm.ascent() / 2 - 1 * PT), f"{val:.3g}")
+        if h.unit:
+            p.drawText(QPointF(bar.left(), bar.bottom() + 3 * PT + fm.ascent()), h.unit)
+
+    def paint_chart(self, p: QPainter, r: QRectF, c: LineChart) -> None:
+        fm = self.metrics(self.small)
+        tfm = self.metrics(self.table_bold)
+        p.setFont(self.table_bold)
+        p.setPen(INK)
+        p.drawText(QPointF(r.left(), r.top() + tfm.ascent()), c.title)
+        plot = QRectF(r.left() + 40 * PT, r.top() + tfm.height() + 8 * PT, r.width() - 56 * PT,
+                      r.height() - tfm.height() - 8 * PT - 30 * PT)
+        xs = np.concatenate([np.asarray(s[1], float) for s in c.series]) if c.series else np.array([1.0])
+        ys = np.concatenate([np.asarray(s[2], float) for s in c.series]) if c.series else np.array([0.0])
+        tx = (lambda v: math.log10(max(v, 1e-12))) if c.log_x else (lambda v: v)
+        x_lo, x_hi = tx(xs.min()), tx(xs.max())
+        if x_hi <= x_lo:
+            x_hi = x_lo + 1
+        y_lo, y_hi = min(0.0, float(ys.min())), max(1.0, float(ys.max()))
+        sx = lambda v: plot.left() + (tx(v) - x_lo) / (x_hi - x_lo) * plot.width()  # noqa: E731
+        sy = lambda v: plot.bottom() - (v - y_lo) / (y_hi - y_lo) * plot.height()  # noqa: E731
+        p.setFont(self.small)
+        for yv in _nice_ticks(y_lo, y_hi):
+            p.setPen(QPen(QColor("#eef0f2"), 0.4 * PT))
+            p.drawLine(QPointF(plot.left(), sy(yv)), QPointF(plot.right(), sy(yv)))
+            p.setPen(GREY)
+            text = f"{yv:g}"
+            p.drawText(QPointF(plot.left() - 3 * PT - fm.horizontalAdvance(text), sy(yv) + fm.ascent() / 2 - 1 * PT), text)
+        if c.log_x:
+            ticks = [10.0 ** k for k in range(math.floor(x_lo), math.ceil(x_hi) + 1) if x_lo - 1e-9 <= k <= x_hi + 1e-9]
+        else:
+            ticks = _nice_ticks(x_lo, x_hi)
+        for xv in ticks:
+            p.setPen(QPen(QColor("#eef0f2"), 0.4 * PT))
+            p.drawLine(QPointF(sx(xv), plot.top()), QPointF(sx(xv), plot.bottom()))
+            p.setPen(GREY)
+            text = f"{xv:g}"
+            p.drawText(QPointF(sx(xv) - fm.horizontalAdvance(text) / 2, plot.bottom() + 3 * PT + fm.ascent()), text)
+        p.setPen(QPen(GREY, 0.6 * PT))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.drawRect(plot)
+        p.drawText(QPointF(plot.center().x() - fm.horizontalAdvance(c.x_label) / 2, plot.bottom() + 6 * PT + 2 * fm.height()),
+                   c.x_label)
+        p.save()
+        p.translate(plot.left() - 30 * PT, plot.center().y() + fm.horizontalAdvance(c.y_label) / 2)
+        p.rotate(-90)
+        p.drawText(QPointF(0, 0), c.y_label)
+        p.restore()
+        for _, sx_vals, sy_vals in c.series:
+            path = QPainterPath()
+            for k, (xv, yv) in enumerate(zip(sx_vals, sy_vals)):
+                pt = QPointF(sx(xv), sy(yv))
+                path.moveTo(pt) if k == 0 else path.lineTo(pt)
+            p.setPen(QPen(QColor(*POSITIVE), 1.3 * PT))
+            p.drawPath(path)
+            if len(sx_vals) <= 40:
+                p.setBrush(QColor(*POSITIVE))
+                for xv, yv in zip(sx_vals, sy_vals):
+                    p.drawEllipse(QPointF(sx(xv), sy(yv)), 1.6 * PT, 1.6 * PT)
+        if c.marker is not None:
+            mx, my, text = c.marker
+            pt = QPointF(sx(mx), sy(my))
+            p.setPen(QPen(QColor("#f59e0b"), 1.2 * PT))
+            p.setBrush(QColor("#f59e0b"))
+            p.drawEllipse(pt, 2.6 * PT, 2.6 * PT)
+            p.setPen(INK)
+            w = fm.horizontalAdvance(text)
+            x = pt.x() + 5 * PT if pt.x() + 5 * PT + w < plot.right() else pt.x() - 5 * PT - w
+            p.drawText(QPointF(x, pt.y() + 10 * PT), text)
+
+
+def _viridis(t: float) -> QColor:
+    t = min(max(float(t), 0.0), 1.0) * (len(_VIRIDIS) - 1)
+    k = min(int(t), len(_VIRIDIS) - 2)
+    a, b = QColor(_VIRIDIS[k]), QColor(_VIRIDIS[k + 1])
+    f = t - k
+    return QColor(round(a.red() + (b.red() - a.red()) * f), round(a.green() + (b.green() - a.green()) * f),
+                  round(a.blue() + (b.blue() - a.blue()) * f))
+
+
+def _diverging(t: float) -> QColor:
+    """−1 → red (inhibits), 0 → white, +1 → blue (excites): the edge colours of the graph."""
+    t = min(max(float(t), -1.0), 1.0)
+    rgb = POSITIVE if t >= 0 else NEGATIVE
+    f = abs(t)
+    return QColor(*(round(255 + (c - 255) * f) for c in rgb))
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    span = hi - lo
+    if span <= 0:
+        return [lo]
+    raw = span / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step) * step
+    return [round(start + k * step, 10) for k in range(int((hi - start) / step + 1e-9) + 1)]
