@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "graphml: every node and edge for Gephi/yEd; csv: NAME.nodes.csv + NAME.edges.csv")
     export.add_argument("--out", required=True, metavar="FILE", help="file to write")
 
+    report = sub.add_parser("report", help="write the PDF audit report of a session")
+    report.add_argument("session", metavar="FILE.cdesk", help="session file written by trace, circuit or the GUI")
+    report.add_argument("--out", required=True, metavar="FILE.pdf", help="report to write")
+    report.add_argument("--auditor", help="name on the cover (default: the one set in the GUI, Edit → Preferences)")
+
     verify = sub.add_parser("verify", help="recompute a session with the model on disk and compare (exit 0: it matches)")
     verify.add_argument("session", metavar="FILE.cdesk", help="session file written by trace or circuit")
     verify.add_argument("--model", help="the model to check against (default: the one the session names)")
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"models": cmd_models, "predict": cmd_predict, "trace": cmd_trace, "circuit": cmd_circuit,
-                "export": cmd_export, "verify": cmd_verify}[command](args)
+                "export": cmd_export, "report": cmd_report, "verify": cmd_verify}[command](args)
     except CircuitDeskError as err:
         log.info("user error: %s", err)
         print(f"circuitdesk: {err}", file=sys.stderr)
@@ -176,6 +181,21 @@ def cmd_export(args) -> int:
 
     for path in export_session(load_session(args.session), args.format, args.out):
         print(path)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from core.report import build_report
+    from core.session import load_session
+    from desktop.report_pdf import auditor_name, write_pdf
+
+    out = check_output_path(args.out, ".pdf")
+    session = load_session(args.session)
+    auditor = args.auditor if args.auditor is not None else auditor_name()
+    start = time.perf_counter()
+    report = build_report(session, args.session, auditor=auditor)
+    write_pdf(report, out)
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} kB, {time.perf_counter() - start:.1f} s)")
     return 0
 
 

@@ -35,6 +35,7 @@ MARGIN_MM = 16
 SANS = ["DejaVu Sans", "Noto Sans", "Liberation Sans", "Helvetica", "Arial"]
 MONO = ["DejaVu Sans Mono", "Noto Sans Mono", "Liberation Mono", "Courier New"]
 INK, GREY, RULE, HEADER_BG = QColor("#1f2933"), QColor("#616e7c"), QColor("#cbd2d9"), QColor("#eef2f6")
+AUDITOR_KEY = "report/auditor"
 _VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"]
 
 
@@ -46,6 +47,13 @@ def ensure_gui_app():
             os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
         app = QGuiApplication([])
     return app
+
+
+def auditor_name() -> str:
+    """The auditor's name kept in the GUI's settings (Edit → Preferences), or ""."""
+    from PySide6.QtCore import QSettings
+
+    return str(QSettings("CircuitDesk", "CircuitDesk").value(AUDITOR_KEY, "") or "")
 
 
 def write_pdf(report: Report, path: str | Path) -> Path:
@@ -88,6 +96,8 @@ def _font(families, size: float, bold: bool = False, italic: bool = False) -> QF
     f.setBold(bold)
     f.setItalic(italic)
     f.setStyleHint(QFont.StyleHint.Monospace if families is MONO else QFont.StyleHint.SansSerif)
+    for tag in ("liga", "clig"):  # "ff" in a sha256 must stay two letters for search and copy
+        f.setFeature(QFont.Tag(tag), 0)
     return f
 
 

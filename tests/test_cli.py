@@ -110,6 +110,15 @@ def test_trace_tiny_model_json_and_session(tiny_folder, tmp_path):
     assert len(json.loads((tmp_path / "g.json").read_text())["nodes"]) == summary["pruned_nodes"]
     out = run("export", str(out_file), "--format", "csv", "--out", str(tmp_path / "missing" / "g.csv"))
     assert out.returncode == 1 and out.stderr.strip().endswith("does not exist.")
+    # ...gives its PDF audit report (auditor from the command line)...
+    out = run("report", str(out_file), "--out", str(tmp_path / "g.pdf"), "--auditor", "Q. Auditor")
+    assert out.returncode == 0, out.stderr
+    from pypdf import PdfReader
+
+    cover = PdfReader(tmp_path / "g.pdf").pages[0].extract_text()
+    assert "Q." in cover and summary["model"]["sha256"] in cover
+    out = run("report", str(out_file), "--out", str(tmp_path / "g.txt"))
+    assert out.returncode == 1 and "must end in .pdf" in out.stderr
     # ...and re-computes to the same graph with the model on disk
     out = run("verify", str(out_file), "--json")
     assert out.returncode == 0, out.stderr
