@@ -524,6 +524,7 @@ class ModelPanel(QWidget):
 # ---------------------------------------------------------------------------------------------
 class MainWindow(QMainWindow):
     run_finished = Signal()  # the newest run ended (result, error or cancel); the UI is updated
+    report_written = Signal(str)  # the PDF's path
 
     def __init__(self, settings: QSettings | None = None) -> None:
         super().__init__()
@@ -544,6 +545,7 @@ class MainWindow(QMainWindow):
         self.session_path: str | None = None
         self.dirty = False
         self.intervention_log: list[dict] = []  # every intervention on the graph on show (saved with it)
+        self._finish_note: str | None = None  # what the status bar says when a job ends (else "Done in …")
         self._command = ""  # the CLI command that regenerates the graph on show
         self.state = WorkbenchState()
         self.panel = ModelPanel()
@@ -660,6 +662,10 @@ class MainWindow(QMainWindow):
                                           file_menu, "Save the circuit graph as PNG or SVG (vector)")
         action("Export &Heatmap Image…", lambda: self.export_image("heatmap"), "Ctrl+Shift+E", file_menu,
                "Save the heatmap as PNG or SVG (vector)")
+        file_menu.addSeparator()
+        self.report_action = action("Export &Report…", lambda: self.export_report(), "Ctrl+R", file_menu,
+                                    "Write the PDF audit report of the saved session")
+        action("Auditor &Name…", self.ask_auditor, None, file_menu, "The name printed on report covers")
         file_menu.addSeparator()
         action("&Quit", self.close, QKeySequence.StandardKey.Quit, file_menu)
 
@@ -1086,6 +1092,58 @@ class MainWindow(QMainWindow):
         self.status_label.setText(f"Saved {path}")
         return True
 
+    def ask_auditor(self) -> None:
+        from desktop.report_pdf import AUDITOR_KEY
+
+        name, ok = QInputDialog.getText(self, "Auditor name", "Name printed on the cover of audit reports:",
+                                        text=str(self.settings.value(AUDITOR_KEY, "") or ""))
+        if ok:
+            self.settings.setValue(AUDITOR_KEY, name.strip())
+
+    def export_report(self, path: str | None = None) -> bool:
+        """Write the PDF audit report (Ctrl+R) of the session file, saving the session first: the
+        report cites the file by its sha256, so it must hold exactly what is on show."""
+        from desktop.report_pdf import AUDITOR_KEY
+
+        if self.state.view is None:
+            self.show_error("Nothing to report yet: run a trace or a circuit first.")
+            return False
+        if self.runner.busy:
+            self.show_error("A job is running; cancel it or wait before exporting a report.")
+            return False
+        if (self.session_path is None or self.dirty) and not self.save_session():
+            self.status_label.setText("The report is made from the saved session; save it to export a report.")
+            return False
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export audit report",
+                                                  str(Path(self.session_path).with_suffix(".pdf")), "PDF (*.pdf)")
+            if not path:
+                return False
+        if not path.lower().endswith(".pdf"):
+            path += ".pdf"
+        session_path, auditor = self.session_path, str(self.settings.value(AUDITOR_KEY, "") or "")
+
+        def job(ctx):
+            from core.report import build_report
+            from core.session import load_session
+            from desktop.report_pdf import write_pdf
+
+            ctx.progress(0.1, "Building the report")
+            report = build_report(load_session(session_path), session_path, auditor=auditor)
+            ctx.check_cancelled()
+            ctx.progress(0.5, "Drawing the pages")
+            return write_pdf(report, path)
+
+        def done(out):
+            hint = "" if auditor else "; no auditor name on the cover (File → Auditor Name…)"
+            self._finish_note = f"Wrote {out}{hint}"
+            self.report_written.emit(str(out))
+
+        self.runner.submit(f"report: {Path(path).name}", job, progress=self._on_progress, returned=done,
+                           errored=self.show_error, aborted=self._on_aborted, finished=self._on_finished)
+        self._set_running(True, "Writing the report…")
+        return True
+
     def ungroup_selection(self) -> None:
         labels = {g.label for n in self.state.selected if (g := self.state.group_of(n)) is not None}
         if not labels:
@@ -1193,7 +1251,8 @@ class MainWindow(QMainWindow):
         message = self.status_label.text()
         self._set_running(False, message)
         if self.last_error is None and message not in ("Cancelled", "Cancelling…"):
-            self.status_label.setText(f"Done in {seconds:.1f} s")
+            self.status_label.setText(self._finish_note or f"Done in {seconds:.1f} s")
+        self._finish_note = None
         self.run_finished.emit()
 
     def show_error(self, message: str) -> None:

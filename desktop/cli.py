@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write the PDF audit report of a session")
     report.add_argument("session", metavar="FILE.cdesk", help="session file written by trace, circuit or the GUI")
     report.add_argument("--out", required=True, metavar="FILE.pdf", help="report to write")
-    report.add_argument("--auditor", help="name on the cover (default: the one set in the GUI, Edit → Preferences)")
+    report.add_argument("--auditor", help="name on the cover (default: the one set in the GUI, File → Auditor Name…)")
 
     verify = sub.add_parser("verify", help="recompute a session with the model on disk and compare (exit 0: it matches)")
     verify.add_argument("session", metavar="FILE.cdesk", help="session file written by trace or circuit")

@@ -50,7 +50,7 @@ def ensure_gui_app():
 
 
 def auditor_name() -> str:
-    """The auditor's name kept in the GUI's settings (Edit → Preferences), or ""."""
+    """The auditor's name kept in the GUI's settings (File → Auditor Name…), or ""."""
     from PySide6.QtCore import QSettings
 
     return str(QSettings("CircuitDesk", "CircuitDesk").value(AUDITOR_KEY, "") or "")

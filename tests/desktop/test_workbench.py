@@ -367,3 +367,37 @@ def test_unsaved_work_is_asked_about_autosaved_and_recovered(qtbot, traced, monk
     monkeypatch.setattr("desktop.app.QFileDialog.getSaveFileName", lambda *a, **k: (str(path), ""))
     w.close()  # "save": asks where, saves, closes, and removes the recovery file
     assert path.is_file() and not w.isVisible() and not w.recovery_path.exists()
+
+
+def test_export_report_saves_the_session_first_and_writes_the_pdf(qtbot, traced, tmp_path):
+    from pypdf import PdfReader
+
+    from core.report import file_sha256
+    from desktop.report_pdf import AUDITOR_KEY
+
+    w = traced
+    w.settings.setValue(AUDITOR_KEY, "K. Auditor")
+    path = tmp_path / "a.cdesk"
+    assert w.save_session(str(path))
+    w.state.set_findings("Late finding.")  # unsaved: the report must not cite a stale file
+    assert w.dirty
+    with qtbot.waitSignal(w.report_written, timeout=60_000) as sig:
+        assert w.export_report(str(tmp_path / "a"))  # ".pdf" is added
+    qtbot.waitUntil(lambda: not w.runner.busy)
+    assert sig.args == [str(tmp_path / "a.pdf")] and not w.dirty
+    text = "".join(p.extract_text() for p in PdfReader(tmp_path / "a.pdf").pages).replace("\t", " ")
+    flat = "".join(text.split())
+    assert "K.Auditor" in flat and "Latefinding." in flat and file_sha256(path) in flat
+    assert w.status_label.text() == f"Wrote {tmp_path / 'a.pdf'}"
+    # an unwritable place: one sentence, nothing left behind
+    w.export_report(str(tmp_path / "missing" / "r.pdf"))
+    qtbot.waitUntil(lambda: not w.runner.busy)
+    qtbot.waitUntil(lambda: w.last_error is not None)
+    assert "does not exist" in w.last_error
+
+
+def test_export_report_needs_a_graph(qtbot, tmp_path):
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    assert not w.export_report(str(tmp_path / "r.pdf"))
+    assert "Nothing to report yet" in w.last_error and not (tmp_path / "r.pdf").exists()
