@@ -151,14 +151,12 @@ class PredictionsView(QWidget):
 def trace_prompt(model, req: RunRequest, ctx):
     """Worker-thread body of a trace: the attribution graph and its drawable view (pruned here,
     not on the GUI thread), its heatmap data, the prediction."""
-    from core.attribution import AttributionSettings, attribute
+    from core.attribution import attribute
     from core.lens import lens
     from core.predict import predict_next
     from core.view import from_attribution
 
-    settings = AttributionSettings(target=req.target, foil=req.foil, max_nodes=req.max_nodes,
-                                   transcoders=req.transcoders)
-    result = attribute(model, req.prompt, settings, ctx=ctx.sub(0.0, 0.85))
+    result = attribute(model, req.prompt, attribution_settings(req), ctx=ctx.sub(0.0, 0.85))
     ctx.check_cancelled()
     data = lens(model, result.ids, target_id=result.targets[0].token_id, ctx=ctx.sub(0.85, 0.95))
     prediction = predict_next(model, req.prompt, req.top_k, ctx.sub(0.95, 1.0))
@@ -175,23 +173,35 @@ class CircuitRun:
     answer_id: int
 
 
+def attribution_settings(req: RunRequest):
+    from core.attribution import AttributionSettings
+
+    return AttributionSettings(target=req.target, foil=req.foil, max_nodes=req.max_nodes, transcoders=req.transcoders)
+
+
+def pair_source(req: RunRequest):
+    """Where a circuit run's prompt pairs come from (``core.runs.PairSource``)."""
+    from core.runs import PairSource
+
+    if req.task == PROMPT_PAIR:
+        return PairSource(prompt=req.prompt, corrupted=req.corrupted, answer=req.target or None,
+                          counterfactual=req.foil or None)
+    if req.task == PAIR_FILE:
+        return PairSource(pairs_file=req.pairs_file, n_pairs=req.n_pairs)
+    return PairSource(task=req.task, n_pairs=req.n_pairs)
+
+
 def cli_command(req: RunRequest) -> str:
     """The headless command that regenerates a run's graph (provenance for its session file)."""
-    import shlex
+    from core.runs import circuit_command, trace_command
 
     if req.method == ATTRIBUTION:
-        parts = ["circuitdesk", "trace", "--model", req.spec, "--prompt", req.prompt]
-        for flag, value in (("--target", req.target), ("--foil", req.foil), ("--transcoders", req.transcoders)):
-            if value:
-                parts += [flag, value]
-        parts += ["--max-nodes", str(req.max_nodes)]
-    elif req.method == CIRCUIT and req.task != PROMPT_PAIR:
-        parts = ["circuitdesk", "circuit", "--model", req.spec]
-        parts += ["--pairs", req.pairs_file] if req.task == PAIR_FILE else ["--task", req.task]
-        parts += ["--method", req.scoring, "--n-pairs", str(req.n_pairs)]
-    else:
-        return ""  # one prompt pair typed in the window: no headless equivalent yet
-    return shlex.join(parts + ["--out", "FILE.cdesk"])
+        return trace_command(req.spec, req.prompt, attribution_settings(req))
+    if req.method == CIRCUIT:
+        from core.circuits import CircuitSettings
+
+        return circuit_command(req.spec, pair_source(req), CircuitSettings(method=req.scoring))
+    return ""
 
 
 def check_request(req: RunRequest) -> None:
@@ -209,40 +219,19 @@ def check_request(req: RunRequest) -> None:
         raise CircuitDeskError("No pair file chosen; pick a .jsonl file of prompt pairs.")
 
 
-def prompt_pair(model, req: RunRequest, prediction):
-    """The user's prompt and its corrupted twin as a one-pair task; answer and counterfactual
-    default to the model's top token on each prompt (``prediction``: the one on the prompt)."""
-    from core.circuits import PromptPair, encode_pairs
-    from core.errors import CircuitDeskError
-    from core.predict import predict_next
-
-    answer = req.target or f"#{prediction.top[0].token_id}"
-    counterfactual = req.foil or f"#{predict_next(model, req.corrupted, 1).top[0].token_id}"
-    if answer == counterfactual:
-        raise CircuitDeskError("Both prompts predict the same top token; give the target and the foil "
-                               "(the corrupted prompt's answer) yourself.")
-    pair = PromptPair(req.prompt, req.corrupted, (answer,), (counterfactual,), "your prompt")
-    return encode_pairs(model, [pair], "prompt", strict=True, source="the prompt box")
-
-
 def circuit_prompt(model, req: RunRequest, ctx):
     """Worker-thread body of a component circuit: pairs, edge scores and faithfulness curve, then
     heatmap data and the prediction for the first pair's clean prompt."""
     import torch
 
-    from core.circuits import CircuitSettings, ComponentRunner, find_circuit, load_pairs, make_task
+    from core.circuits import CircuitSettings, ComponentRunner, find_circuit
     from core.lens import lens
     from core.predict import predict_next
     from core.view import from_circuit
 
-    prediction = None
-    if req.task == PROMPT_PAIR:  # the prompt's prediction also gives the default answer
-        prediction = predict_next(model, req.prompt, req.top_k)
-        pairs = prompt_pair(model, req, prediction)
-    elif req.task == PAIR_FILE:
-        pairs = load_pairs(model, req.pairs_file, n_pairs=req.n_pairs)
-    else:
-        pairs = make_task(model, req.task, n_pairs=req.n_pairs)
+    # a prompt pair's default answer is the prompt's prediction, shown in the Predictions tab too
+    prediction = predict_next(model, req.prompt, req.top_k) if req.task == PROMPT_PAIR else None
+    pairs = pair_source(req).load(model, prediction)
     ctx.check_cancelled()
     result = find_circuit(model, pairs, CircuitSettings(method=req.scoring), ctx=ctx.sub(0.0, 0.9))
     first = pairs.pairs[0]

@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--task", choices=["ioi", "greater-than", "induction", "factual"], help="a built-in task")
     source.add_argument("--pairs", metavar="FILE.jsonl",
                         help='your own pairs: one {"clean", "corrupted", "answer", "counterfactual"} per line')
+    source.add_argument("--prompt", help="one prompt pair: this prompt (give --corrupted too)")
+    circuit.add_argument("--corrupted", help="with --prompt: the corrupted prompt (same token count)")
+    circuit.add_argument("--answer", help="with --prompt: the answer token (default: the model's top token)")
+    circuit.add_argument("--counterfactual",
+                         help="with --prompt: the corrupted answer (default: the top token on --corrupted)")
     circuit.add_argument("--method", choices=["eap", "eap-ig", "exact", "random"], default="eap-ig",
                          help="edge scores: eap-ig (default), eap, exact patching (slow reference), random (baseline)")
     circuit.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps (default 5)")
@@ -278,11 +283,12 @@ def check_output_path(path: str, suffix: str) -> Path:
 
 
 def cmd_trace(args) -> int:
-    from core.attribution import AttributionSettings, attribute
+    from core.attribution import AttributionSettings
     from core.jobs import JobContext
     from core.models import load_model
     from core.prompt import require_prompt
-    from core.session import Session, new_manifest, save_session
+    from core.runs import attribution_session
+    from core.session import save_session
 
     require_prompt(args.prompt)
     out = check_output_path(args.out, ".cdesk")
@@ -291,17 +297,12 @@ def cmd_trace(args) -> int:
         node_threshold=args.node_threshold, edge_threshold=args.edge_threshold, transcoders=args.transcoders,
     )
     settings.validate()
-    start = time.perf_counter()
     ctx = JobContext(StderrProgress(enabled=True))
     model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.1))
-    result = attribute(model, args.prompt, settings, ctx=ctx.sub(0.1, 1.0))
-    g = result.graph
-    stats = dict(result.stats, seconds=round(time.perf_counter() - start, 3), attribution_seconds=round(result.stats["seconds"], 3))
-    manifest = new_manifest(
-        "attribution", model.summary(), args.prompt, settings.to_json(),
-        targets=[t.to_json() for t in result.targets], stats=stats, command=_command_line(args),
-    )
-    save_session(out, Session(manifest, g))
+    session, result = attribution_session(model, args.model, args.prompt, settings, args.dtype, args.out,
+                                          ctx=ctx.sub(0.1, 1.0))
+    save_session(out, session)
+    g, stats = result.graph, session.manifest["stats"]
     top = _top_nodes(g, 10)
     if args.json:
         summary = {
@@ -335,17 +336,19 @@ def cmd_trace(args) -> int:
 
 
 def cmd_circuit(args) -> int:
-    import shlex
-
-    from core.circuits import CircuitSettings, find_circuit, load_pairs, make_task
+    from core.circuits import CircuitSettings
     from core.errors import CircuitDeskError
     from core.jobs import JobContext
     from core.models import load_model
-    from core.session import Session, new_manifest, save_session
+    from core.runs import PairSource, circuit_session
+    from core.session import save_session
 
     out = check_output_path(args.out, ".cdesk")
-    if args.n_pairs is not None and args.n_pairs < 1:
-        raise CircuitDeskError("--n-pairs must be at least 1.")
+    if not args.prompt and (args.corrupted or args.answer or args.counterfactual):
+        raise CircuitDeskError("--corrupted, --answer and --counterfactual go with --prompt.")
+    source = PairSource(task=args.task, pairs_file=args.pairs, prompt=args.prompt, corrupted=args.corrupted,
+                        answer=args.answer, counterfactual=args.counterfactual, n_pairs=args.n_pairs, seed=args.seed)
+    source.check()
     settings = CircuitSettings(method=args.method, steps=args.steps, metric=args.metric, batch_size=args.batch_size,
                                top_n=args.top_n, threshold=args.threshold,
                                target_faithfulness=args.target_faithfulness, seed=args.seed)
@@ -353,32 +356,16 @@ def cmd_circuit(args) -> int:
     start = time.perf_counter()
     ctx = JobContext(StderrProgress(enabled=True))
     model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.05))
-    if args.task:
-        pairs = make_task(model, args.task, n_pairs=args.n_pairs or 32, seed=args.seed)
-    else:
-        pairs = load_pairs(model, args.pairs, n_pairs=args.n_pairs)
+    pairs = source.load(model)
     if args.method == "exact":
         n = model.facts.n_layers
         print(f"circuitdesk: exact patching runs one pass per edge and batch; this takes long "
               f"({n} layers, {len(pairs)} pairs). Ctrl-C stops it.", file=sys.stderr)
-    result = find_circuit(model, pairs, settings, ctx=ctx.sub(0.05, 1.0))
+    session, result, pairs = circuit_session(model, args.model, source, settings, args.dtype, args.out,
+                                             ctx=ctx.sub(0.05, 1.0), pairs=pairs)
+    save_session(out, session)
     seconds = time.perf_counter() - start
-    result.stats["total_seconds"] = seconds
-    command = ["circuitdesk", "circuit", "--model", args.model]
-    command += ["--task", args.task] if args.task else ["--pairs", args.pairs]
-    command += ["--method", args.method, "--steps", str(args.steps), "--metric", args.metric,
-                "--n-pairs", str(len(pairs)), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
-    if args.top_n is not None:
-        command += ["--top-n", str(args.top_n)]
-    elif args.threshold is not None:
-        command += ["--threshold", str(args.threshold)]
-    else:
-        command += ["--target-faithfulness", str(args.target_faithfulness)]
-    command += ["--dtype", args.dtype, "--out", args.out]
-    task_name = args.task or Path(args.pairs).name
-    manifest = new_manifest("circuit", model.summary(), result.pairs[0]["clean"] if result.pairs else "",
-                            settings.to_json(), task=result.task, stats=result.stats, command=shlex.join(command))
-    save_session(out, Session(manifest, circuit=result))
+    task_name = args.task or (Path(args.pairs).name if args.pairs else "prompt pair")
     curve = result.curve
     summary = {
         "model": model.summary(),
@@ -434,19 +421,6 @@ def _top_nodes(g, k: int) -> list[dict]:
     return [{"id": g.node_id(int(i)), "label": g.label(int(i)), "kind": KIND_NAMES[int(g.kind[i])],
              "layer": int(g.layer[i]), "pos": int(g.pos[i]), "index": int(g.index[i]),
              "activation": float(g.activation[i]), "influence": float(infl[i])} for i in order]
-
-
-def _command_line(args) -> str:
-    import shlex
-
-    parts = ["circuitdesk", "trace", "--model", args.model, "--prompt", args.prompt]
-    for flag, value in (("--target", args.target), ("--foil", args.foil), ("--transcoders", args.transcoders)):
-        if value is not None:
-            parts += [flag, value]
-    parts += ["--max-nodes", str(args.max_nodes), "--batch-size", str(args.batch_size),
-              "--node-threshold", str(args.node_threshold), "--edge-threshold", str(args.edge_threshold),
-              "--dtype", args.dtype, "--out", args.out]
-    return shlex.join(parts)
 
 
 if __name__ == "__main__":

@@ -186,6 +186,26 @@ def encode_pairs(model, pairs: Sequence[PromptPair], task: str, *, strict: bool,
 
 
 # -- the user's pair file ---------------------------------------------------------------------------
+def prompt_pair(model, clean: str, corrupted: str, answer: str | None = None, counterfactual: str | None = None,
+                prediction=None) -> PairSet:
+    """One prompt and its corrupted twin as a one-pair task. The answer and counterfactual default
+    to the model's top token on each prompt (``prediction``: the one on ``clean``, if known)."""
+    from core.predict import predict_next
+    from core.prompt import require_prompt
+
+    require_prompt(clean)
+    require_prompt(corrupted)
+    if answer is None:
+        prediction = prediction or predict_next(model, clean, 1)
+        answer = f"#{prediction.top[0].token_id}"
+    counterfactual = counterfactual or f"#{predict_next(model, corrupted, 1).top[0].token_id}"
+    if answer == counterfactual:
+        raise CircuitDeskError("Both prompts predict the same top token; give the answer and the counterfactual "
+                               "(the corrupted prompt's answer) yourself.")
+    pair = PromptPair(clean, corrupted, (answer,), (counterfactual,), "your prompt")
+    return encode_pairs(model, [pair], "prompt", strict=True, source="the prompt pair")
+
+
 def load_pairs(model, path: str | Path, n_pairs: int | None = None, prepend_bos: bool = True) -> PairSet:
     """Pairs from a JSONL file: one ``{"clean", "corrupted", "answer", "counterfactual"}`` object per
     line (answer/counterfactual: a token's text, ``#id``, or a list of them)."""
