@@ -88,18 +88,20 @@ class JobContext:
             self._last_time = now
             self._on_progress(self._last)
 
-    def sub(self, start: float, stop: float) -> "SubContext":
-        """A view of this context whose 0..1 maps onto [start, stop] of the parent's range."""
-        return SubContext(self, start, stop)
+    def sub(self, start: float, stop: float, prefix: str = "") -> "SubContext":
+        """A view of this context whose 0..1 maps onto [start, stop] of the parent's range
+        (``prefix``: put before every message, e.g. the case of a batch)."""
+        return SubContext(self, start, stop, prefix)
 
 
 class SubContext:
     """A slice of a parent job's progress range, for a step of a larger job."""
 
-    def __init__(self, parent: JobContext | "SubContext", start: float, stop: float) -> None:
+    def __init__(self, parent: JobContext | "SubContext", start: float, stop: float, prefix: str = "") -> None:
         self._parent = parent
         self._start = start
         self._stop = stop
+        self._prefix = prefix
 
     @property
     def cancelled(self) -> bool:
@@ -110,7 +112,9 @@ class SubContext:
 
     def progress(self, fraction: float, message: str = "") -> None:
         fraction = min(1.0, max(0.0, float(fraction)))
+        if self._prefix:
+            message = f"{self._prefix}: {message}" if message else self._prefix
         self._parent.progress(self._start + (self._stop - self._start) * fraction, message)
 
-    def sub(self, start: float, stop: float) -> "SubContext":
-        return SubContext(self, start, stop)
+    def sub(self, start: float, stop: float, prefix: str = "") -> "SubContext":
+        return SubContext(self, start, stop, prefix)

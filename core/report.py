@@ -117,6 +117,7 @@ class Report:
     header: str  # running header on every page after the first
     footer: str  # left of the page number
     blocks: list = field(default_factory=list)
+    sections_start_pages: bool = True  # each level-1 heading begins a new page
 
     def headings(self) -> list[Heading]:
         return [b for b in self.blocks if isinstance(b, Heading)]
@@ -634,7 +635,7 @@ def build_summary(summary: dict) -> Report:
     for c in cases:
         r = c.get("result") or {}
         rows.append((c.get("name", "?"), c.get("method", "?"), c.get("status", "?"),
-                     r.get("target", "—") if c.get("status") == "ok" else "—",
+                     repr(r["target"]) if "target" in r else "—",
                      _p(r.get("target_probability")) if "target_probability" in r else "—",
                      _score_cell(r), f"{c.get('seconds', 0.0):.1f}"))
     model = summary.get("model") or {}
@@ -643,10 +644,9 @@ def build_summary(summary: dict) -> Report:
                ("Weights sha256", model.get("sha256", "?")), ("Cases", f"{len(cases)} ({len(failed)} failed)"),
                ("Started", summary.get("started", "?")), ("Seconds", f"{summary.get('seconds', 0.0):.1f}"),
                ("Circuit Desk", core.__version__), ("Auditor", summary.get("auditor") or "(not set)"))),
-        Contents(), PageBreak(),
         Heading("Cases"),
         Table(("Case", "Method", "Status", "Target", "P(target)", "Scores", "Seconds"), tuple(rows),
-              widths=(2, 1.3, 0.8, 1.1, 1, 2.8, 0.9), numeric=(False, False, False, False, True, False, True),
+              widths=(2, 1.3, 0.8, 1.1, 1.1, 2.7, 0.9), numeric=(False, False, False, False, True, False, True),
               caption="Scores: replacement / completeness of the pruned attribution graph, or the circuit's "
                       "faithfulness and CPR. Each case's session and report sit beside this file."),
     ]
@@ -658,7 +658,7 @@ def build_summary(summary: dict) -> Report:
                                              for c in cases), widths=(1.5, 3, 3))]
     return Report(title="Batch audit summary", subtitle=summary.get("suite", ""),
                   header=f"{model.get('name', '')} · batch audit · {summary.get('started', '')}",
-                  footer="summary.pdf", blocks=blocks)
+                  footer="summary.pdf", blocks=blocks, sections_start_pages=False)
 
 
 def _score_cell(r: dict) -> str:

@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, metavar="FILE.pdf", help="report to write")
     report.add_argument("--auditor", help="name on the cover (default: the one set in the GUI, File → Auditor Name…)")
 
+    audit = sub.add_parser("audit", help="batch audit: every case of a suite → session + PDF report, plus a summary",
+                           description="Run every case of a TOML suite (see the README, and "
+                                       "resources/suites/example.toml). Exit 0 when every case succeeded, 1 when "
+                                       "any failed (the summary says why) or the suite could not run.")
+    audit.add_argument("suite", metavar="SUITE.toml", help="the suite file")
+    audit.add_argument("--out", required=True, metavar="DIR", help="folder for the sessions, reports and summary")
+    audit.add_argument("--no-pdf", action="store_true", help="write sessions and summary.json only (faster)")
+    audit.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
     verify = sub.add_parser("verify", help="recompute a session with the model on disk and compare (exit 0: it matches)")
     verify.add_argument("session", metavar="FILE.cdesk", help="session file written by trace or circuit")
     verify.add_argument("--model", help="the model to check against (default: the one the session names)")
@@ -165,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"models": cmd_models, "predict": cmd_predict, "trace": cmd_trace, "circuit": cmd_circuit,
-                "export": cmd_export, "report": cmd_report, "verify": cmd_verify}[command](args)
+                "export": cmd_export, "report": cmd_report, "audit": cmd_audit,
+                "verify": cmd_verify}[command](args)
     except CircuitDeskError as err:
         log.info("user error: %s", err)
         print(f"circuitdesk: {err}", file=sys.stderr)
@@ -201,6 +211,36 @@ def cmd_report(args) -> int:
     report = build_report(session, args.session, auditor=auditor)
     write_pdf(report, out)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} kB, {time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from core.audit import load_suite, run_suite
+    from core.jobs import JobContext
+
+    suite = load_suite(args.suite)
+    render = None
+    if not args.no_pdf:
+        from desktop.report_pdf import auditor_name, write_pdf
+
+        render = write_pdf
+        suite.auditor = suite.auditor or auditor_name()
+    n = len(suite.cases)
+    print(f"suite {suite.name!r}: {n} case{'s' * (n != 1)}, model {suite.model}", file=sys.stderr)
+
+    def notify(k, outcome) -> None:
+        what = f"ok, {outcome.seconds:.1f} s" if outcome.status == "ok" else f"FAILED: {outcome.error}"
+        print(f"[{k + 1}/{n}] {outcome.name}: {what}", file=sys.stderr)
+
+    summary = run_suite(suite, args.out, ctx=JobContext(StderrProgress(enabled=True)), render=render, notify=notify)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"{summary['cases_ok']} of {n} cases ok, {summary['seconds']:.1f} s; summary in "
+              f"{Path(args.out) / 'summary.json'}")
+    if summary["cases_failed"]:
+        print(f"circuitdesk: {summary['cases_failed']} of {n} cases failed (reasons in summary.json).", file=sys.stderr)
+        return 1
     return 0
 
 

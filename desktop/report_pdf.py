@@ -196,10 +196,10 @@ class _Renderer:
                     if level == 1:
                         p.setPen(QPen(RULE, 0.8 * PT))
                         p.drawLine(QPointF(x, y + fm.height() + 2 * PT), QPointF(x + self.w, y + fm.height() + 2 * PT))
-                new_page = block.level == 1 and not first_section
+                new_page = block.level == 1 and not first_section and self.report.sections_start_pages
                 first_section = False if block.level == 1 else first_section
                 out.append(_Piece(fm.height() + (6 if block.level == 1 else 3) * PT, paint,
-                                  gap=(4 if block.level == 1 else 10) * PT, keep_with_next=True,
+                                  gap=(16 if block.level == 1 else 10) * PT, keep_with_next=True,
                                   new_page=new_page, heading=(title, block.level)))
             elif isinstance(block, Paragraph):
                 font = {"mono": self.mono, "note": self.caption}.get(block.style, self.body)

@@ -136,4 +136,4 @@ def test_summary_report_lists_cases_and_failures(tmp_path):
     report = build_summary(summary)
     assert [h.text for h in report.headings() if isinstance(h, Heading)] == ["Cases", "Failures", "Files"]
     flat = squash("".join(page_text(p) for p in PdfReader(write_pdf(report, tmp_path / "s.pdf")).pages))
-    assert "bad-case" in flat and "Thepromptisempty." in flat and "repl0.250/compl0.750" in flat
+    assert "bad-case" in flat and "Thepromptisempty." in flat and "repl0.250/compl0.750" in flat and "'x'" in flat

@@ -1,0 +1,282 @@
+"""Batch audits: a TOML suite of cases → one session and one PDF report per case, plus a summary.
+
+A suite names the model once and lists cases; ``[defaults]`` apply to every case, a case's own keys
+win. The model loads once. A case that fails (an empty prompt, a target that is not one token, a
+missing pair file, an unknown setting) is recorded with its reason and the suite goes on.
+
+    name = "Capitals"            # optional; default: the file name
+    model = "default"            # 'default', a model folder or a .gguf file (relative to this file)
+    device = "auto"              # optional: auto | cpu | cuda
+    dtype = "float32"            # optional
+    auditor = "A. Auditor"       # optional: printed on every report
+
+    [defaults]
+    max_nodes = 200
+
+    [[cases]]
+    name = "france"
+    prompt = "The capital of France is"
+    target = " Paris"
+
+    [[cases]]
+    name = "ioi"
+    method = "circuit"
+    task = "ioi"
+    n_pairs = 16
+
+Rendering PDFs needs Qt, so ``run_suite`` takes the renderer as an argument (``desktop`` passes
+``report_pdf.write_pdf``); without one, sessions and ``summary.json`` are still written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from core.errors import CircuitDeskError
+from core.jobs import JobContext
+from core.paths import atomic_write
+
+log = logging.getLogger("circuitdesk.audit")
+
+MAX_CASES = 1000
+SUITE_KEYS = {"name", "model", "device", "dtype", "auditor", "defaults", "cases"}
+ATTRIBUTION_KEYS = {"prompt": str, "target": str, "foil": str, "transcoders": str, "max_nodes": int,
+                    "batch_size": int, "node_threshold": float, "edge_threshold": float}
+CIRCUIT_KEYS = {"task": str, "pairs": str, "prompt": str, "corrupted": str, "answer": str, "counterfactual": str,
+                "n_pairs": int, "seed": int, "scoring": str, "steps": int, "metric": str, "top_n": int,
+                "threshold": float, "target_faithfulness": float, "batch_size": int}
+METHODS = ("attribution", "circuit")
+
+
+@dataclass
+class Suite:
+    name: str
+    model: str
+    device: str
+    dtype: str
+    auditor: str
+    cases: list[dict]  # as written, "name" always set (unique, usable as a file name)
+    folder: Path  # relative paths in the suite are relative to this
+    defaults: dict = field(default_factory=dict)  # applied to the cases whose method has the setting
+
+    def case(self, k: int) -> dict:
+        """Case ``k`` with the defaults that apply to its method."""
+        own = self.cases[k]
+        method = own.get("method", self.defaults.get("method", "attribution"))
+        allowed = CIRCUIT_KEYS if method == "circuit" else ATTRIBUTION_KEYS
+        return {**{key: v for key, v in self.defaults.items() if key in allowed or key == "method"}, **own}
+
+
+@dataclass
+class CaseOutcome:
+    name: str
+    method: str
+    status: str = "failed"  # ok | failed
+    error: str = ""
+    seconds: float = 0.0
+    session: str | None = None
+    report: str | None = None
+    command: str = ""
+    result: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out = {"name": self.name, "method": self.method, "status": self.status, "seconds": round(self.seconds, 3),
+               "session": self.session, "report": self.report, "command": self.command, "result": self.result}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and check a suite file; problems with the file itself are errors, a bad case is not."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CircuitDeskError(f"The suite file {path} does not exist.")
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CircuitDeskError(f"{path.name} is not a text file.") from None
+    except tomllib.TOMLDecodeError as e:
+        raise CircuitDeskError(f"{path.name} is not valid TOML ({e}).") from None
+    unknown = sorted(set(doc) - SUITE_KEYS)
+    if unknown:
+        raise CircuitDeskError(f"{path.name}: unknown suite setting {unknown[0]!r}; a suite has "
+                               f"{', '.join(sorted(SUITE_KEYS))}.")
+    for key in ("name", "model", "device", "dtype", "auditor"):
+        if key in doc and not isinstance(doc[key], str):
+            raise CircuitDeskError(f"{path.name}: {key!r} must be text.")
+    defaults = doc.get("defaults", {})
+    cases = doc.get("cases")
+    if not isinstance(defaults, dict):
+        raise CircuitDeskError(f"{path.name}: [defaults] must be a table of case settings.")
+    known = set(ATTRIBUTION_KEYS) | set(CIRCUIT_KEYS) | {"method"}
+    for key in defaults:
+        if key not in known:
+            raise CircuitDeskError(f"{path.name}: unknown setting {key!r} in [defaults]; known: {', '.join(sorted(known))}.")
+    if not isinstance(cases, list) or not cases or not all(isinstance(c, dict) for c in cases):
+        raise CircuitDeskError(f"{path.name} lists no cases; add [[cases]] tables (see the README).")
+    if len(cases) > MAX_CASES:
+        raise CircuitDeskError(f"{path.name} lists {len(cases)} cases; split it into suites of at most {MAX_CASES}.")
+    merged, seen = [], set()
+    for k, case in enumerate(cases, 1):
+        c = dict(case)
+        name = _file_name(str(c.get("name") or f"case-{k}"))
+        while name in seen:
+            name += f"-{k}"
+        seen.add(name)
+        c["name"] = name
+        merged.append(c)
+    return Suite(name=doc.get("name") or path.stem, model=doc.get("model", "default"),
+                 device=doc.get("device", "auto"), dtype=doc.get("dtype", "float32"),
+                 auditor=doc.get("auditor", ""), cases=merged, folder=path.resolve().parent, defaults=defaults)
+
+
+def _file_name(name: str) -> str:
+    """A case name usable as a file name on every system."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")[:80]
+    return safe or "case"
+
+
+def run_suite(suite: Suite, out_dir: str | Path, ctx: JobContext | None = None,
+              render: Callable | None = None, notify: Callable[[int, CaseOutcome], None] | None = None) -> dict:
+    """Run every case of ``suite`` into ``out_dir``; returns the summary (also written as
+    ``summary.json``, and ``summary.pdf`` through ``render(report, path)`` when given).
+    ``notify(k, outcome)`` is called after each case."""
+    from core.models import load_model
+    from core.report import build_report, build_summary
+    from core.session import save_session
+
+    ctx = ctx or JobContext()
+    out = Path(out_dir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CircuitDeskError(f"Cannot create the output folder {out}: {e.strerror or e}.") from None
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    start = time.perf_counter()
+    n = len(suite.cases)
+    model_spec = _resolve(suite.folder, suite.model) if suite.model != "default" else "default"
+    model = load_model(model_spec, device=suite.device, dtype=suite.dtype, ctx=ctx.sub(0.0, 0.05, "Loading the model"))
+    outcomes: list[CaseOutcome] = []
+    for k in range(n):
+        case = suite.case(k)
+        ctx.check_cancelled()
+        part = ctx.sub(0.05 + 0.95 * k / n, 0.05 + 0.95 * (k + 1) / n, f"[{k + 1}/{n}] {case['name']}")
+        outcome = CaseOutcome(case["name"], str(case.get("method", "attribution")))
+        t0 = time.perf_counter()
+        try:
+            session, outcome.result, outcome.command = _run_case(model, model_spec, suite, case, part)
+            session_path = out / f"{outcome.name}.cdesk"
+            save_session(session_path, session)
+            outcome.session = session_path.name
+            if render is not None:
+                pdf = out / f"{outcome.name}.pdf"
+                render(build_report(session, session_path, auditor=suite.auditor), pdf)
+                outcome.report = pdf.name
+            outcome.status = "ok"
+        except CircuitDeskError as e:
+            outcome.error = str(e)
+        except (KeyboardInterrupt, InterruptedError):
+            raise
+        except Exception as e:  # a bug: the case fails, the suite goes on, the traceback goes to the log
+            log.exception("case %s failed", outcome.name)
+            outcome.error = f"internal error: {e}"
+        outcome.seconds = time.perf_counter() - t0
+        outcomes.append(outcome)
+        if notify is not None:
+            notify(k, outcome)
+    summary = {
+        "suite": suite.name, "model_spec": suite.model, "model": _model_facts(model), "auditor": suite.auditor,
+        "started": started, "seconds": round(time.perf_counter() - start, 3),
+        "cases_ok": sum(o.status == "ok" for o in outcomes), "cases_failed": sum(o.status != "ok" for o in outcomes),
+        "cases": [o.to_json() for o in outcomes],
+    }
+    text = json.dumps(summary, indent=1)
+    atomic_write(out / "summary.json", lambda fh: fh.write(text.encode("utf-8")))
+    if render is not None:
+        render(build_summary(summary), out / "summary.pdf")
+    ctx.progress(1.0, "Done")
+    return summary
+
+
+def _model_facts(model) -> dict:
+    s = model.summary()
+    return {k: s[k] for k in ("name", "spec", "sha256", "family", "n_params", "device", "dtype") if k in s}
+
+
+def _resolve(folder: Path, value: str) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else folder / p)
+
+
+def _check_keys(case: dict, allowed: dict, method: str) -> None:
+    for key, value in case.items():
+        if key in ("name", "method"):
+            continue
+        if key not in allowed:
+            other = "circuit" if method == "attribution" else "attribution"
+            hint = f" (it belongs to method = \"{other}\")" if key in (CIRCUIT_KEYS if other == "circuit" else ATTRIBUTION_KEYS) else ""
+            raise CircuitDeskError(f"Unknown setting {key!r} for a {method} case{hint}; known: "
+                                   f"{', '.join(sorted(allowed))}.")
+        want = allowed[key]
+        ok = isinstance(value, want) and not isinstance(value, bool) or (want is float and isinstance(value, int)
+                                                                         and not isinstance(value, bool))
+        if not ok:
+            raise CircuitDeskError(f"The setting {key!r} must be {'text' if want is str else 'a number'} "
+                                   f"(got {value!r}).")
+
+
+def _run_case(model, model_spec: str, suite: Suite, case: dict, ctx: JobContext) -> tuple:
+    """(Session, summary fields, regenerate command) of one case."""
+    method = case.get("method", "attribution")
+    if method not in METHODS:
+        raise CircuitDeskError(f"Unknown method {method!r}; a case's method is attribution or circuit.")
+    if method == "attribution":
+        from core.attribution import AttributionSettings
+        from core.runs import attribution_session
+
+        _check_keys(case, ATTRIBUTION_KEYS, method)
+        if "prompt" not in case:
+            raise CircuitDeskError("This case has no prompt.")
+        kw = {k: case[k] for k in ATTRIBUTION_KEYS if k in case and k != "prompt"}
+        if "transcoders" in kw:
+            kw["transcoders"] = _resolve(suite.folder, kw["transcoders"])
+        settings = AttributionSettings(**{k: float(v) if ATTRIBUTION_KEYS[k] is float else v for k, v in kw.items()})
+        session, result = attribution_session(model, model_spec, case["prompt"], settings, suite.dtype,
+                                              f"{case['name']}.cdesk", ctx=ctx)
+        stats, top = result.stats, result.targets[0]
+        fields = {"target": top.token, "target_probability": top.probability, "nodes": stats["nodes"],
+                  "edges": stats["edges"], "pruned_nodes": stats["pruned_nodes"], "pruned_edges": stats["pruned_edges"],
+                  **{k: stats[k] for k in ("replacement_score", "completeness_score", "pruned_replacement_score",
+                                           "pruned_completeness_score")}}
+        return session, fields, session.manifest["command"]
+    from core.circuits import CircuitSettings
+    from core.runs import PairSource, circuit_session
+
+    _check_keys(case, CIRCUIT_KEYS, method)
+    pairs_file = _resolve(suite.folder, case["pairs"]) if "pairs" in case else None
+    source = PairSource(task=case.get("task"), pairs_file=pairs_file, prompt=case.get("prompt"),
+                        corrupted=case.get("corrupted"), answer=case.get("answer"),
+                        counterfactual=case.get("counterfactual"), n_pairs=case.get("n_pairs"),
+                        seed=case.get("seed", 0))
+    source.check()
+    kw = {"method": case.get("scoring", "eap-ig")}
+    for key in ("steps", "metric", "top_n", "threshold", "target_faithfulness", "batch_size", "seed"):
+        if key in case:
+            kw[key] = float(case[key]) if CIRCUIT_KEYS[key] is float else case[key]
+    settings = CircuitSettings(**kw)
+    session, result, pairs = circuit_session(model, model_spec, source, settings, suite.dtype,
+                                             f"{case['name']}.cdesk", ctx=ctx)
+    curve = result.curve
+    fields = {"n_pairs": len(pairs), "metric": settings.metric, "metric_clean": result.metric_clean,
+              "metric_corrupted": result.metric_corrupted, "circuit_faithfulness": result.circuit_faithfulness,
+              "circuit_edges": result.stats.get("circuit_edges"), "circuit_nodes": result.stats.get("circuit_nodes"),
+              "cpr": curve.cpr if curve else None, "cmd": curve.cmd if curve else None}
+    return session, fields, session.manifest["command"]
