@@ -8,7 +8,7 @@ STAMP := $(VENV)/.circuitdesk-installed
 PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pip
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: run test bootstrap benchmark clean
+.PHONY: run test bootstrap benchmark wheelhouse bundle clean
 
 run: $(STAMP)
 	$(VENV)/bin/circuitdesk gui --model default --prompt "The capital of France is" --trace
@@ -23,6 +23,11 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/attribution.py
 	$(PY) benchmarks/circuits.py
 
+# Air-gapped delivery (packaging/README.md): every wheel, hashed, with install.sh.
+# Options: make wheelhouse WHEELHOUSE_ARGS="--platform win_amd64 --python-version 3.11"
+wheelhouse: $(STAMP)
+	$(PY) packaging/wheelhouse.py --out dist/wheelhouse --force $(WHEELHOUSE_ARGS)
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0 $(QUIET)
@@ -35,4 +40,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

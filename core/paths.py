@@ -27,8 +27,19 @@ def log_dir() -> Path:
 
 
 def resources_dir() -> Path:
-    """The repository's data folder (demo prompts, later task suites)."""
-    return Path(__file__).resolve().parent.parent / "resources"
+    """The data folder (demo prompts, task templates, example suite, export schema): ``resources/``
+    beside the source tree, inside a frozen bundle, or ``share/circuitdesk/resources`` of the
+    environment a wheel was installed into."""
+    import sys
+
+    candidates = [Path(__file__).resolve().parent.parent / "resources"]
+    if getattr(sys, "frozen", False):
+        candidates.insert(0, Path(getattr(sys, "_MEIPASS", Path(sys.executable).parent)) / "resources")
+    candidates.append(Path(sys.prefix) / "share" / "circuitdesk" / "resources")
+    for path in candidates:
+        if (path / "demo_prompts.json").is_file():
+            return path
+    return candidates[0]
 
 
 def atomic_write(path: Path, write) -> Path:
