@@ -28,6 +28,13 @@ benchmark: $(STAMP)
 wheelhouse: $(STAMP)
 	$(PY) packaging/wheelhouse.py --out dist/wheelhouse --force $(WHEELHOUSE_ARGS)
 
+# A one-folder frozen app (PyInstaller) with the default model, then its start-up check.
+bundle: $(STAMP)
+	$(PIP) install -q pyinstaller==6.22.3 $(QUIET)
+	PYTHONWARNINGS=ignore $(VENV)/bin/pyinstaller --noconfirm --log-level ERROR --distpath dist --workpath build/pyinstaller packaging/circuitdesk.spec
+	QT_QPA_PLATFORM=offscreen dist/circuitdesk/circuitdesk gui --model default --prompt "The capital of France is" --trace --quit-after-trace
+	@du -sh dist/circuitdesk
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0 $(QUIET)

@@ -26,6 +26,12 @@ def log_dir() -> Path:
     return path
 
 
+def config_dir() -> Path:
+    """User settings shared by the GUI and the CLI (model folders); ``CIRCUITDESK_CONFIG_DIR`` overrides it."""
+    override = os.environ.get("CIRCUITDESK_CONFIG_DIR")
+    return Path(override) if override else Path(platformdirs.user_config_dir(APP))
+
+
 def resources_dir() -> Path:
     """The data folder (demo prompts, task templates, example suite, export schema): ``resources/``
     beside the source tree, inside a frozen bundle, or ``share/circuitdesk/resources`` of the

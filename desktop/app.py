@@ -705,11 +705,17 @@ class MainWindow(QMainWindow):
         self._use_chosen_path(path)
 
     def _use_chosen_path(self, path: str) -> None:
+        from core.models.catalog import add_model_path
+
         self.panel.model_combo.blockSignals(True)
         self.panel.select_spec(path or self._previous_spec)
         self.panel.model_combo.blockSignals(False)
         if path:
             self._previous_spec = path
+            try:  # listed next time, here and by `circuitdesk models`
+                add_model_path(path)
+            except CircuitDeskError as err:
+                log.info("model path not remembered: %s", err)
 
     # -- running ---------------------------------------------------------------------------------
     def request(self) -> RunRequest:

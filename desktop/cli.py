@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the models Circuit Desk can open")
     models.add_argument("--json", action="store_true", help="print one JSON object")
+    models.add_argument("--add", metavar="PATH", help="remember a model folder, .gguf file or folder of models")
+    models.add_argument("--remove", metavar="PATH", help="forget a remembered path")
 
     predict = sub.add_parser("predict", help="top next tokens for a prompt")
     predict.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
@@ -266,8 +268,12 @@ def cmd_verify(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from core.models.catalog import list_models
+    from core.models.catalog import add_model_path, list_models, remove_model_path
 
+    if args.add:
+        print(f"added {add_model_path(args.add)}", file=sys.stderr)
+    if args.remove:
+        print(f"removed {remove_model_path(args.remove)}", file=sys.stderr)
     entries = list_models()
     if args.json:
         print(json.dumps({"models": entries}, indent=1))

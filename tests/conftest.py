@@ -14,6 +14,7 @@ from tiny_models import FAMILIES, make_tiny_model  # noqa: E402
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_logs(tmp_path_factory):
     os.environ["CIRCUITDESK_LOG_DIR"] = str(tmp_path_factory.mktemp("logs"))
+    os.environ["CIRCUITDESK_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))  # remembered model paths
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,23 @@ def test_models_json_lists_default_and_configured_folders(tiny_folder, tmp_path)
     assert by_spec[str(tmp_path / "absent")]["problem"] == "path not found"
 
 
+def test_models_add_and_remove_remember_paths(tiny_folder, tmp_path):
+    env = {"CIRCUITDESK_CONFIG_DIR": str(tmp_path / "config"), "CIRCUITDESK_MODELS": ""}
+    folder = str(tiny_folder("qwen2"))
+    out = run("models", "--add", folder, "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    assert [e["family"] for e in json.loads(out.stdout)["models"] if e["spec"] == folder] == ["qwen2"]
+    assert folder in (tmp_path / "config" / "model_folders.json").read_text()
+    out = run("models", "--json", env=env)  # remembered
+    assert folder in [e["spec"] for e in json.loads(out.stdout)["models"]]
+    out = run("models", "--add", str(tmp_path / "nowhere"), env=env)
+    assert out.returncode == 1 and "does not exist" in out.stderr
+    out = run("models", "--remove", folder, "--json", env=env)
+    assert out.returncode == 0 and folder not in [e["spec"] for e in json.loads(out.stdout)["models"]]
+    out = run("models", "--remove", folder, env=env)
+    assert out.returncode == 1 and "not in the configured model paths" in out.stderr
+
+
 def test_predict_tiny_model_json(tiny_folder):
     out = run("predict", "--model", str(tiny_folder("gemma3")), "--prompt", "the cat", "--top-k", "4",
               "--device", "cpu", "--json")

