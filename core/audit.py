@@ -226,9 +226,7 @@ def _check_keys(case: dict, allowed: dict, method: str) -> None:
             raise CircuitDeskError(f"Unknown setting {key!r} for a {method} case{hint}; known: "
                                    f"{', '.join(sorted(allowed))}.")
         want = allowed[key]
-        ok = isinstance(value, want) and not isinstance(value, bool) or (want is float and isinstance(value, int)
-                                                                         and not isinstance(value, bool))
-        if not ok:
+        if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
             raise CircuitDeskError(f"The setting {key!r} must be {'text' if want is str else 'a number'} "
                                    f"(got {value!r}).")
 

@@ -391,9 +391,7 @@ class _Renderer:
         pieces = self.pieces()
         pages = self.layout(pieces)
         for k, page in enumerate(pages, 1):
-            for piece, _ in page.pieces:
-                if piece.heading is not None and piece is not None:
-                    self.contents.append((*piece.heading, k))
+            self.contents += [(*piece.heading, k) for piece, _ in page.pieces if piece.heading is not None]
         for k, page in enumerate(pages, 1):
             if k > 1:
                 writer.newPage()
@@ -402,7 +400,6 @@ class _Renderer:
             self.paint_frame(k, len(pages))
             for piece, y in page.pieces:
                 piece.paint(self.p, 0.0, y)
-        self.n_pages = len(pages)
 
     # -- figures ------------------------------------------------------------------------------------
     def graph_height(self, g: GraphFigure) -> float:
