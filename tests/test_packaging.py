@@ -33,7 +33,8 @@ def wheelhouse(tmp_path_factory):
     proc = subprocess.run([sys.executable, str(ROOT / "packaging" / "wheelhouse.py"), "--out", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    yield out
+    shutil.rmtree(out, ignore_errors=True)  # ~400 MiB; pytest keeps its last three temp folders
 
 
 def test_wheelhouse_is_complete_and_its_sums_verify(wheelhouse):
@@ -51,8 +52,14 @@ def test_wheelhouse_is_complete_and_its_sums_verify(wheelhouse):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_offline_install_runs_the_default_model(wheelhouse, tmp_path):
-    target = tmp_path / "venv"
+@pytest.fixture
+def target(tmp_path):
+    """Where a test installs (a virtual environment of about 1 GiB, removed afterwards)."""
+    yield tmp_path / "venv"
+    shutil.rmtree(tmp_path / "venv", ignore_errors=True)
+
+
+def test_offline_install_runs_the_default_model(wheelhouse, target, tmp_path):
     proc = subprocess.run(["bash", str(wheelhouse / "install.sh"), str(target)], env=offline_env(tmp_path),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -84,9 +91,8 @@ def tampered_copy(wheelhouse: Path, dest: Path) -> Path:
     return dest
 
 
-def test_a_tampered_wheel_is_refused(wheelhouse, tmp_path):
+def test_a_tampered_wheel_is_refused(wheelhouse, target, tmp_path):
     bad = tampered_copy(wheelhouse, tmp_path / "bad")
-    target = tmp_path / "venv"
     proc = subprocess.run(["bash", str(bad / "install.sh"), str(target)], env=offline_env(tmp_path),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "refusing to install" in proc.stderr
@@ -100,4 +106,3 @@ def test_a_tampered_wheel_is_refused(wheelhouse, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "HASHES" in proc.stderr.upper()
     assert not (target / "bin" / "circuitdesk").exists()
-    shutil.rmtree(target, ignore_errors=True)

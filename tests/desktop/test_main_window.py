@@ -161,3 +161,20 @@ def test_run_finished_is_emitted_once_per_run_after_the_ui_updates(qtbot, window
     with qtbot.waitSignal(window.run_finished, timeout=60_000):
         start(qtbot, window, str(tiny_folder("llama")), "the cat")
     assert window.status_label.text().startswith("Done in")
+
+
+def test_a_model_folder_opened_by_dialog_is_listed_next_time(qtbot, tmp_path, tiny_folder, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    monkeypatch.setenv("CIRCUITDESK_CONFIG_DIR", str(tmp_path / "config"))
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    first = MainWindow(settings=settings)
+    qtbot.addWidget(first)
+    folder = str(tiny_folder("mistral"))
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: folder)
+    first.open_model_folder()
+    assert first.panel.spec == folder
+    later = MainWindow(settings=settings)  # a new start lists it with the default model
+    qtbot.addWidget(later)
+    specs = [later.panel.model_combo.itemData(i) for i in range(later.panel.model_combo.count())]
+    assert folder in specs and specs[0] == "default"
