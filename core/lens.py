@@ -42,12 +42,16 @@ def _final_logits(model, resid: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def lens(model, ids: torch.Tensor, target_id: int | None = None, ctx: JobContext | None = None) -> LensData:
-    """Heatmap data of one prompt ``ids`` [1, P] (target: the model's top next token by default)."""
+def lens(model, ids: torch.Tensor, target_id: int | None = None, ctx: JobContext | None = None,
+         details: bool = True) -> LensData:
+    """Heatmap data of one prompt ``ids`` [1, P] (target: the model's top next token by default).
+    ``details=False``: the logit lens only (attention patterns and neuron activations left empty,
+    which saves their [L, H, P, P] and [L, P, d_mlp] memory on long prompts)."""
     ctx = ctx or JobContext()
     L = model.facts.n_layers
-    points = (["blocks.0.resid_pre"] + [f"blocks.{l}.resid_post" for l in range(L)]
-              + [f"blocks.{l}.attn.pattern" for l in range(L)] + [f"blocks.{l}.mlp.post" for l in range(L)])
+    points = ["blocks.0.resid_pre"] + [f"blocks.{l}.resid_post" for l in range(L)]
+    if details:
+        points += [f"blocks.{l}.attn.pattern" for l in range(L)] + [f"blocks.{l}.mlp.post" for l in range(L)]
     ctx.progress(0.0, "Logit lens")
     with torch.no_grad():
         logits, tr = model.instrument.forward(ids.to(model.device), cache=points)
@@ -63,8 +67,11 @@ def lens(model, ids: torch.Tensor, target_id: int | None = None, ctx: JobContext
             prob[r] = p[:, target_id].cpu().numpy()
             top.append([tok.decode([int(i)]) for i in p.argmax(-1).tolist()])
             ctx.progress((r + 1) / (L + 1), "Logit lens")
-        patterns = torch.stack([tr[f"blocks.{l}.attn.pattern"][0] for l in range(L)]).float().cpu().numpy()
-        mlp = torch.stack([tr[f"blocks.{l}.mlp.post"][0] for l in range(L)]).float().cpu().numpy()
+        if details:
+            patterns = torch.stack([tr[f"blocks.{l}.attn.pattern"][0] for l in range(L)]).float().cpu().numpy()
+            mlp = torch.stack([tr[f"blocks.{l}.mlp.post"][0] for l in range(L)]).float().cpu().numpy()
+        else:
+            patterns, mlp = np.zeros((L, 0, 0, 0), np.float32), np.zeros((L, 0, 0), np.float32)
     tokens = [tok.decode([int(i)]) for i in ids[0].tolist()]
     return LensData(tokens, target_id, tok.decode([target_id]), prob, top, patterns, mlp)
 

@@ -250,7 +250,7 @@ def _attribution_sections(session) -> list:
                                            "red inhibit; node size is influence on the logits. Grey: token "
                                            "embeddings, blue: features, red: error nodes, green: logits, teal "
                                            "squares: groups.")]
-    out += [Heading("Activation heatmaps")] + _attribution_heatmaps(g)
+    out += [Heading("Activation heatmaps")] + _lens_heatmap(session) + _attribution_heatmaps(g)
     out += [Heading("Top nodes and edges")] + _attribution_tables(g, labels)
     scores = (
         ("Replacement score (full graph)", _p(stats.get("replacement_score"))),
@@ -373,6 +373,23 @@ def _attribution_heatmaps(g) -> list:
     ]
 
 
+def _lens_heatmap(session) -> list:
+    """The logit lens stored with the session (the workbench's default heatmap), if any."""
+    lens = session.logit_lens
+    info = session.manifest.get("logit_lens") or {}
+    if lens is None:
+        return []
+    tokens = list(info.get("tokens") or [])
+    if len(tokens) != lens.shape[1]:
+        tokens = [str(p) for p in range(lens.shape[1])]
+    rows = ("emb",) + tuple(f"L{l}" for l in range(lens.shape[0] - 1))
+    where = "the prompt" if session.graph is not None else "the first pair's clean prompt"
+    return [Heatmap(f"Logit lens: P({info.get('target', '?')!r}) by layer and token", lens, rows,
+                    tuple(f"{p}:{t!r}" for p, t in enumerate(tokens)), unit="probability",
+                    caption=f"The probability of the target when each layer's residual stream (row emb: the "
+                            f"embeddings) is read through the final norm and unembedding, on {where}.")]
+
+
 def _attribution_tables(g, labels: dict[int, str]) -> list:
     infl = g.influence if g.influence is not None else np.zeros(g.n_nodes)
     mask = g.node_mask if g.node_mask is not None else np.ones(g.n_nodes, bool)
@@ -475,7 +492,7 @@ def _circuit_sections(session) -> list:
             member[l, h] = 1.0
     cols = tuple(f"h{h}" for h in range(H)) + ("MLP",)
     rows = tuple(f"L{l}" for l in range(L))
-    out += [Heading("Activation heatmaps"),
+    out += [Heading("Activation heatmaps"), *_lens_heatmap(session),
             Heatmap("Component scores, by layer and head", grid, rows, cols, scale="diverging", unit="score",
                     caption="Each component's summed outgoing edge scores: the estimated change in the metric when "
                             "it is patched with its corrupted activation (sign: direction of the effect)."),

@@ -105,16 +105,19 @@ def attribution_session(model, model_spec: str, prompt: str, settings, dtype: st
     result = attribute(model, prompt, settings, ctx=ctx)
     stats = dict(result.stats, attribution_seconds=round(result.stats["seconds"], 3),
                  seconds=round(time.perf_counter() - start, 3))
-    manifest = new_manifest("attribution", model.summary(), prompt, settings.to_json(),
-                            targets=[t.to_json() for t in result.targets], stats=stats,
-                            command=trace_command(model_spec, prompt, settings, dtype, out))
-    return Session(manifest, result.graph), result
+    session = Session(new_manifest("attribution", model.summary(), prompt, settings.to_json(),
+                                   targets=[t.to_json() for t in result.targets], stats=stats,
+                                   command=trace_command(model_spec, prompt, settings, dtype, out)), result.graph)
+    add_logit_lens(session, model, result.ids, result.targets[0].token_id)
+    return session, result
 
 
 def circuit_session(model, model_spec: str, source: PairSource, settings, dtype: str = "float32",
                     out: str = "FILE.cdesk", ctx: JobContext | None = None, pairs=None):
     """(Session, CircuitResult, PairSet) of the component circuit behind ``source``'s pairs
     (``pairs``: already loaded from ``source``)."""
+    import torch
+
     from core.circuits import find_circuit
     from core.session import Session, new_manifest
 
@@ -127,4 +130,18 @@ def circuit_session(model, model_spec: str, source: PairSource, settings, dtype:
     manifest = new_manifest("circuit", model.summary(), prompt, settings.to_json(), task=result.task,
                             stats=result.stats,
                             command=circuit_command(model_spec, source, settings, len(pairs), dtype, out))
-    return Session(manifest, circuit=result), result, pairs
+    session = Session(manifest, circuit=result)
+    first = pairs.pairs[0]
+    add_logit_lens(session, model, torch.tensor([first.clean]), first.answer[0])
+    return session, result, pairs
+
+
+def add_logit_lens(session, model, ids, target_id: int, lens_data=None) -> None:
+    """Store the logit lens of ``ids`` for ``target_id`` in the session (``lens_data``: already
+    computed, e.g. by the workbench)."""
+    from core.lens import lens
+
+    data = lens_data if lens_data is not None else lens(model, ids, target_id=int(target_id), details=False)
+    session.logit_lens = data.lens_prob
+    session.manifest["logit_lens"] = {"target_id": int(data.target_id), "target": data.target,
+                                      "tokens": list(data.tokens)}

@@ -44,6 +44,10 @@ class Session:
     graph: Graph | None = None
     annotations: dict = field(default_factory=dict)
     circuit: "CircuitResult | None" = None
+    # [n_layers + 1, P]: the logit lens, P(target) read from each layer's residual stream (row 0:
+    # the embeddings) on the prompt (circuits: the first pair's clean prompt); the target is
+    # manifest["logit_lens"]. Optional: heatmaps for the report without the model.
+    logit_lens: np.ndarray | None = None
 
     def payload(self):
         return self.graph if self.graph is not None else self.circuit
@@ -77,7 +81,10 @@ def save_session(path: str | Path, session: Session) -> Path:
         with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
             z.writestr("manifest.json", json.dumps(manifest, indent=1, default=_json_default))
             z.writestr("annotations.json", json.dumps(session.annotations or {}, indent=1))
-            for name, arr in session.payload().arrays().items():
+            arrays = dict(session.payload().arrays())
+            if session.logit_lens is not None:
+                arrays["logit_lens"] = np.asarray(session.logit_lens, np.float32)
+            for name, arr in arrays.items():
                 buf = io.BytesIO()
                 np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
                 z.writestr(f"arrays/{name}.npy", buf.getvalue())
@@ -124,6 +131,7 @@ def load_session(path: str | Path) -> Session:
         raise CircuitDeskError(f"{path.name} is damaged: {e}.") from None
     _check_manifest(manifest, path)
     annotations = annotations if isinstance(annotations, dict) else {}
+    logit_lens = arrays.pop("logit_lens", None)
     if manifest["kind"] == "circuit":
         from core.circuits.discover import CircuitResult
 
@@ -131,12 +139,21 @@ def load_session(path: str | Path) -> Session:
             circuit = CircuitResult.from_parts(manifest["circuit"], arrays)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CircuitDeskError(f"{path.name} holds an inconsistent circuit ({e}).") from None
-        return Session(manifest, annotations=annotations, circuit=circuit)
-    try:
-        graph = Graph.from_parts(manifest.get("graph", {}), arrays)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CircuitDeskError(f"{path.name} holds an inconsistent graph ({e}).") from None
-    return Session(manifest, graph, annotations)
+        session = Session(manifest, annotations=annotations, circuit=circuit)
+        layers = circuit.graph.n_layers
+    else:
+        try:
+            graph = Graph.from_parts(manifest.get("graph", {}), arrays)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CircuitDeskError(f"{path.name} holds an inconsistent graph ({e}).") from None
+        session = Session(manifest, graph, annotations)
+        layers = graph.n_layers
+    if logit_lens is not None:
+        if (logit_lens.ndim != 2 or logit_lens.shape[0] != layers + 1 or logit_lens.dtype.kind != "f"
+                or not isinstance(manifest.get("logit_lens"), dict)):
+            raise CircuitDeskError(f"{path.name} holds an inconsistent logit lens (shape {logit_lens.shape}).")
+        session.logit_lens = logit_lens
+    return session
 
 
 def _check_manifest(m, path: Path) -> None:

@@ -535,6 +535,7 @@ class MainWindow(QMainWindow):
         self.dirty = False
         self.intervention_log: list[dict] = []  # every intervention on the graph on show (saved with it)
         self._finish_note: str | None = None  # what the status bar says when a job ends (else "Done in …")
+        self.lens_data = None  # core.lens.LensData of the run on show
         self._command = ""  # the CLI command that regenerates the graph on show
         self.state = WorkbenchState()
         self.panel = ModelPanel()
@@ -821,6 +822,7 @@ class MainWindow(QMainWindow):
             self.last_prediction = prediction
             self.predictions.show_prediction(model.name, prediction)
             self.heatmap.set_lens(lens_data)
+            self.lens_data = lens_data
             circuit = isinstance(traced, CircuitRun)
             self.trace_result, self.circuit_run = (None, traced) if circuit else (traced, None)
             self.opened, self.intervention_log, self._command = None, [], command
@@ -866,17 +868,24 @@ class MainWindow(QMainWindow):
                  "labels": {str(n): text for n, text in sorted(st.notes.items())}, "findings": st.findings,
                  "interventions": list(self.intervention_log)}
         if self.opened is not None:  # re-saving an opened session keeps its manifest and payload
-            return Session(self.opened.manifest, self.opened.graph, notes, self.opened.circuit)
+            o = self.opened
+            return Session(o.manifest, o.graph, notes, o.circuit, o.logit_lens)
         summary = model.summary()
         if self.circuit_run is not None:
             r = self.circuit_run.result
             prompt = r.pairs[0]["clean"] if r.pairs else ""
-            return Session(new_manifest("circuit", summary, prompt, r.settings, task=r.task, stats=r.stats,
-                                        command=self._command), notes, circuit=r)
-        t = self.trace_result
-        manifest = new_manifest("attribution", summary, t.prompt, t.graph.meta.get("settings", {}),
-                                targets=[x.to_json() for x in t.targets], stats=t.stats, command=self._command)
-        return Session(manifest, t.graph, notes)
+            session = Session(new_manifest("circuit", summary, prompt, r.settings, task=r.task, stats=r.stats,
+                                           command=self._command), notes, circuit=r)
+        else:
+            t = self.trace_result
+            manifest = new_manifest("attribution", summary, t.prompt, t.graph.meta.get("settings", {}),
+                                    targets=[x.to_json() for x in t.targets], stats=t.stats, command=self._command)
+            session = Session(manifest, t.graph, notes)
+        if self.lens_data is not None:  # the heatmap's logit lens, for the report
+            from core.runs import add_logit_lens
+
+            add_logit_lens(session, model, None, self.lens_data.target_id, lens_data=self.lens_data)
+        return session
 
     def save_session(self, path: str | None = None, ask: bool = False) -> bool:
         """Save (Ctrl+S) to the session's file, or ask where (Save As, or the first save)."""
@@ -927,7 +936,7 @@ class MainWindow(QMainWindow):
         notes = session.annotations
         view = from_attribution(session.graph) if session.graph is not None else from_circuit(session.circuit)
         self._generation += 1  # a late signal of an earlier run must not overwrite this
-        self.trace_result, self.circuit_run, self.opened = None, None, session
+        self.trace_result, self.circuit_run, self.opened, self.lens_data = None, None, session, None
         self.intervention_log = list(notes.get("interventions", [])) if isinstance(notes.get("interventions"), list) else []
         self.heatmap.set_lens(None)
         self.state.show(view, source="window")

@@ -31,6 +31,27 @@ def test_round_trip_is_identical(session, tmp_path):
     assert back.manifest["model"]["sha256"] == session.manifest["model"]["sha256"]
 
 
+def test_logit_lens_is_stored_and_checked(tiny_model, tmp_path):
+    """attribution_session stores the logit lens; its last layer at the last position is the model's
+    own probability of the target (reading the final residual stream is the forward pass)."""
+    from core.runs import attribution_session
+
+    m = tiny_model("llama")
+    s, res = attribution_session(m, "tiny", "when mary and john went to the store", AttributionSettings(max_nodes=20))
+    lens = s.logit_lens
+    assert lens.shape == (m.facts.n_layers + 1, len(res.graph.tokens))
+    assert lens[-1, -1] == pytest.approx(res.targets[0].probability, abs=1e-5)
+    assert s.manifest["logit_lens"]["target_id"] == res.targets[0].token_id
+    path = save_session(tmp_path / "l.cdesk", s)
+    back = load_session(path)
+    assert np.array_equal(back.logit_lens, lens) and back.manifest["logit_lens"]["tokens"] == res.graph.tokens
+    # a lens of the wrong shape is refused like any other inconsistency
+    s.logit_lens = lens[:-1]
+    save_session(path, s)
+    with pytest.raises(CircuitDeskError, match="inconsistent logit lens"):
+        load_session(path)
+
+
 def test_failed_write_leaves_nothing(session, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt  # as a cancel in the middle of writing

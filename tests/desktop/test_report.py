@@ -9,7 +9,8 @@ from pypdf import PdfReader
 from core.attribution import AttributionSettings, attribute
 from core.errors import CircuitDeskError
 from core.graph import FEATURE, LOGIT
-from core.report import GraphFigure, Heading, build_report, build_summary, compact_json, file_sha256
+from core.report import GraphFigure, Heading, Heatmap, build_report, build_summary, compact_json, file_sha256
+from core.runs import add_logit_lens
 from core.session import Session, load_session, new_manifest, save_session
 from desktop.report_pdf import write_pdf
 
@@ -44,7 +45,9 @@ def traced(tiny_model, tmp_path_factory):
     notes = {"groups": [{"label": "name movers", "nodes": feats[:2]}], "pinned": feats[2:],
              "labels": {str(feats[2]): "store detector"}, "findings": FINDING,
              "interventions": [effect.to_json()]}
-    path = save_session(tmp_path_factory.mktemp("report") / "t.cdesk", Session(manifest, g, notes))
+    session = Session(manifest, g, notes)
+    add_logit_lens(session, m, res.ids, res.targets[0].token_id)
+    path = save_session(tmp_path_factory.mktemp("report") / "t.cdesk", session)
     return path, res, effect, m
 
 
@@ -60,6 +63,9 @@ def test_report_pdf_holds_provenance_scores_and_command(traced, tmp_path):
     assert file_sha256(path) in flat  # the session file the report was made from
     assert squash(PROMPT) in flat and "R.Reviewer" in flat
     assert "circuit-tracermethod" in flat  # the method
+    lens = next(b for b in build_report(session, path).blocks if isinstance(b, Heatmap))
+    assert lens.title.startswith("Logit lens") and np.array_equal(lens.values, session.logit_lens)
+    assert "Logitlens:P(" in flat
     stats = res.stats
     for key in ("replacement_score", "completeness_score", "pruned_replacement_score", "pruned_completeness_score"):
         assert f"{stats[key]:.3f}" in flat, key

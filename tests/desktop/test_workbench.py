@@ -322,6 +322,7 @@ def test_save_and_open_a_session_keeps_graph_groups_pins_and_threshold(qtbot, tr
     assert s.annotations["findings"] == "The pair carries the subject."  # typed text is committed on save
     assert s.manifest["command"].startswith("circuitdesk trace --model ")
     assert s.manifest["model"]["sha256"] == w.model.fingerprint.sha256
+    assert np.array_equal(s.logit_lens, w.lens_data.lens_prob)  # the heatmap's logit lens, for the report
 
     other = MainWindow(settings=w.settings)  # same settings: the recent list is shared
     qtbot.addWidget(other)
@@ -336,6 +337,8 @@ def test_save_and_open_a_session_keeps_graph_groups_pins_and_threshold(qtbot, tr
     assert other.findings.toPlainText() == "The pair carries the subject."
     assert sorted(other.state.view.visible_nodes().tolist()) == sorted(v.visible_nodes().tolist())
     assert not other.dirty and other.windowTitle().startswith("a.cdesk —")
+    assert other.save_session(str(tmp_path / "b.cdesk"))  # re-saved: the lens is kept
+    assert np.array_equal(load_session(tmp_path / "b.cdesk").logit_lens, s.logit_lens)
     # a damaged file is one sentence, and the open graph stays
     (tmp_path / "bad.cdesk").write_bytes(b"not a zip")
     assert not other.open_session(str(tmp_path / "bad.cdesk"))
