@@ -25,8 +25,9 @@ benchmark: $(STAMP)
 
 # Air-gapped delivery (packaging/README.md): every wheel, hashed, with install.sh.
 # Options: make wheelhouse WHEELHOUSE_ARGS="--platform win_amd64 --python-version 3.11"
+# uv resolves other platforms' dependencies (pip evaluates markers for this machine only).
 wheelhouse: $(STAMP)
-	$(PIP) install -q uv $(QUIET)  # resolves other platforms' dependencies (pip cannot)
+	$(PIP) install -q uv $(QUIET)
 	$(PY) packaging/wheelhouse.py --out dist/wheelhouse --force $(WHEELHOUSE_ARGS)
 
 # A one-folder frozen app (PyInstaller) with the default model, then its start-up check.
