@@ -53,7 +53,7 @@ class PairSource:
 
     def args(self, n_used: int | None = None) -> list[str]:
         if self.task:
-            return ["--task", self.task, "--n-pairs", str(n_used or self.n_pairs or 32), "--seed", str(self.seed)]
+            return ["--task", self.task, "--n-pairs", str(n_used or self.n_pairs or 32)]
         if self.pairs_file:
             return ["--pairs", self.pairs_file] + (["--n-pairs", str(n_used or self.n_pairs)]
                                                   if (n_used or self.n_pairs) else [])
@@ -82,7 +82,7 @@ def circuit_command(model_spec: str, source: PairSource, settings, n_used: int |
     """``circuitdesk circuit …`` that recomputes a component circuit with ``settings``."""
     parts = ["circuitdesk", "circuit", "--model", model_spec, *source.args(n_used),
              "--method", settings.method, "--steps", str(settings.steps), "--metric", settings.metric,
-             "--batch-size", str(settings.batch_size)]
+             "--batch-size", str(settings.batch_size), "--seed", str(settings.seed)]  # one --seed: tasks and random
     if settings.top_n is not None:
         parts += ["--top-n", str(settings.top_n)]
     elif settings.threshold is not None:
