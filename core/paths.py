@@ -48,6 +48,18 @@ def resources_dir() -> Path:
     return candidates[0]
 
 
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file's bytes, read now (``core.models.fingerprint.sha256_file`` remembers
+    model files' digests; a report cites the file as it is)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_write(path: Path, write) -> Path:
     """Write a file whole or not at all: ``write(binary_file)`` fills a temporary file in the same
     folder, which then replaces ``path`` (permissions as a plain ``open`` would give, umask

@@ -14,7 +14,6 @@ its colour scale, ``LineChart`` a few series.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 import core
-from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT, cumulative_share
+from core.graph import ERROR, FEATURE, cumulative_share
+from core.paths import file_sha256
+from core.selection import Group
 
 MAX_FIGURE_EDGES = 3000  # the strongest drawn edges, as in the graph pane
 FIGURE_LABELS = 14  # nodes named in the graph figure (the most influential), besides groups and logits
@@ -124,14 +125,6 @@ class Report:
 
 
 # -- building ------------------------------------------------------------------------------------------
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_report(session, path: str | Path, auditor: str = "", now: float | None = None) -> Report:
     """The audit report of the session saved at ``path`` (its sha256 is cited throughout)."""
     path = Path(path)
@@ -292,18 +285,13 @@ def _node_labels(notes: dict, n: int) -> dict[int, str]:
     return out
 
 
-class _Group:
-    def __init__(self, label: str, nodes) -> None:
-        self.label, self.nodes = label, nodes
-
-
-def _groups(notes: dict, n: int) -> list[_Group]:
+def _groups(notes: dict, n: int) -> list[Group]:
     out, taken = [], set()
     for grp in notes.get("groups") or []:
         nodes = [int(i) for i in grp.get("nodes", []) if 0 <= int(i) < n and int(i) not in taken]
         if nodes:
             taken.update(nodes)
-            out.append(_Group(str(grp.get("label", "group")), nodes))
+            out.append(Group(str(grp.get("label", "group")), tuple(nodes)))
     return out
 
 

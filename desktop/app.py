@@ -915,7 +915,6 @@ class MainWindow(QMainWindow):
 
     def open_session(self, path: str | None = None, remember: bool = True) -> bool:
         """Open a .cdesk file: its graph, threshold, groups and pins (heatmaps need a re-run)."""
-        from core.selection import Group
         from core.session import load_session
         from core.view import from_attribution, from_circuit
 

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.paths import cache_dir
+from core.paths import cache_dir, file_sha256
 
 # Files whose content decides what the model computes.
 FINGERPRINT_PATTERNS = (
@@ -62,11 +62,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         known = _read_store(store)
         if key in known:
             return known[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = file_sha256(path, chunk)
     with _lock:
         known = _read_store(store)
         known[key] = digest

@@ -9,7 +9,8 @@ from pypdf import PdfReader
 from core.attribution import AttributionSettings, attribute
 from core.errors import CircuitDeskError
 from core.graph import FEATURE, LOGIT
-from core.report import GraphFigure, Heading, Heatmap, build_report, build_summary, compact_json, file_sha256
+from core.paths import file_sha256
+from core.report import GraphFigure, Heading, Heatmap, build_report, build_summary, compact_json
 from core.runs import add_logit_lens
 from core.session import Session, load_session, new_manifest, save_session
 from desktop.report_pdf import write_pdf

@@ -375,7 +375,7 @@ def test_unsaved_work_is_asked_about_autosaved_and_recovered(qtbot, traced, monk
 def test_export_report_saves_the_session_first_and_writes_the_pdf(qtbot, traced, tmp_path):
     from pypdf import PdfReader
 
-    from core.report import file_sha256
+    from core.paths import file_sha256
     from desktop.report_pdf import AUDITOR_KEY
 
     w = traced
