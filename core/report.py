@@ -526,10 +526,14 @@ def _intervention_section(log: list) -> list:
     out: list = [Heading("Interventions")]
     if not log:
         return out + [Paragraph("No interventions were run in this session.", "note")]
+    from core.interventions import Intervention  # (imports torch; only for sessions with interventions)
+
     rows = []
     for entry in log:
         try:
-            what = "; ".join(_describe_intervention(i) for i in entry.get("interventions", []))
+            what = "; ".join(Intervention(**{**i, "positions": None if i.get("positions") is None
+                                             else tuple(i["positions"])}).describe()
+                             for i in entry.get("interventions", []))
             target = entry.get("target", {}).get("token", "?")
             top_after = entry.get("top_after") or []
             rows.append((what, entry.get("freeze", "?"), repr(target),
@@ -543,14 +547,6 @@ def _intervention_section(log: list) -> list:
                         tuple(rows), widths=(3.2, 1.2, 1, 2.4, 1.7, 1),
                         caption="Every intervention run on this graph, in order. Freeze: none (the real model), "
                                 "attention (patterns held) or replacement (the graph's linear model).")]
-
-
-def _describe_intervention(d: dict) -> str:
-    what = {"zero": "zero", "scale": f"×{d.get('value', 0):g}", "set": f"= {d.get('value', 0):g}"}.get(d.get("mode"), "?")
-    pos = d.get("positions")
-    at = "all positions" if pos is None else "pos " + ",".join(map(str, pos))
-    idx = "" if d.get("kind") == "error" else f" {d.get('index')}"
-    return f"{d.get('kind')} L{d.get('layer')}{idx} @ {at}: {what}"
 
 
 def _annotation_section(session) -> list:

@@ -75,6 +75,7 @@ def test_report_pdf_holds_provenance_scores_and_command(traced, tmp_path):
     assert squash(FINDING) in flat and "storedetector" in flat and "namemovers" in flat
     # the intervention's measured effect is reported
     assert f"{effect.logit_before:.3f}→{effect.logit_after:.3f}" in flat
+    assert squash(effect.interventions[0].describe()) in flat
     # contents with page numbers, a running header and "Page i of N" on every page
     assert "Contents" in text and f"Page {len(pdf.pages)} of {len(pdf.pages)}" in text
     assert all(f"Page {k} of {len(pdf.pages)}" in page_text(p) for k, p in enumerate(pdf.pages, 1))
