@@ -422,7 +422,7 @@ def _influence_curve(g, threshold: float) -> LineChart:
 
 # -- component circuits ---------------------------------------------------------------------------
 def _circuit_sections(session) -> list:
-    from core.view import from_circuit
+    from core.view import CATEGORIES, from_circuit
 
     c, m = session.circuit, session.manifest
     notes = session.annotations or {}
@@ -463,21 +463,14 @@ def _circuit_sections(session) -> list:
                                            "metric, red lower it; q/k/v paths into a head are summed. Purple: heads, "
                                            "orange: MLPs.")]
     L, H = c.graph.n_layers, c.graph.n_heads
-    ns = c.graph.node_scores(c.scores)
+    # the view places every head / MLP at (layer, column) and holds its node score
+    comp = np.flatnonzero(np.isin(view.category, (CATEGORIES.index("head"), CATEGORIES.index("mlp"))))
+    cell = (view.layer[comp], view.column[comp])
     grid = np.zeros((L, H + 1))
-    names = list(c.graph.node_names)
-    for i, name in enumerate(names):
-        if name.startswith("a"):
-            l, h = (int(p[1:]) for p in name.split("."))
-            grid[l, h] = ns[i]
-        elif name.startswith("m"):
-            grid[int(name[1:]), H] = ns[i]
-    inside = c.graph.nodes_in(c.circuit)
+    grid[cell] = view.values[comp]
     member = np.zeros((L, H + 1))
-    for i, name in enumerate(names):
-        if inside[i] and name[0] in "am":
-            l, h = ((int(p[1:]) for p in name.split(".")) if name[0] == "a" else (int(name[1:]), H))
-            member[l, h] = 1.0
+    member[cell] = c.graph.nodes_in(c.circuit)[comp]
+    names = list(c.graph.node_names)
     cols = tuple(f"h{h}" for h in range(H)) + ("MLP",)
     rows = tuple(f"L{l}" for l in range(L))
     out += [Heading("Activation heatmaps"), *_lens_heatmap(session),
