@@ -875,7 +875,7 @@ class MainWindow(QMainWindow):
             r = self.circuit_run.result
             prompt = r.pairs[0]["clean"] if r.pairs else ""
             session = Session(new_manifest("circuit", summary, prompt, r.settings, task=r.task, stats=r.stats,
-                                           command=self._command), notes, circuit=r)
+                                           command=self._command), annotations=notes, circuit=r)
         else:
             t = self.trace_result
             manifest = new_manifest("attribution", summary, t.prompt, t.graph.meta.get("settings", {}),
