@@ -120,8 +120,7 @@ def neuronpedia_graph(session) -> dict:
     ids: dict[int, str] = {}
     nodes = []
     targets = g.meta.get("target_tokens", {})
-    labels = (session.annotations or {}).get("labels", {})
-    labels = labels if isinstance(labels, dict) else {}
+    labels = session.annotations.labels
     for i in np.flatnonzero(keep).tolist():
         k, layer, pos, idx = int(g.kind[i]), int(g.layer[i]), int(g.pos[i]), int(g.index[i])
         if k == FEATURE:
@@ -142,17 +141,16 @@ def neuronpedia_graph(session) -> dict:
             token = targets.get(str(i), f"#{idx}")
             node.update(token_prob=prob, is_target_logit=bool(g.logit_weight[i] > 0),
                         clerp=f'Output "{token}" (p={prob:.3f})')
-        label = labels.get(str(i))
-        if isinstance(label, str) and label:
+        label = labels.get(i)
+        if label:
             node["clerp"] = label  # the auditor's label for the node
         ids[i] = node_id
         nodes.append(node)
     links = [{"source": ids[s], "target": ids[t], "weight": float(w)}
              for s, t, w in zip(g.src[edge_keep].tolist(), g.dst[edge_keep].tolist(), g.weight[edge_keep].tolist())]
-    notes = session.annotations or {}
-    supernodes = [[grp["label"], *[ids[n] for n in grp["nodes"] if n in ids]]
-                  for grp in notes.get("groups", []) if isinstance(grp, dict) and "label" in grp]
-    pinned = [ids[n] for n in notes.get("pinned", []) if n in ids]
+    notes = session.annotations
+    supernodes = [[grp.label, *[ids[n] for n in grp.nodes if n in ids]] for grp in notes.groups]
+    pinned = [ids[n] for n in notes.pinned if n in ids]
     model = session.manifest.get("model", {})
     basis = g.meta.get("basis_info", {})
     return {

@@ -87,7 +87,14 @@ class Graph:
 
     @classmethod
     def from_parts(cls, header: dict, arrays: dict[str, np.ndarray]) -> "Graph":
-        g = cls(**{k: arrays[k] for k in cls.ARRAYS if k in arrays and k not in ("influence", "node_mask", "edge_mask")},
+        """The graph of a session file (``header`` validated by ``core.manifest``); ``validate``d."""
+        missing = [k for k in cls.ARRAYS[:10] if k not in arrays]
+        if missing:
+            raise ValueError(f"the array {missing[0]} is missing")
+        unknown = sorted(set(arrays) - set(cls.ARRAYS))
+        if unknown:
+            raise ValueError(f"an attribution graph has no array {unknown[0]!r}")
+        g = cls(**{k: arrays[k] for k in cls.ARRAYS[:10]},
                 tokens=list(header.get("tokens", [])), token_ids=list(header.get("token_ids", [])),
                 n_layers=int(header.get("n_layers", 0)), meta=dict(header.get("meta", {})))
         g.influence = arrays.get("influence")
@@ -96,20 +103,55 @@ class Graph:
         g.validate()
         return g
 
+    _DTYPE_KINDS = {"kind": "i", "layer": "i", "pos": "i", "index": "i", "activation": "f", "value": "f",
+                    "src": "i", "dst": "i", "weight": "f", "logit_weight": "f", "influence": "f",
+                    "node_mask": "b", "edge_mask": "b"}
+
     def validate(self) -> None:
-        n = self.n_nodes
-        for name in ("layer", "pos", "index", "activation", "value", "logit_weight"):
-            if getattr(self, name).shape != (n,):
+        """Refuse arrays no attribution run writes (a session may come from anyone): wrong dtypes or
+        lengths, unknown kinds, layers or positions out of range, numbers that are not finite, edges
+        outside the node list or not from an earlier layer to a later one (so no cycle)."""
+        n, e = self.n_nodes, self.n_edges
+        for name, dtype_kind in self._DTYPE_KINDS.items():
+            arr = getattr(self, name)
+            if arr is not None and (arr.ndim != 1 or arr.dtype.kind != dtype_kind):
+                raise ValueError(f"graph array {name} has the wrong type ({arr.dtype}, {arr.ndim} dimensions)")
+        for name in ("layer", "pos", "index", "activation", "value", "logit_weight", "influence", "node_mask"):
+            arr = getattr(self, name)
+            if arr is not None and arr.shape != (n,):
                 raise ValueError(f"graph array {name} has the wrong length")
-        e = self.n_edges
-        if self.dst.shape != (e,) or self.weight.shape != (e,):
-            raise ValueError("graph edge arrays differ in length")
-        if e and (min(self.src.min(), self.dst.min()) < 0 or max(self.src.max(), self.dst.max()) >= n):
-            raise ValueError("graph edges point outside the node list")
-        if self.node_mask is not None and self.node_mask.shape != (n,):
-            raise ValueError("graph node mask has the wrong length")
-        if self.edge_mask is not None and self.edge_mask.shape != (e,):
-            raise ValueError("graph edge mask has the wrong length")
+        for name in ("dst", "weight", "edge_mask"):
+            arr = getattr(self, name)
+            if arr is not None and arr.shape != (e,):
+                raise ValueError(f"graph array {name} differs in length from the edge list")
+        if len(self.token_ids) != len(self.tokens):
+            raise ValueError("the graph's tokens and token ids differ in number")
+        if not n:
+            return
+        if self.kind.min() < EMBEDDING or self.kind.max() > LOGIT:
+            raise ValueError("a node has an unknown kind")
+        inner = (self.kind == FEATURE) | (self.kind == ERROR)
+        expected = np.where(self.kind == EMBEDDING, -1, np.where(self.kind == LOGIT, self.n_layers, self.layer))
+        if (self.layer != expected).any() or (inner & ((self.layer < 0) | (self.layer >= self.n_layers))).any():
+            raise ValueError("a node's layer is outside the model's layers")
+        if self.pos.min() < 0 or self.pos.max() >= max(len(self.tokens), 1):
+            raise ValueError(f"a node's position is outside the prompt's {len(self.tokens)} tokens")
+        if self.index.min() < 0:
+            raise ValueError("a node has a negative index")
+        for name in ("activation", "weight", "logit_weight", "influence"):
+            arr = getattr(self, name)
+            if arr is not None and not np.isfinite(arr).all():
+                raise ValueError(f"graph array {name} holds numbers that are not finite")
+        valued = (self.kind == FEATURE) | (self.kind == LOGIT)
+        if not np.isfinite(self.value[valued]).all() or np.isinf(self.value).any():
+            raise ValueError("graph array value holds numbers that are not finite")
+        if (self.logit_weight < 0).any():
+            raise ValueError("a logit weight is negative")
+        if e:
+            if min(self.src.min(), self.dst.min()) < 0 or max(self.src.max(), self.dst.max()) >= n:
+                raise ValueError("graph edges point outside the node list")
+            if (self.layer[self.src] >= self.layer[self.dst]).any():
+                raise ValueError("an edge does not run from an earlier layer to a later one (the graph would have a cycle)")
 
 
 # -- influence ---------------------------------------------------------------------------------------

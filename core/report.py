@@ -24,7 +24,6 @@ import numpy as np
 import core
 from core.graph import ERROR, FEATURE, cumulative_share
 from core.paths import file_sha256
-from core.selection import Group
 
 MAX_FIGURE_EDGES = 3000  # the strongest drawn edges, as in the graph pane
 FIGURE_LABELS = 14  # nodes named in the graph figure (the most influential), besides groups and logits
@@ -139,7 +138,7 @@ def build_report(session, path: str | Path, auditor: str = "", now: float | None
         blocks += _attribution_sections(session)
     else:
         blocks += _circuit_sections(session)
-    blocks += _intervention_section(session.annotations.get("interventions") or [])
+    blocks += _intervention_section(session.annotations.interventions)
     blocks += _annotation_section(session)
     blocks += _appendix(session, path, digest)
     return Report(
@@ -173,12 +172,22 @@ def _cover_facts(session, path: Path, digest: str, auditor: str, when: str) -> F
         ("Prompt", m.get("prompt", "")),
         ("Session file", path.name),
         ("Session sha256", digest),
+        ("Session integrity", integrity_note(session)),
         ("Session created", m.get("created", "?")),
         ("Report generated", when),
         ("Circuit Desk", tool),
         ("Auditor", auditor or "(not set)"),
     ]
     return Facts(tuple(rows))
+
+
+def integrity_note(session) -> str:
+    """Whether every member of the session file still has the sha256 recorded when it was saved."""
+    if session.edited is None:
+        return "member hashes not recorded (saved by an earlier version of Circuit Desk)"
+    if session.edited:
+        return "EDITED after it was saved: " + ", ".join(session.edited) + " no longer match the recorded sha256"
+    return f"every member matches the sha256 recorded when it was saved ({len(session.manifest.get('members', {}))} members)"
 
 
 def _method_name(session) -> str:
@@ -207,14 +216,14 @@ def _attribution_sections(session) -> list:
     from core.view import from_attribution
 
     g, m = session.graph, session.manifest
-    notes = session.annotations or {}
+    notes = session.annotations
     stats = m.get("stats") or g.meta.get("stats", {})
     settings = m.get("settings") or g.meta.get("settings", {})
     targets = m.get("targets") or []
-    threshold = float(notes.get("threshold", settings.get("node_threshold", 0.8)))
+    threshold = notes.threshold if notes.threshold is not None else float(settings.get("node_threshold", 0.8))
     view = from_attribution(g, threshold)
-    view.pinned = {int(i) for i in notes.get("pinned", []) if 0 <= int(i) < g.n_nodes}
-    labels = _node_labels(notes, g.n_nodes)
+    view.pinned = set(notes.pinned)
+    labels = notes.labels
     out = [Heading("Prompt and prediction"),
            Paragraph(f"Prompt: {m.get('prompt', '')!r}"),
            Paragraph("Tokens: " + "  ".join(f"{i}:{t!r}" for i, t in enumerate(g.tokens)), "mono"),
@@ -236,7 +245,7 @@ def _attribution_sections(session) -> list:
                       "of the nodes' inputs explained by non-error nodes."),
             Facts(tuple((k, _fmt(v)) for k, v in settings.items()) +
                   (("basis", str(g.meta.get("basis", "neurons"))), ("threshold shown", f"{threshold:g}")))]
-    d = view.drawing(_groups(notes, g.n_nodes))
+    d = view.drawing(list(notes.groups))
     out += [Heading("Circuit graph"),
             _graph_figure(view, d, labels, f"Attribution graph at node threshold {threshold:g}: "
                                            f"{len(d.nodes)} nodes drawn, {_drawn_edges_note(d)}. Blue edges excite, "
@@ -271,28 +280,6 @@ def _fmt(v) -> str:
     if v is None:
         return "—"
     return str(v) if not isinstance(v, (dict, list)) else json.dumps(v)
-
-
-def _node_labels(notes: dict, n: int) -> dict[int, str]:
-    out = {}
-    for k, v in (notes.get("labels") or {}).items():
-        try:
-            i = int(k)
-        except (TypeError, ValueError):
-            continue
-        if 0 <= i < n and str(v).strip():
-            out[i] = str(v).strip()
-    return out
-
-
-def _groups(notes: dict, n: int) -> list[Group]:
-    out, taken = [], set()
-    for grp in notes.get("groups") or []:
-        nodes = [int(i) for i in grp.get("nodes", []) if 0 <= int(i) < n and int(i) not in taken]
-        if nodes:
-            taken.update(nodes)
-            out.append(Group(str(grp.get("label", "group")), tuple(nodes)))
-    return out
 
 
 def _drawn_edges_note(d) -> str:
@@ -425,13 +412,12 @@ def _circuit_sections(session) -> list:
     from core.view import CATEGORIES, from_circuit
 
     c, m = session.circuit, session.manifest
-    notes = session.annotations or {}
+    notes = session.annotations
     s = c.settings
     task = c.task or {}
-    view = from_circuit(c, notes.get("threshold"))
-    n = view.n_nodes
-    view.pinned = {int(i) for i in notes.get("pinned", []) if 0 <= int(i) < n}
-    labels = _node_labels(notes, n)
+    view = from_circuit(c, notes.threshold)
+    view.pinned = set(notes.pinned)
+    labels = notes.labels
     pairs = c.pairs[:12]
     out = [Heading("Prompt and prediction"),
            Paragraph(f"Task: {task.get('task') or task.get('name') or '?'} ({task.get('source', '?')}); "
@@ -456,7 +442,7 @@ def _circuit_sections(session) -> list:
                       "set of top edges, pruned of edges that do not connect input to logits; its faithfulness is "
                       "(m(circuit) − m(∅)) / (m(full) − m(∅)), with every edge outside the circuit patched."),
             Facts(tuple((k, _fmt(v)) for k, v in s.items()))]
-    d = view.drawing(_groups(notes, n))
+    d = view.drawing(list(notes.groups))
     out += [Heading("Circuit graph"),
             _graph_figure(view, d, labels, f"Component circuit ({view.threshold:.0%} of |score| shown): "
                                            f"{len(d.nodes)} nodes, {_drawn_edges_note(d)}. Blue edges raise the "
@@ -515,27 +501,22 @@ def _circuit_sections(session) -> list:
 
 
 # -- interventions, annotations, appendix ----------------------------------------------------------------
-def _intervention_section(log: list) -> list:
+def _intervention_section(log) -> list:
     out: list = [Heading("Interventions")]
     if not log:
         return out + [Paragraph("No interventions were run in this session.", "note")]
     from core.interventions import Intervention  # (imports torch; only for sessions with interventions)
 
     rows = []
-    for entry in log:
-        try:
-            what = "; ".join(Intervention(**{**i, "positions": None if i.get("positions") is None
-                                             else tuple(i["positions"])}).describe()
-                             for i in entry.get("interventions", []))
-            target = entry.get("target", {}).get("token", "?")
-            top_after = entry.get("top_after") or []
-            rows.append((what, entry.get("freeze", "?"), repr(target),
-                         f"{entry['logit_before']:.3f} → {entry['logit_after']:.3f} "
-                         f"({entry['logit_after'] - entry['logit_before']:+.3f})",
-                         f"{entry['prob_before']:.3f} → {entry['prob_after']:.3f}",
-                         repr(top_after[0][0]) if top_after else "—"))
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-            rows.append(("(an unreadable log entry)", "", "", "", "", ""))
+    for entry in log:  # validated by core.annotations
+        what = "; ".join(Intervention(**{**i, "positions": None if i["positions"] is None
+                                         else tuple(i["positions"])}).describe() for i in entry["interventions"])
+        top_after = entry["top_after"]
+        rows.append((what, entry["freeze"], repr(entry["target"]["token"]),
+                     f"{entry['logit_before']:.3f} → {entry['logit_after']:.3f} "
+                     f"({entry['logit_after'] - entry['logit_before']:+.3f})",
+                     f"{entry['prob_before']:.3f} → {entry['prob_after']:.3f}",
+                     repr(top_after[0][0]) if top_after else "—"))
     return out + [Table(("Intervention", "Freeze", "Target", "Logit before → after", "P before → after", "Top after"),
                         tuple(rows), widths=(3.2, 1.2, 1, 2.4, 1.7, 1),
                         caption="Every intervention run on this graph, in order. Freeze: none (the real model), "
@@ -543,24 +524,22 @@ def _intervention_section(log: list) -> list:
 
 
 def _annotation_section(session) -> list:
-    notes = session.annotations or {}
-    payload = session.graph if session.graph is not None else session.circuit
+    notes = session.annotations
     label_of = _labeller(session)
-    n = payload.n_nodes if session.graph is not None else len(payload.graph.node_names)
     out: list = [Heading("Annotations and findings")]
-    findings = str(notes.get("findings") or "").strip()
+    findings = notes.findings.strip()
     out += [Heading("Findings", 2)] + ([Paragraph(p) for p in findings.split("\n\n")] if findings else
                                        [Paragraph("No findings were written.", "note")])
-    groups = _groups(notes, n)
+    groups = notes.groups
     if groups:
         out += [Heading("Groups (supernodes)", 2),
                 Table(("Group", "Members"), tuple((g.label, ", ".join(label_of(i) for i in g.nodes)) for g in groups),
                       widths=(1.5, 5))]
-    labels = _node_labels(notes, n)
+    labels = notes.labels
     if labels:
         out += [Heading("Node labels", 2),
                 Table(("Node", "Label"), tuple((label_of(i), t) for i, t in sorted(labels.items())), widths=(2, 4))]
-    pinned = [int(i) for i in notes.get("pinned", []) if 0 <= int(i) < n]
+    pinned = notes.pinned
     if pinned:
         out += [Heading("Pinned nodes", 2), Paragraph(", ".join(label_of(i) for i in pinned))]
     if not (groups or labels or pinned):

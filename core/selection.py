@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from core.annotations import Annotations, Group, cap_findings, cap_label
+
 Observer = Callable[["Change"], None]
 
 # what a change is about
@@ -26,14 +28,6 @@ INTERVENTION = "intervention"  # an intervention result arrived for the selectio
 class Change:
     what: str
     source: str = ""  # the pane that caused it ("" = the application)
-
-
-@dataclass
-class Group:
-    """A labelled supernode: nodes drawn and selected together."""
-
-    label: str
-    nodes: tuple[int, ...]
 
 
 @dataclass
@@ -74,17 +68,27 @@ class WorkbenchState:
         return not self._delivering
 
     # -- actions ------------------------------------------------------------------------------------
-    def show(self, view, source: str = "") -> None:
-        """Show a new graph view: selection, pins, groups and the intervention result reset."""
+    def show(self, view, source: str = "", annotations: Annotations | None = None) -> None:
+        """Show a new graph view: selection and the intervention result reset; pins, groups, labels,
+        findings and threshold from ``annotations`` (validated for this view), else none. One change."""
         if not self._writable():
             return
+        notes = annotations or Annotations()
         self.view = view
-        self.selected, self.cell, self.hovered = (), None, None
-        self.pinned, self.groups, self.intervention = (), [], None
-        self.notes, self.findings = {}, ""
+        self.selected, self.cell, self.hovered, self.intervention = (), None, None, None
+        self.pinned, self.groups = notes.pinned, list(notes.groups)
+        self.notes, self.findings = dict(notes.labels), notes.findings
         if view is not None:
+            if notes.threshold is not None:
+                view.set_threshold(notes.threshold)
+            view.pinned = set(notes.pinned)
             self.threshold = view.threshold
         self._emit(VIEW, source)
+
+    def annotations(self, interventions=()) -> Annotations:
+        """The auditor's annotations of the view on show (``interventions``: the log kept beside)."""
+        return Annotations(tuple(self.groups), tuple(sorted(self.pinned)), dict(sorted(self.notes.items())),
+                           self.findings, self.threshold if self.view is not None else None, tuple(interventions))
 
     def select(self, nodes, source: str = "", extend: bool = False, cell: tuple[int, int] | None = None) -> bool:
         """Select ``nodes`` (replacing, or toggling them into the selection with ``extend``).
@@ -162,7 +166,7 @@ class WorkbenchState:
         if not self._writable():
             return None
         nodes = tuple(self.selected if nodes is None else (int(n) for n in nodes))
-        label = label.strip()
+        label = cap_label(label.strip())
         if len(nodes) < 2 or not label:
             return None
         grouped = {n for g in self.groups for n in g.nodes}
@@ -178,7 +182,7 @@ class WorkbenchState:
         """Label a node in your own words (empty text removes the label)."""
         if not self._writable():
             return False
-        text = text.strip()
+        text = cap_label(text.strip())
         if self.notes.get(int(node), "") == text:
             return False
         if text:
@@ -189,6 +193,7 @@ class WorkbenchState:
         return True
 
     def set_findings(self, text: str, source: str = "") -> bool:
+        text = cap_findings(text)
         if not self._writable() or text == self.findings:
             return False
         self.findings = text

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QElapsedTimer, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QColor, QKeySequence, QPainter
+from PySide6.QtGui import QAction, QColor, QKeySequence, QPainter, QTextCursor, QTextOption
 from PySide6.QtWidgets import (
     QApplication,
     QComboBox,
@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 )
 
 import core
+from core.annotations import MAX_FINDINGS
 from core.errors import CircuitDeskError
 from core.models.catalog import DEFAULT_SPEC, list_models
 from core.prompt import require_prompt
@@ -571,7 +572,8 @@ class MainWindow(QMainWindow):
         self._findings_timer.setSingleShot(True)
         self._findings_timer.setInterval(400)
         self._findings_timer.timeout.connect(self._commit_findings)
-        self.findings.textChanged.connect(self._findings_timer.start)
+        self.findings.setWordWrapMode(QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere)
+        self.findings.textChanged.connect(self._findings_typed)
         self.findings_dock = dock("Findings", "findingsDock", self.findings, Qt.DockWidgetArea.BottomDockWidgetArea)
         self.jobs = JobsPane(self.runner)
         self.jobs_dock = dock("Jobs", "jobsDock", self.jobs, Qt.DockWidgetArea.BottomDockWidgetArea)
@@ -861,12 +863,9 @@ class MainWindow(QMainWindow):
         """The graph on show as a core.session.Session (manifest, payload, annotations)."""
         from core.session import Session, new_manifest
 
-        st, model = self.state, self.model
+        model = self.model
         self._commit_findings()
-        notes = {"groups": [{"label": g.label, "nodes": list(g.nodes)} for g in st.groups],
-                 "pinned": sorted(st.pinned), "threshold": st.threshold,
-                 "labels": {str(n): text for n, text in sorted(st.notes.items())}, "findings": st.findings,
-                 "interventions": list(self.intervention_log)}
+        notes = self.state.annotations(self.intervention_log)
         if self.opened is not None:  # re-saving an opened session keeps its manifest and payload
             o = self.opened
             return Session(o.manifest, o.graph, notes, o.circuit, o.logit_lens)
@@ -927,35 +926,17 @@ class MainWindow(QMainWindow):
         if self.runner.busy:
             self.show_error("A job is running; cancel it or wait before opening a session.")
             return False
-        try:
+        try:  # everything that can fail happens before anything on show changes
             session = load_session(path)
+            view = from_attribution(session.graph) if session.graph is not None else from_circuit(session.circuit)
         except CircuitDeskError as err:
             self.show_error(str(err))
             return False
-        notes = session.annotations
-        view = from_attribution(session.graph) if session.graph is not None else from_circuit(session.circuit)
         self._generation += 1  # a late signal of an earlier run must not overwrite this
         self.trace_result, self.circuit_run, self.opened, self.lens_data = None, None, session, None
-        self.intervention_log = list(notes.get("interventions", [])) if isinstance(notes.get("interventions"), list) else []
+        self.intervention_log = list(session.annotations.interventions)
         self.heatmap.set_lens(None)
-        self.state.show(view, source="window")
-        valid = lambda ids: [int(i) for i in ids if isinstance(i, int) and 0 <= i < view.n_nodes]  # noqa: E731
-        threshold = notes.get("threshold")
-        if isinstance(threshold, (int, float)) and 0 <= threshold <= 1:
-            self.state.set_threshold(float(threshold), source="window")
-        if valid(notes.get("pinned", [])):
-            self.state.pin(valid(notes["pinned"]), source="window")
-        for g in notes.get("groups", []):
-            if isinstance(g, dict) and isinstance(g.get("label"), str) and len(valid(g.get("nodes", []))) >= 2:
-                self.state.select(valid(g["nodes"]), source="window")
-                self.state.group(g["label"], source="window")
-        labels = notes.get("labels", {})
-        for key, text in (labels.items() if isinstance(labels, dict) else []):
-            if isinstance(key, str) and key.isdigit() and isinstance(text, str) and int(key) < view.n_nodes:
-                self.state.set_note(int(key), text, source="window")
-        if isinstance(notes.get("findings"), str):
-            self.state.set_findings(notes["findings"], source="window")
-        self.state.clear_selection(source="window")
+        self.state.show(view, source="window", annotations=session.annotations)
         self.session_path = str(path)
         if remember:
             self._remember(self.session_path)
@@ -964,6 +945,9 @@ class MainWindow(QMainWindow):
         m = session.manifest.get("model", {})
         self.status_label.setText(f"Opened {Path(path).name}: {session.manifest.get('kind')} of "
                                   f"{m.get('name', 'a model')} — run again to see heatmaps and intervene")
+        if session.edited:
+            self.show_error(f"{Path(path).name} was changed after it was saved: {', '.join(session.edited)} "
+                            "no longer match the sha256 recorded in its manifest.")
         return True
 
     def unsaved_choice(self, why: str) -> str:
@@ -1034,6 +1018,15 @@ class MainWindow(QMainWindow):
         for p in recent:
             self.recent_menu.addAction(Path(p).name, lambda p=p: self.open_session(p)).setToolTip(p)
         self.recent_menu.setEnabled(bool(recent))
+
+    def _findings_typed(self) -> None:
+        if len(self.findings.toPlainText()) > MAX_FINDINGS:  # typed or pasted past the cap: keep the start
+            self.findings.blockSignals(True)
+            self.findings.setPlainText(self.findings.toPlainText()[:MAX_FINDINGS])
+            self.findings.moveCursor(QTextCursor.MoveOperation.End)
+            self.findings.blockSignals(False)
+            self.status_label.setText(f"Findings are limited to {MAX_FINDINGS:,} characters; the rest was not kept.")
+        self._findings_timer.start()
 
     def _commit_findings(self) -> None:
         self._findings_timer.stop()

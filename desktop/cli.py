@@ -259,10 +259,16 @@ def cmd_verify(args) -> int:
     else:
         for problem in report.problems:
             print(f"circuitdesk: {problem}", file=sys.stderr)
+        if report.edited is None:
+            print("member hashes: not recorded (saved by an earlier version)")
+        elif not report.edited:
+            print("member hashes: every member is as saved")
         if report.fingerprint_ok:
-            print(f"model fingerprint matches; {report.compared:,} edges compared, largest deviation "
-                  f"{report.max_abs_deviation:.3g} ({report.max_rel_deviation:.2e} of the largest weight; "
-                  f"allowed {TOLERANCE:g})")
+            print(f"model fingerprint matches; recomputed and compared (allowed deviation {TOLERANCE:g} of each "
+                  "array's scale):")
+            for c in report.checks:
+                print(f"  {'ok  ' if c.ok else 'DIFF'} {c.name}: {c.compared:,} compared, largest deviation "
+                      f"{c.max_abs_deviation:.3g}" + (f" at {c.worst}" if c.max_abs_deviation else ""))
         print("verified: the session matches" if report.ok else "NOT verified")
     return 0 if report.ok else 1
 

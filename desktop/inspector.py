@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.annotations import MAX_LABEL
 from core.graph import ERROR, FEATURE
 from core.selection import INTERVENTION, SELECTION, THRESHOLD, VIEW, Change, WorkbenchState
 from core.view import CATEGORIES
@@ -51,6 +52,7 @@ class Inspector(QScrollArea):
         self.facts.setTextFormat(Qt.TextFormat.RichText)
         self.facts.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.note_edit = QLineEdit()
+        self.note_edit.setMaxLength(MAX_LABEL)
         self.note_edit.setPlaceholderText("Your label for this node (Enter to keep it)")
         self.note_edit.setToolTip("Saved with the session, shown in the graph's tooltip and used by Find")
         self.note_edit.editingFinished.connect(self._note_edited)

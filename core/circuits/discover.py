@@ -140,23 +140,35 @@ class CircuitResult:
 
     @classmethod
     def from_parts(cls, header: dict, arrays: dict[str, np.ndarray]) -> "CircuitResult":
+        """The circuit of a session file (``header`` validated by ``core.manifest``), its arrays
+        checked for shape, type, finiteness and agreement with the header."""
         g = ComponentGraph(int(header["n_layers"]), int(header["n_heads"]))
-        if g.n_layers < 1 or g.n_heads < 1 or g.n_layers > 1024 or g.n_heads > 1024:
-            raise ValueError("implausible layer or head count")
+        if set(arrays) != {"edge_scores", "circuit"}:
+            raise ValueError(f"a circuit holds the arrays edge_scores and circuit, not {', '.join(sorted(arrays))}")
         scores, circuit = arrays["edge_scores"], arrays["circuit"]
         shape = (g.n_sources, g.n_destinations)
         if scores.shape != shape or circuit.shape != shape:
             raise ValueError(f"edge arrays have shape {scores.shape} / {circuit.shape}, expected {shape}")
         if scores.dtype != np.float32 or circuit.dtype != bool:
             raise ValueError("edge arrays have the wrong types")
+        if not np.isfinite(scores).all():
+            raise ValueError("edge scores hold numbers that are not finite")
         if (circuit & ~g.edge_mask).any():
             raise ValueError("the circuit holds edges that do not exist")
+        for p in header["pairs"]:
+            if not (len(p["clean_ids"]) == len(p["corrupted_ids"]) == p["tokens"]) or not p["answer"] \
+                    or not p["counterfactual"]:
+                raise ValueError(f"pair {p.get('label', '')[:40]!r} has inconsistent token ids")
         c = header.get("curve")
+        if c and not (1 < len(c["sizes"]) == len(c["edges"]) == len(c["faithfulness"])
+                      and all(0 < x <= 1 for x in c["sizes"])):
+            raise ValueError("the faithfulness curve's lists differ in length or hold impossible sizes")
         curve = FaithfulnessCurve(tuple(c["sizes"]), tuple(c["edges"]), tuple(c["faithfulness"]),
                                   float(c["cpr"]), float(c["cmd"])) if c else None
         return cls(g, scores, circuit, float(header["circuit_faithfulness"]), curve,
                    float(header["metric_clean"]), float(header["metric_corrupted"]), float(header["metric_empty"]),
-                   dict(header["task"]), list(header["pairs"]), dict(header["settings"]), dict(header.get("stats", {})))
+                   dict(header.get("task", {})), list(header["pairs"]), dict(header["settings"]),
+                   dict(header.get("stats", {})))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from core.errors import CircuitDeskError
 from core.export import export_session, neuronpedia_graph
 from core.graph import FEATURE, LOGIT
 from core.paths import resources_dir
+from core.annotations import Annotations
 from core.session import Session, new_manifest
 
 
@@ -23,7 +24,7 @@ def session(tiny_model):
     g = res.graph
     feats = [int(i) for i in np.flatnonzero(g.node_mask & (g.kind == FEATURE))[:3]]
     notes = {"groups": [{"label": "names", "nodes": feats[:2]}], "pinned": feats, "labels": {str(feats[2]): "a name"}}
-    return Session(manifest, g, notes)
+    return Session(manifest, g, Annotations.from_json(notes, g.n_nodes))
 
 
 def test_neuronpedia_json_follows_the_schema_and_holds_the_pruned_graph(session, tmp_path):
@@ -49,7 +50,7 @@ def test_neuronpedia_json_follows_the_schema_and_holds_the_pruned_graph(session,
     assert len(logits) == len(g.nodes_of(LOGIT)) and sum(n["is_target_logit"] for n in logits) >= 1
     assert doc["qParams"]["supernodes"][0][0] == "names" and len(doc["qParams"]["supernodes"][0]) == 3
     assert len(doc["qParams"]["pinnedIds"]) == 3
-    assert [n["clerp"] for n in doc["nodes"] if n["node_id"] == g.node_id(session.annotations["pinned"][2])] == ["a name"]
+    assert [n["clerp"] for n in doc["nodes"] if n["node_id"] == g.node_id(session.annotations.pinned[2])] == ["a name"]
     assert doc["metadata"]["prompt_tokens"] == g.tokens
 
 

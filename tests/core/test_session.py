@@ -7,6 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from core.annotations import Annotations
 from core.attribution import AttributionSettings, attribute
 from core.errors import CircuitDeskError
 from core.session import Session, load_session, new_manifest, save_session
@@ -18,7 +19,7 @@ def session(tiny_model):
     res = attribute(m, "when mary and john went to the store", AttributionSettings(max_nodes=30))
     manifest = new_manifest("attribution", m.summary(), res.prompt, AttributionSettings().to_json(),
                             stats=res.stats, targets=[t.to_json() for t in res.targets])
-    return Session(manifest, res.graph, {"notes": "first look"})
+    return Session(manifest, res.graph, Annotations(findings="first look"))
 
 
 def test_round_trip_is_identical(session, tmp_path):
@@ -27,7 +28,7 @@ def test_round_trip_is_identical(session, tmp_path):
     for name, arr in session.graph.arrays().items():
         assert np.array_equal(getattr(back.graph, name), arr, equal_nan=arr.dtype.kind == "f"), name
     assert back.graph.tokens == session.graph.tokens and back.graph.meta["stats"] == session.graph.meta["stats"]
-    assert back.annotations == {"notes": "first look"}
+    assert back.annotations == Annotations(findings="first look") and back.edited == ()
     assert back.manifest["model"]["sha256"] == session.manifest["model"]["sha256"]
 
 

@@ -12,6 +12,7 @@ from core.graph import FEATURE, LOGIT
 from core.paths import file_sha256
 from core.report import GraphFigure, Heading, Heatmap, build_report, build_summary, compact_json
 from core.runs import add_logit_lens
+from core.annotations import Annotations
 from core.session import Session, load_session, new_manifest, save_session
 from desktop.report_pdf import write_pdf
 
@@ -46,7 +47,7 @@ def traced(tiny_model, tmp_path_factory):
     notes = {"groups": [{"label": "name movers", "nodes": feats[:2]}], "pinned": feats[2:],
              "labels": {str(feats[2]): "store detector"}, "findings": FINDING,
              "interventions": [effect.to_json()]}
-    session = Session(manifest, g, notes)
+    session = Session(manifest, g, Annotations.from_json(notes, g.n_nodes))
     add_logit_lens(session, m, res.ids, res.targets[0].token_id)
     path = save_session(tmp_path_factory.mktemp("report") / "t.cdesk", session)
     return path, res, effect, m

@@ -317,9 +317,9 @@ def test_save_and_open_a_session_keeps_graph_groups_pins_and_threshold(qtbot, tr
     assert w.save_session(str(path))
     assert not w.dirty and w.windowTitle().startswith("a.cdesk —")
     s = load_session(path)
-    assert s.annotations["groups"] == [{"label": "pair", "nodes": sorted(nodes[:2])}]
-    assert s.annotations["labels"] == {str(nodes[2]): "says a name"}
-    assert s.annotations["findings"] == "The pair carries the subject."  # typed text is committed on save
+    assert s.annotations.to_json()["groups"] == [{"label": "pair", "nodes": sorted(nodes[:2])}]
+    assert s.annotations.to_json()["labels"] == {str(nodes[2]): "says a name"}
+    assert s.annotations.findings == "The pair carries the subject."  # typed text is committed on save
     assert s.manifest["command"].startswith("circuitdesk trace --model ")
     assert s.manifest["model"]["sha256"] == w.model.fingerprint.sha256
     assert np.array_equal(s.logit_lens, w.lens_data.lens_prob)  # the heatmap's logit lens, for the report
