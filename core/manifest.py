@@ -38,7 +38,8 @@ Scalar = Union[StrictBool, StrictInt, StrictFloat, Name, None]
 Strings = Annotated[list[Name], Field(max_length=MAX_ITEMS)]
 Ids = Annotated[list[TokenId], Field(max_length=MAX_ITEMS)]
 Floats = Annotated[list[float], Field(max_length=MAX_ITEMS)]
-Facts = Annotated[dict[Name, Scalar], Field(max_length=256)]  # stats, a basis's description
+Facts = Annotated[dict[Name, Scalar], Field(max_length=256)]  # a basis's description
+Stats = Annotated[dict[Name, Union[StrictInt, StrictFloat, None]], Field(max_length=256)]  # counts, scores, seconds
 
 
 class _Strict(BaseModel):
@@ -100,7 +101,7 @@ class GraphMeta(_Strict):
     settings: dict = {}  # checked against AttributionSettings by validate_manifest
     target_tokens: Annotated[dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Name],
                              Field(max_length=MAX_ITEMS)] = {}
-    stats: Facts = {}
+    stats: Stats = {}
     row_check: RowCheck | None = None
 
 
@@ -152,7 +153,7 @@ class CircuitHeader(_Strict):
     task: TaskInfo = TaskInfo()
     pairs: Annotated[list[PairInfo], Field(max_length=MAX_ITEMS)]
     settings: dict  # checked against CircuitSettings by validate_manifest
-    stats: Facts = {}
+    stats: Stats = {}
 
 
 class Manifest(_Strict):
@@ -166,7 +167,7 @@ class Manifest(_Strict):
     settings: dict  # the method's settings, checked against its dataclass
     targets: Annotated[list[TargetInfo], Field(max_length=10_000)] = []
     task: TaskInfo | None = None
-    stats: Facts = {}
+    stats: Stats = {}
     command: Text | None = None
     logit_lens: LensInfo | None = None
     members: Annotated[dict[Name, Sha256], Field(max_length=256)] | None = None  # sha256 of every other member

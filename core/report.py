@@ -398,7 +398,7 @@ def _influence_curve(g, threshold: float) -> LineChart:
     share = cumulative_share(v) if len(v) else np.zeros(0)
     # cumulative_share of a sorted vector is already in order
     xs = tuple(float(i + 1) for i in range(len(v)))
-    kept = int(np.searchsorted(share, threshold) + 1) if len(v) else 0
+    kept = min(int(np.searchsorted(share, threshold) + 1), len(v))  # no influence at all: every node
     marker = (float(kept), float(share[kept - 1]), f"threshold {threshold:g}: {kept} nodes") if kept else None
     return LineChart("Influence captured by the most influential nodes", (("nodes", xs, tuple(share.tolist())),),
                      x_label="feature and error nodes kept (most influential first)",

@@ -139,6 +139,18 @@ def load_session(path: str | Path) -> Session:
     _check_format(manifest, where)
     manifest = validate_manifest(manifest, f"{where}: manifest.json")
     edited = _edited_members(manifest.get("members"), raw)
+    try:
+        session = _load_payload(manifest, raw, where)
+    except CircuitDeskError as err:
+        if edited:  # say what was changed since saving: that is what broke it
+            raise CircuitDeskError(f"{str(err).rstrip('.')}; edited after saving: {', '.join(edited)}.") from None
+        raise
+    session.edited = edited
+    return session
+
+
+def _load_payload(manifest: dict, raw: dict[str, bytes], where: str) -> Session:
+    """The session of a validated ``manifest`` and its members' bytes; every member checked."""
     notes_raw = raw.pop("annotations.json", b"{}")
     _parse_json(notes_raw, where, "annotations.json")  # NaN, nesting and encoding refused alike
     arrays = {}
@@ -174,7 +186,6 @@ def load_session(path: str | Path) -> Session:
             raise CircuitDeskError(f"{where} holds an inconsistent logit lens (shape {logit_lens.shape}).")
         session.logit_lens = logit_lens
     session.annotations = Annotations.from_json(notes_raw, session.n_nodes, f"{where}: annotations.json")
-    session.edited = edited
     return session
 
 
@@ -199,13 +210,13 @@ def _read_members(z: zipfile.ZipFile, where: str) -> dict[str, bytes]:
         raise CircuitDeskError(f"{where} would expand to {total} bytes; refusing to open it.")
     out = {}
     for info in infos:
+        # zipfile stops a member at its declared size and then checks the CRC (a member whose header
+        # understates it fails there), but read(n) decompresses up to n bytes first: small reads keep
+        # memory at what the member declares, not at the read limit.
         data = bytearray()
         with z.open(info) as fh:
             while chunk := fh.read(READ_CHUNK):
                 data += chunk
-                if len(data) > info.file_size:  # the header understated it: stop here, not at the limit
-                    raise CircuitDeskError(f"{where}: entry {info.filename} is larger than its header says; "
-                                           "the file is damaged or forged.")
         out[info.filename] = bytes(data)
     return out
 

@@ -497,7 +497,8 @@ class _Renderer:
             m = float(np.abs(v).max()) or 1.0
             lo, hi = -m, m
         else:
-            lo, hi = min(0.0, float(v.min())), float(v.max()) or 1.0
+            lo, hi = min(0.0, float(v.min())), max(0.0, float(v.max()))
+            hi = hi if hi > lo else lo + 1.0  # a constant map (all zero, or all one value): no 0/0
         colour = lambda x: _diverging((x - lo) / (hi - lo) * 2 - 1) if h.scale == "diverging" else _viridis((x - lo) / (hi - lo))  # noqa: E731
         p.setPen(Qt.PenStyle.NoPen)
         for i in range(rows):
