@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     from core.errors import CircuitDeskError
 
+    # No command reads standard input: detached from it, nothing piped in can answer a question
+    # some library might ask (transformers' "Do you wish to run the custom code? [y/N]").
+    sys.stdin = open(os.devnull, encoding="utf-8")
     try:
         return {"models": cmd_models, "predict": cmd_predict, "trace": cmd_trace, "circuit": cmd_circuit,
                 "export": cmd_export, "report": cmd_report, "audit": cmd_audit,

@@ -77,6 +77,15 @@ def read_config(folder: Path) -> dict:
     return config
 
 
+def asks_for_code(path: Path) -> bool:
+    """Whether a config file names custom Python code (``auto_map``), which is never run."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and bool(data.get("auto_map"))
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The folder's safetensors weights; refuses pickle-only checkpoints with a clear reason."""
     files = sorted(folder.glob("*.safetensors"))
