@@ -24,6 +24,7 @@ from core.models.validate import (
     check_gguf,
     check_safetensors,
     read_config,
+    tensor_file,
     weight_files,
 )
 from core.paths import cache_dir
@@ -228,15 +229,19 @@ def _load_folder(
             ) from exc
         raise CircuitDeskError(f"Cannot load the tokenizer in {folder} ({_short(exc)}); copy the tokenizer files with the model.") from exc
     try:
-        hf = AutoModelForCausalLM.from_pretrained(
+        # Mismatched shapes are reported by us (transformers' own report goes to its silenced log).
+        hf, info = AutoModelForCausalLM.from_pretrained(
             folder,
             dtype=dtype,
             local_files_only=True,
             trust_remote_code=False,
             use_safetensors=True,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
         )
     except Exception as exc:
         raise CircuitDeskError(f"Cannot load the model in {folder} ({_short(exc)}).") from exc
+    _check_weights_fit(folder, info)
     hf.eval()
     hf.requires_grad_(False)  # methods take gradients w.r.t. activations, never weights
     hf.to(device)
@@ -257,6 +262,27 @@ def _load_folder(
 
     loaded._instrumentation = Instrumentation(loaded)
     return loaded
+
+
+def _check_weights_fit(folder: Path, info: dict) -> None:
+    """Refuse weights that do not fit the config: transformers would fill a wrong-shaped or missing
+    tensor with random numbers, and every result would be silently meaningless."""
+    config = folder / "config.json"
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, found, expected = mismatched[0]
+        where = tensor_file(folder, key) or folder
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise CircuitDeskError(
+            f"The weight file {where} holds {key} with shape {list(found)}{more}, but {config} needs "
+            f"{list(expected)}; copy the weights and the config.json that belong together."
+        )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CircuitDeskError(
+            f"The weights in {folder} lack {missing[0]}{more}, which {config} needs; copy the complete model."
+        )
 
 
 def _facts(hf, adapter: Adapter, model_type: str) -> ModelFacts:
