@@ -100,6 +100,32 @@ def test_bad_inputs_exit_1_with_one_line(tiny_folder, args, expect):
     assert "Traceback" not in out.stderr and out.stdout == ""
 
 
+def test_text_that_is_not_utf8_is_one_sentence(tiny_folder, tmp_path):
+    """Text read from a file in another encoding reaches Python as lone surrogates, which no
+    tokenizer takes: an argument's bytes (``--prompt "$(cat latin1.txt)"``) or a pair file's
+    unpaired ``\\ud800`` escape."""
+    model, out_file = str(tiny_folder("llama")), str(tmp_path / "x.cdesk")
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text('{"clean": "when mary \\ud800 and", "corrupted": "when john and mary", '
+                     '"answer": " mary", "counterfactual": " john"}\n')
+    cases = [
+        (["predict", "--model", model, "--prompt", b"the cat \xe9t\xe9"],
+         "The prompt is not valid UTF-8 text (the byte 0xe9 at character 9); convert the file it came from to UTF-8."),
+        (["trace", "--model", model, "--prompt", "the cat", "--target", b"\xe9", "--out", out_file],
+         "The target token is not valid UTF-8 text (the byte 0xe9 at character 1)"),
+        (["circuit", "--model", model, "--prompt", "when mary and john", "--corrupted", b"when john and \xff",
+          "--out", out_file], "The corrupted prompt is not valid UTF-8 text (the byte 0xff at character 15)"),
+        (["circuit", "--model", model, "--pairs", str(pairs), "--out", out_file],
+         "p.jsonl line 1 (clean prompt): The prompt is not valid UTF-8 text (an unpaired surrogate U+D800 at "
+         "character 11)"),
+    ]
+    for args, message in cases:
+        out = run(*args)
+        errors = [line for line in out.stderr.splitlines() if line.startswith("circuitdesk:")]
+        assert out.returncode == 1 and len(errors) == 1 and message in errors[0], out.stderr
+        assert "internal error" not in out.stderr and not (tmp_path / "x.cdesk").exists()
+
+
 # -- trace -----------------------------------------------------------------------------------------
 def test_trace_tiny_model_json_and_session(tiny_folder, tmp_path):
     from core.session import load_session
