@@ -226,9 +226,9 @@ def cmd_audit(args) -> int:
     suite = load_suite(args.suite)
     render = None
     if not args.no_pdf:
-        from desktop.report_pdf import auditor_name, write_pdf
+        from desktop.report_pdf import auditor_name, render_pdf
 
-        render = write_pdf
+        render = render_pdf
         suite.auditor = suite.auditor or auditor_name()
     n = len(suite.cases)
     print(f"suite {suite.name!r}: {n} case{'s' * (n != 1)}, model {suite.model}", file=sys.stderr)
