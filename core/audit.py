@@ -25,7 +25,8 @@ missing pair file, an unknown setting) is recorded with its reason and the suite
     n_pairs = 16
 
 Rendering PDFs needs Qt, so ``run_suite`` takes the renderer as an argument (``desktop`` passes
-``report_pdf.write_pdf``); without one, sessions and ``summary.json`` are still written.
+``report_pdf.render_pdf``, report → PDF bytes); without one, sessions and ``summary.json`` are
+still written. ``summary.json`` and ``summary.pdf`` are written together or not at all.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Callable
 
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
-from core.paths import atomic_write
+from core.paths import atomic_write, atomic_write_all
 
 log = logging.getLogger("circuitdesk.audit")
 
@@ -147,7 +148,8 @@ def _file_name(name: str) -> str:
 def run_suite(suite: Suite, out_dir: str | Path, ctx: JobContext | None = None,
               render: Callable | None = None, notify: Callable[[int, CaseOutcome], None] | None = None) -> dict:
     """Run every case of ``suite`` into ``out_dir``; returns the summary (also written as
-    ``summary.json``, and ``summary.pdf`` through ``render(report, path)`` when given).
+    ``summary.json``, and each case's PDF and ``summary.pdf`` through ``render(report) -> bytes``
+    when given).
     ``notify(k, outcome)`` is called after each case."""
     from core.models import load_model
     from core.report import build_report, build_summary
@@ -178,7 +180,8 @@ def run_suite(suite: Suite, out_dir: str | Path, ctx: JobContext | None = None,
             outcome.session = session_path.name
             if render is not None:
                 pdf = out / f"{outcome.name}.pdf"
-                render(build_report(session, session_path, auditor=suite.auditor), pdf)
+                data = render(build_report(session, session_path, auditor=suite.auditor))
+                atomic_write(pdf, lambda fh: fh.write(data))
                 outcome.report = pdf.name
             outcome.status = "ok"
         except CircuitDeskError as e:
@@ -199,9 +202,11 @@ def run_suite(suite: Suite, out_dir: str | Path, ctx: JobContext | None = None,
         "cases": [o.to_json() for o in outcomes],
     }
     text = json.dumps(summary, indent=1)
-    atomic_write(out / "summary.json", lambda fh: fh.write(text.encode("utf-8")))
+    files = {out / "summary.json": lambda fh: fh.write(text.encode("utf-8"))}
     if render is not None:
-        render(build_summary(summary), out / "summary.pdf")
+        pdf_bytes = render(build_summary(summary))
+        files[out / "summary.pdf"] = lambda fh: fh.write(pdf_bytes)
+    atomic_write_all(files)  # a pair from one run, never a new JSON beside an old PDF
     ctx.progress(1.0, "Done")
     return summary
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from core.errors import CircuitDeskError
 from core.graph import EMBEDDING, ERROR, FEATURE, KIND_NAMES, LOGIT, compute_node_influence, cumulative_share
-from core.paths import atomic_write
+from core.paths import atomic_write, atomic_write_all
 
 FORMATS = ("neuronpedia", "graphml", "csv")
 NEURONPEDIA_SCHEMA_VERSION = 1
@@ -41,7 +41,9 @@ def export_session(session, fmt: str, out: str | Path) -> list[Path]:
     if fmt == "graphml":
         return [_write_graphml(out, nodes, edges, session)]
     stem = out.with_suffix("") if out.suffix == ".csv" else out
-    return [_write_csv(Path(f"{stem}.nodes.csv"), nodes), _write_csv(Path(f"{stem}.edges.csv"), edges)]
+    # the pair is written together: a failure on either leaves the old pair as it was
+    return atomic_write_all({Path(f"{stem}.nodes.csv"): _csv_writer(nodes),
+                             Path(f"{stem}.edges.csv"): _csv_writer(edges)})
 
 
 # -- one table of nodes and one of edges, for every kind of session ------------------------------
@@ -204,7 +206,9 @@ def _graphml_value(v):
     return "" if v is None else v  # GraphML has no null
 
 
-def _write_csv(path: Path, rows: list[dict]) -> Path:
+def _csv_writer(rows: list[dict]):
+    """``write(binary_file)`` for ``atomic_write_all``: the rows as a CSV table with a header."""
+
     def write(fh):
         import io
 
@@ -215,4 +219,4 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
         text.flush()
         text.detach()
 
-    return atomic_write(path, write)
+    return write

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Mapping
 
 import platformdirs
 
@@ -65,27 +67,65 @@ def atomic_write(path: Path, write) -> Path:
     folder, which then replaces ``path`` (permissions as a plain ``open`` would give, umask
     applied). Any failure or interruption removes the temporary file; OS errors become one
     sentence."""
+    return atomic_write_all({path: write})[0]
+
+
+def atomic_write_all(writes: Mapping[Path, Callable]) -> list[Path]:
+    """Write several files all or nothing (a CSV pair, a summary's JSON and PDF): each
+    ``write(binary_file)`` fills a temporary file beside its path; only when every one is complete
+    are they renamed into place, with Ctrl-C and SIGTERM held back meanwhile (renames within a
+    folder need no space, so nothing else can stop them half-way). Any failure before removes
+    every temporary file and leaves the old files as they were; OS errors become one sentence."""
     from core.errors import CircuitDeskError
 
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise CircuitDeskError(f"Cannot write {path}: the folder {folder} does not exist.")
+    paths = [Path(p) for p in writes]
+    for path in paths:
+        folder = path.parent if str(path.parent) else Path(".")
+        if not folder.is_dir():
+            raise CircuitDeskError(f"Cannot write {path}: the folder {folder} does not exist.")
+        if path.is_dir():
+            raise CircuitDeskError(f"Cannot write {path}: it is a folder.")
+    umask = os.umask(0)
+    os.umask(umask)
+    temps: list[str] = []
+    path = paths[0]
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".~" + path.name, suffix=".tmp", dir=folder)
+        for path, write in zip(paths, writes.values()):
+            fd, tmp = tempfile.mkstemp(prefix=".~" + path.name, suffix=".tmp", dir=path.parent)
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved file is the user's usual kind
+        with _signals_held():
+            for path, tmp in zip(paths, temps):
+                os.replace(tmp, path)
     except OSError as e:
-        raise CircuitDeskError(f"Cannot write {path}: {e.strerror or e}.") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved file is the user's usual kind
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(temps)
         raise CircuitDeskError(f"Cannot write {path}: {e.strerror or e}.") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(temps)
         raise
-    return path
+    return paths
+
+
+def _remove(files: list[str]) -> None:
+    for f in files:
+        Path(f).unlink(missing_ok=True)
+
+
+@contextmanager
+def _signals_held():
+    """Hold Ctrl-C and SIGTERM back until the block ends (then they act as usual): a set of renames
+    is not left half done. Only where the OS allows it (POSIX, this thread); elsewhere a no-op."""
+    import signal
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, OSError, ValueError):
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)

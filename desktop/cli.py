@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -174,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     from core.errors import CircuitDeskError
 
+    # No command reads standard input: detached from it, nothing piped in can answer a question
+    # some library might ask (transformers' "Do you wish to run the custom code? [y/N]").
+    sys.stdin = open(os.devnull, encoding="utf-8")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return {"models": cmd_models, "predict": cmd_predict, "trace": cmd_trace, "circuit": cmd_circuit,
                 "export": cmd_export, "report": cmd_report, "audit": cmd_audit,
@@ -182,14 +187,22 @@ def main(argv: list[str] | None = None) -> int:
         log.info("user error: %s", err)
         print(f"circuitdesk: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("circuitdesk: interrupted.", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(f"circuitdesk: {'terminated' if isinstance(stop, Terminated) else 'interrupted'}.", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug: one line for the user, the traceback for the log
         log.exception("internal error in %s", command)
         where = setup_logging()
         print(f"circuitdesk: internal error: {exc} (details in {where}).", file=sys.stderr)
         return 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop), handled as Ctrl-C is: every partial file is removed."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
 
 
 def cmd_export(args) -> int:
@@ -223,9 +236,9 @@ def cmd_audit(args) -> int:
     suite = load_suite(args.suite)
     render = None
     if not args.no_pdf:
-        from desktop.report_pdf import auditor_name, write_pdf
+        from desktop.report_pdf import auditor_name, render_pdf
 
-        render = write_pdf
+        render = render_pdf
         suite.auditor = suite.auditor or auditor_name()
     n = len(suite.cases)
     print(f"suite {suite.name!r}: {n} case{'s' * (n != 1)}, model {suite.model}", file=sys.stderr)

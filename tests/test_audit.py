@@ -153,3 +153,35 @@ def test_example_suite_reads(tmp_path):
     assert len(suite.cases) == 3 and suite.model == "default"
     assert {suite.case(k).get("method", "attribution") for k in range(3)} == {"attribution", "circuit"}
     assert suite.case(0)["max_nodes"] == 200 and "max_nodes" not in suite.case(1)
+
+
+def test_summary_json_and_pdf_are_written_all_or_nothing(tiny_folder, tmp_path, monkeypatch):
+    """The disk fills when summary.pdf is written: the previous run's summary.json and summary.pdf
+    stay as they were, byte for byte, and no temporary file is left (before, a new summary.json
+    ended up beside the old summary.pdf)."""
+    import errno
+    import tempfile
+
+    import core.paths
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f'model = "{tiny_folder("llama")}"\ndevice = "cpu"\n[[cases]]\nname = "a"\nprompt = "{PROMPT}"\n'
+                     'max_nodes = 10\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {out / "summary.json": b'{"suite": "last week"}', out / "summary.pdf": b"%PDF-1.4 last week"}
+    for path, data in old.items():
+        path.write_bytes(data)
+    real = tempfile.mkstemp
+
+    def disk_full_for_summary_pdf(*args, prefix="", **kwargs):
+        if prefix.startswith(".~summary.pdf"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(core.paths.tempfile, "mkstemp", disk_full_for_summary_pdf)
+    with pytest.raises(CircuitDeskError, match=r"Cannot write .*summary\.pdf: No space left on device\."):
+        run_suite(load_suite(suite), out, render=lambda report: b"%PDF-1.4 " + report.title.encode())
+    assert {p: p.read_bytes() for p in out.iterdir() if p.name.startswith("summary")} == old
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert (out / "a.pdf").read_bytes().startswith(b"%PDF")  # the case's own report was written

@@ -100,6 +100,32 @@ def test_bad_inputs_exit_1_with_one_line(tiny_folder, args, expect):
     assert "Traceback" not in out.stderr and out.stdout == ""
 
 
+def test_text_that_is_not_utf8_is_one_sentence(tiny_folder, tmp_path):
+    """Text read from a file in another encoding reaches Python as lone surrogates, which no
+    tokenizer takes: an argument's bytes (``--prompt "$(cat latin1.txt)"``) or a pair file's
+    unpaired ``\\ud800`` escape."""
+    model, out_file = str(tiny_folder("llama")), str(tmp_path / "x.cdesk")
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text('{"clean": "when mary \\ud800 and", "corrupted": "when john and mary", '
+                     '"answer": " mary", "counterfactual": " john"}\n')
+    cases = [
+        (["predict", "--model", model, "--prompt", b"the cat \xe9t\xe9"],
+         "The prompt is not valid UTF-8 text (the byte 0xe9 at character 9); convert the file it came from to UTF-8."),
+        (["trace", "--model", model, "--prompt", "the cat", "--target", b"\xe9", "--out", out_file],
+         "The target token is not valid UTF-8 text (the byte 0xe9 at character 1)"),
+        (["circuit", "--model", model, "--prompt", "when mary and john", "--corrupted", b"when john and \xff",
+          "--out", out_file], "The corrupted prompt is not valid UTF-8 text (the byte 0xff at character 15)"),
+        (["circuit", "--model", model, "--pairs", str(pairs), "--out", out_file],
+         "p.jsonl line 1 (clean prompt): The prompt is not valid UTF-8 text (an unpaired surrogate U+D800 at "
+         "character 11)"),
+    ]
+    for args, message in cases:
+        out = run(*args)
+        errors = [line for line in out.stderr.splitlines() if line.startswith("circuitdesk:")]
+        assert out.returncode == 1 and len(errors) == 1 and message in errors[0], out.stderr
+        assert "internal error" not in out.stderr and not (tmp_path / "x.cdesk").exists()
+
+
 # -- trace -----------------------------------------------------------------------------------------
 def test_trace_tiny_model_json_and_session(tiny_folder, tmp_path):
     from core.session import load_session
@@ -226,3 +252,45 @@ def test_circuit_bad_inputs_say_one_sentence(tiny_folder, tmp_path):
         assert "Traceback" not in out.stderr and not out_file.exists()
     out = run("circuit", "--model", model, "--task", "ioi", "--pairs", str(pairs), "--out", str(out_file))
     assert out.returncode == 2  # usage: a task or a pair file, not both
+
+
+def test_sigterm_while_a_session_is_written_cleans_up_and_exits_1(tiny_folder, tmp_path):
+    """``kill -TERM`` is handled as Ctrl-C is: the half-written temporary file beside the output is
+    removed, one sentence says so, exit 1 (before, the process died and left ``.~x.cdesk….tmp``).
+    The session writer is slowed down so that the signal lands while it writes."""
+    import signal
+    import time
+
+    slow_writer = (
+        "import sys, time\n"
+        "import numpy as np\n"
+        "real_save = np.save\n"
+        "def slow_save(*args, **kwargs):\n"
+        "    print('writing the session', file=sys.stderr, flush=True)\n"
+        "    time.sleep(60)\n"
+        "    return real_save(*args, **kwargs)\n"
+        "np.save = slow_save\n"
+        "from desktop.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", slow_writer, "trace", "--model", str(tiny_folder("llama")),
+                             "--prompt", "the cat", "--device", "cpu", "--max-nodes", "10",
+                             "--out", str(out_dir / "x.cdesk")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if not line or line.startswith("writing the session"):
+            break
+    assert lines[-1].startswith("writing the session"), "".join(lines)
+    assert [p.name for p in out_dir.iterdir()][0].startswith(".~x.cdesk")  # the temporary file exists now
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    assert [line for line in stderr.splitlines() if line.startswith("circuitdesk:")] == ["circuitdesk: terminated."]
+    assert "Traceback" not in stderr and stdout == ""
+    assert list(out_dir.iterdir()) == []

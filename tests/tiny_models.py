@@ -74,3 +74,50 @@ def make_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_tiny_gguf(path: Path, seed: int = 0) -> Path:
+    """Write a tiny random Llama model as a .gguf file (its own tokenizer inside), converted in ~1 s."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tokens = ["<bos>", "<eos>", "Ġ"] + WORDS
+    d, ff, n_layers, heads, kv = 32, 64, 2, 4, 2
+    hd = d // heads
+
+    def rand(*shape):
+        return (0.2 * rng.standard_normal(shape)).astype(np.float32)
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny")
+    w.add_block_count(n_layers)
+    w.add_context_length(64)
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * len(tokens))
+    w.add_token_merges([])
+    w.add_token_types([gguf.TokenType.CONTROL] * 2 + [gguf.TokenType.NORMAL] * (len(tokens) - 2))
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    w.add_tensor("token_embd.weight", rand(len(tokens), d))
+    w.add_tensor("output_norm.weight", np.ones(d, np.float32))
+    w.add_tensor("output.weight", rand(len(tokens), d))
+    for i in range(n_layers):
+        shapes = {"attn_q": (d, d), "attn_k": (kv * hd, d), "attn_v": (kv * hd, d), "attn_output": (d, d),
+                  "ffn_gate": (ff, d), "ffn_up": (ff, d), "ffn_down": (d, ff)}
+        for name, shape in shapes.items():
+            w.add_tensor(f"blk.{i}.{name}.weight", rand(*shape))
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(d, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(d, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

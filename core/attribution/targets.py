@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from core.errors import CircuitDeskError
+from core.prompt import require_utf8
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ def resolve_token(tokenizer, text: str, what: str = "target") -> int:
         return tid
     if text == "":
         raise CircuitDeskError(f"The {what} token is empty; give the token's text, e.g. \" Paris\".")
+    require_utf8(text, f"The {what} token")
     ids = tokenizer(text, add_special_tokens=False).input_ids
     unk = getattr(tokenizer, "unk_token_id", None)
     if len(ids) == 1 and (unk is None or ids[0] != unk or text == tokenizer.unk_token):

@@ -123,12 +123,26 @@ def _read_config(folder: Path) -> dict:
 
             try:
                 data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except (yaml.YAMLError, UnicodeDecodeError) as e:
-                raise CircuitDeskError(f"The transcoder config {path} is not valid YAML ({e}).") from None
+            except UnicodeDecodeError:
+                raise CircuitDeskError(f"The transcoder config {path} is not UTF-8 text.") from None
+            except yaml.YAMLError as e:
+                raise CircuitDeskError(_yaml_error(path, e)) from None
             if not isinstance(data, dict):
                 raise CircuitDeskError(f"The transcoder config {path} is not a mapping of settings.")
             return data
     return {}
+
+
+def _yaml_error(path: Path, e) -> str:
+    """One sentence for a YAML error (PyYAML's own message spans several lines with a caret)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f" (line {mark.line + 1})" if mark is not None else ""
+    problem = (getattr(e, "problem", None) or str(e)).strip().splitlines()[0]
+    tag = re.search(r"tag:yaml.org,2002:(python/\S+?)'", problem)
+    if tag:  # safe_load refuses these; say so plainly
+        return (f"The transcoder config {path}{where} holds the Python tag !!{tag.group(1)}, which Circuit Desk "
+                "never runs; write plain settings (text, numbers) instead.")
+    return f"The transcoder config {path} is not valid YAML{where}: {problem.rstrip('.')}."
 
 
 def _safetensors(path: Path) -> dict[str, torch.Tensor]:

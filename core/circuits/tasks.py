@@ -194,7 +194,7 @@ def prompt_pair(model, clean: str, corrupted: str, answer: str | None = None, co
     from core.prompt import require_prompt
 
     require_prompt(clean)
-    require_prompt(corrupted)
+    require_prompt(corrupted, "The corrupted prompt")
     if answer is None:
         prediction = prediction or predict_next(model, clean, 1)
         answer = f"#{prediction.top[0].token_id}"

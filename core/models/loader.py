@@ -18,7 +18,15 @@ from core.jobs import JobContext
 from core.models.adapters import SUPPORTED_MODEL_TYPES, Adapter, adapter_for
 from core.models.catalog import DEFAULT_NAME, DEFAULT_SPEC, default_gguf_path
 from core.models.fingerprint import Fingerprint, fingerprint_files, fingerprint_folder, sha256_file
-from core.models.validate import PICKLE_SUFFIXES, check_gguf, check_safetensors, read_config, weight_files
+from core.models.validate import (
+    PICKLE_SUFFIXES,
+    asks_for_code,
+    check_gguf,
+    check_safetensors,
+    read_config,
+    tensor_file,
+    weight_files,
+)
 from core.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -192,6 +200,8 @@ def _load_folder(
     adapter = adapter_for(str(model_type))
     if adapter is None:
         hint = " (multimodal Gemma 3; use a text-only checkpoint)" if model_type == "gemma3" else ""
+        if asks_for_code(folder / "config.json"):
+            hint = " (its auto_map names custom code, which Circuit Desk never runs)"
         raise CircuitDeskError(
             f"Unsupported model_type '{model_type}'{hint} in {folder / 'config.json'}; "
             f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
@@ -203,7 +213,7 @@ def _load_folder(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-    _quiet_transformers()
+    _configure_transformers()
     # Our own GGUF conversions hold the exact tokenizer.json written from the GGUF: load it as is
     # (1.4 s faster than AutoTokenizer's class resolution). User folders get AutoTokenizer, the
     # reference behaviour for their model_type.
@@ -211,17 +221,27 @@ def _load_folder(
     try:
         tokenizer = tokenizer_class.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except Exception as exc:
+        coded = [n for n in ("tokenizer_config.json", "config.json") if asks_for_code(folder / n)]
+        if coded:
+            raise CircuitDeskError(
+                f"The tokenizer in {folder} needs custom code ({coded[0]} has an auto_map), which Circuit Desk "
+                "never runs; use a checkpoint whose tokenizer is a standard tokenizer.json."
+            ) from exc
         raise CircuitDeskError(f"Cannot load the tokenizer in {folder} ({_short(exc)}); copy the tokenizer files with the model.") from exc
     try:
-        hf = AutoModelForCausalLM.from_pretrained(
+        # Mismatched shapes are reported by us (transformers' own report goes to its silenced log).
+        hf, info = AutoModelForCausalLM.from_pretrained(
             folder,
             dtype=dtype,
             local_files_only=True,
             trust_remote_code=False,
             use_safetensors=True,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
         )
     except Exception as exc:
         raise CircuitDeskError(f"Cannot load the model in {folder} ({_short(exc)}).") from exc
+    _check_weights_fit(folder, info)
     hf.eval()
     hf.requires_grad_(False)  # methods take gradients w.r.t. activations, never weights
     hf.to(device)
@@ -242,6 +262,27 @@ def _load_folder(
 
     loaded._instrumentation = Instrumentation(loaded)
     return loaded
+
+
+def _check_weights_fit(folder: Path, info: dict) -> None:
+    """Refuse weights that do not fit the config: transformers would fill a wrong-shaped or missing
+    tensor with random numbers, and every result would be silently meaningless."""
+    config = folder / "config.json"
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, found, expected = mismatched[0]
+        where = tensor_file(folder, key) or folder
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise CircuitDeskError(
+            f"The weight file {where} holds {key} with shape {list(found)}{more}, but {config} needs "
+            f"{list(expected)}; copy the weights and the config.json that belong together."
+        )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CircuitDeskError(
+            f"The weights in {folder} lack {missing[0]}{more}, which {config} needs; copy the complete model."
+        )
 
 
 def _facts(hf, adapter: Adapter, model_type: str) -> ModelFacts:
@@ -286,18 +327,25 @@ def _gguf_cache(gguf: Path, ctx) -> tuple[Path, Fingerprint]:
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-        ctx.check_cancelled()
-        hf = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
-        )
-    except Exception as exc:
-        raise CircuitDeskError(f"Cannot convert the GGUF file {gguf} ({_short(exc)}).") from exc
+    _configure_transformers()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # transformers treats the folder around ``gguf_file`` as a model repository: a config.json or
+    # tokenizer_config.json there could name custom code (auto_map) or override the GGUF's own
+    # settings. Convert from a fresh private folder that holds nothing but the GGUF, so the file's
+    # own metadata and tokenizer are all that is read.
+    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=folder.parent) as private:
+        alone = Path(private) / "model.gguf"
+        _link_or_copy(gguf, alone)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(private, gguf_file=alone.name, local_files_only=True,
+                                                      trust_remote_code=False)
+            ctx.check_cancelled()
+            hf = AutoModelForCausalLM.from_pretrained(private, gguf_file=alone.name, dtype=torch.float32,
+                                                      local_files_only=True, trust_remote_code=False)
+        except Exception as exc:
+            raise CircuitDeskError(f"Cannot convert the GGUF file {gguf} ({_short(exc)}).") from exc
     ctx.check_cancelled()
     ctx.progress(0.8, "Writing the converted model to the cache")
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
     try:
         config = hf.config
@@ -319,9 +367,25 @@ def _gguf_cache(gguf: Path, ctx) -> tuple[Path, Fingerprint]:
     return folder, fp
 
 
-def _quiet_transformers() -> None:
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` shows ``src``'s bytes: a symbolic link, or a copy where links are not allowed (Windows)."""
+    try:
+        os.symlink(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _configure_transformers() -> None:
+    """Quiet logs, no progress bars, and no question on stdin ever.
+
+    Every call passes ``trust_remote_code=False``; should some nested call inside transformers
+    leave it unset, a timeout of 0 makes transformers refuse custom code instead of asking
+    "Do you wish to run the custom code? [y/N]", which piped input could answer.
+    """
+    from transformers import dynamic_module_utils
     from transformers.utils import logging as hf_logging
 
+    dynamic_module_utils.TIME_OUT_REMOTE_CODE = 0
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 

@@ -77,6 +77,27 @@ def read_config(folder: Path) -> dict:
     return config
 
 
+def asks_for_code(path: Path) -> bool:
+    """Whether a config file names custom Python code (``auto_map``), which is never run."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and bool(data.get("auto_map"))
+
+
+def tensor_file(folder: Path, key: str) -> Path | None:
+    """The weight file holding the tensor ``key`` (or a name it ends with: checkpoints may drop the
+    model's prefix), read from the safetensors headers only."""
+    from safetensors import safe_open
+
+    for path in weight_files(folder):
+        with safe_open(str(path), "pt") as f:
+            if any(k == key or key.endswith("." + k) or k.endswith("." + key) for k in f.keys()):
+                return path
+    return None
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The folder's safetensors weights; refuses pickle-only checkpoints with a clear reason."""
     files = sorted(folder.glob("*.safetensors"))

@@ -95,3 +95,31 @@ def test_bad_outputs_fail_clearly(session, tmp_path):
     with pytest.raises(CircuitDeskError, match="Unknown export format"):
         export_session(session, "xlsx", tmp_path / "g.xlsx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_csv_pair_is_written_all_or_nothing(session, tmp_path, monkeypatch):
+    """The disk fills while the second table is written: the old pair stays as it was, byte for
+    byte, and no temporary file is left (before, the nodes table was already replaced)."""
+    import errno
+
+    old = {tmp_path / "g.nodes.csv": b"id\nold-node\n", tmp_path / "g.edges.csv": b"source,target\nold,edge\n"}
+    for path, data in old.items():
+        path.write_bytes(data)
+    real, calls = csv.DictWriter.writerows, []
+
+    def disk_full_on_second_table(self, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            real(self, rows[:1])  # part of it reached the disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, rows)
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", disk_full_on_second_table)
+    with pytest.raises(CircuitDeskError, match=r"Cannot write .*g\.edges\.csv: No space left on device\."):
+        export_session(session, "csv", tmp_path / "g.csv")
+    assert len(calls) == 2
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == old
+    monkeypatch.undo()
+    written = export_session(session, "csv", tmp_path / "g.csv")  # and with room, both are replaced
+    assert sorted(written) == sorted(old) and all(p.read_bytes() != old[p] for p in old)
+    assert sorted(tmp_path.iterdir()) == sorted(old)

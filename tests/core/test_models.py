@@ -80,15 +80,21 @@ def _one_sentence(err: CircuitDeskError) -> str:
         (lambda d, src: _pickle_file(d), "never unpickles"),
         (lambda d, src: _missing_shard(d, src), "missing weight shard"),
         (lambda d, src: _bad_json(d, src), "not valid JSON"),
+        (lambda d, src: _edit_tensors(d, src, wrong_shape=True),
+         ("m/model.safetensors holds model.layers.0.mlp.up_proj.weight with shape [63, 32], but ",
+          "m/config.json needs [64, 32]; copy the weights and the config.json that belong together.")),
+        (lambda d, src: _edit_tensors(d, src, wrong_shape=False),
+         "lack model.layers.1.mlp.up_proj.weight, which"),
     ],
     ids=["missing", "no-config", "bert", "gemma3-mm", "truncated", "garbage", "pickle-folder",
-         "pickle-file", "missing-shard", "bad-json"],
+         "pickle-file", "missing-shard", "bad-json", "wrong-shape", "missing-tensor"],
 )
 def test_bad_model_inputs_give_one_clear_sentence(tmp_path, tiny_folder, make, expect):
     path = make(tmp_path, tiny_folder("llama"))
     with pytest.raises(CircuitDeskError) as info:
         load_model(path, device="cpu")
-    assert expect in _one_sentence(info.value)
+    text = _one_sentence(info.value)
+    assert all(part in text for part in (expect if isinstance(expect, tuple) else (expect,))), text
 
 
 def _copy(d, src):
@@ -136,6 +142,22 @@ def _missing_shard(d, src):
     (out / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}})
     )
+    return out
+
+
+def _edit_tensors(d, src, wrong_shape: bool):
+    """A weight file that does not fit its config.json: one tensor a row short, or one missing
+    (transformers would fill either with random numbers)."""
+    from safetensors.torch import load_file, save_file
+
+    out = _copy(d, src)
+    w = out / "model.safetensors"
+    tensors = load_file(str(w))
+    if wrong_shape:
+        tensors["model.layers.0.mlp.up_proj.weight"] = tensors["model.layers.0.mlp.up_proj.weight"][:-1].clone()
+    else:
+        del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, str(w), metadata={"format": "pt"})
     return out
 
 

@@ -114,8 +114,21 @@ def test_gui_start_path_does_not_import_torch():
 
 
 def test_trust_remote_code_is_never_enabled():
+    """And every ``from_pretrained`` says ``trust_remote_code=False`` itself: left unset, transformers
+    would ask on stdin whether to run a folder's code."""
+    import ast
+
+    calls = 0
     for path in list((ROOT / "core").rglob("*.py")) + list((ROOT / "desktop").rglob("*.py")):
-        assert "trust_remote_code=True" not in path.read_text(), path
+        text = path.read_text()
+        assert "trust_remote_code=True" not in text, path
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "from_pretrained":
+                calls += 1
+                trust = [k.value for k in node.keywords if k.arg == "trust_remote_code"]
+                assert len(trust) == 1 and isinstance(trust[0], ast.Constant) and trust[0].value is False, \
+                    f"{path.name} line {node.lineno}: from_pretrained without trust_remote_code=False"
+    assert calls >= 4  # the folder and GGUF loaders' tokenizer and model
 
 
 @pytest.mark.slow
