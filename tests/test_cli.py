@@ -262,14 +262,13 @@ def test_sigterm_while_a_session_is_written_cleans_up_and_exits_1(tiny_folder, t
     import time
 
     slow_writer = (
-        "import sys, time\n"
-        "import numpy as np\n"
-        "real_save = np.save\n"
-        "def slow_save(*args, **kwargs):\n"
+        "import sys, time, zipfile\n"
+        "real_writestr = zipfile.ZipFile.writestr\n"
+        "def slow_writestr(*args, **kwargs):\n"
         "    print('writing the session', file=sys.stderr, flush=True)\n"
         "    time.sleep(60)\n"
-        "    return real_save(*args, **kwargs)\n"
-        "np.save = slow_save\n"
+        "    return real_writestr(*args, **kwargs)\n"
+        "zipfile.ZipFile.writestr = slow_writestr\n"
         "from desktop.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
