@@ -50,6 +50,7 @@ from desktop.inspector import Inspector
 from desktop.jobs import JobRunner
 from desktop.jobs_pane import JobsPane
 from desktop.logs import setup_logging
+from desktop.slot_errors import SlotErrorHook
 
 log = logging.getLogger(__name__)
 
@@ -1316,6 +1317,7 @@ def run_gui(
     app.setApplicationName("Circuit Desk")
     app.setOrganizationName("CircuitDesk")
     window = MainWindow()
+    errors = SlotErrorHook(window.show_error).install()  # an exception in a slot: dialog + log
     if model:
         window.panel.select_spec(model)
     if prompt is not None:
@@ -1339,4 +1341,7 @@ def run_gui(
         QTimer.singleShot(0, window.run)
     elif screenshot:
         QTimer.singleShot(300, after_run)
-    return app.exec()
+    try:
+        return app.exec()
+    finally:
+        errors.uninstall()
