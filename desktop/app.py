@@ -51,6 +51,7 @@ from desktop.inspector import Inspector
 from desktop.jobs import JobRunner
 from desktop.jobs_pane import JobsPane
 from desktop.logs import setup_logging
+from desktop.slot_errors import SlotErrorHook
 
 log = logging.getLogger(__name__)
 
@@ -625,7 +626,9 @@ class MainWindow(QMainWindow):
     def _build_actions(self) -> None:
         def action(text, slot, shortcut=None, menu=None, tip=None):
             act = QAction(text, self)
-            act.triggered.connect(slot)
+            # triggered(bool) would hand its checked flag to a slot's first optional parameter
+            # (group_selection's label, save_session's path): slots are called without arguments
+            act.triggered.connect(lambda _checked=False: slot())
             if shortcut:
                 act.setShortcut(QKeySequence(shortcut))
             if tip:
@@ -636,10 +639,10 @@ class MainWindow(QMainWindow):
             return act
 
         file_menu = self.menuBar().addMenu("&File")
-        self.open_session_action = action("Open &Session…", lambda: self.open_session(), "Ctrl+Alt+O", file_menu,
+        self.open_session_action = action("Open &Session…", self.open_session, "Ctrl+Alt+O", file_menu,
                                           "Open a .cdesk session file")
         self.recent_menu = file_menu.addMenu("Open &Recent")
-        self.save_action = action("&Save Session", lambda: self.save_session(), QKeySequence.StandardKey.Save,
+        self.save_action = action("&Save Session", self.save_session, QKeySequence.StandardKey.Save,
                                   file_menu, "Save the graph on show with its groups, pins and interventions")
         self.save_as_action = action("Save Session &As…", lambda: self.save_session(ask=True),
                                      QKeySequence.StandardKey.SaveAs, file_menu)
@@ -655,7 +658,7 @@ class MainWindow(QMainWindow):
         action("Export &Heatmap Image…", lambda: self.export_image("heatmap"), "Ctrl+Shift+E", file_menu,
                "Save the heatmap as PNG or SVG (vector)")
         file_menu.addSeparator()
-        self.report_action = action("Export &Report…", lambda: self.export_report(), "Ctrl+R", file_menu,
+        self.report_action = action("Export &Report…", self.export_report, "Ctrl+R", file_menu,
                                     "Write the PDF audit report of the saved session")
         action("Auditor &Name…", self.ask_auditor, None, file_menu, "The name printed on report covers")
         file_menu.addSeparator()
@@ -1307,6 +1310,7 @@ def run_gui(
     app.setApplicationName("Circuit Desk")
     app.setOrganizationName("CircuitDesk")
     window = MainWindow()
+    errors = SlotErrorHook(window.show_error).install()  # an exception in a slot: dialog + log
     if model:
         window.panel.select_spec(model)
     if prompt is not None:
@@ -1330,4 +1334,7 @@ def run_gui(
         QTimer.singleShot(0, window.run)
     elif screenshot:
         QTimer.singleShot(300, after_run)
-    return app.exec()
+    try:
+        return app.exec()
+    finally:
+        errors.uninstall()

@@ -1,6 +1,12 @@
 import gc
 
 import pytest
+from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
+
+PROMPT = "the cat and the dog"  # five tokens: a tiny-model trace takes a fraction of a second
+CLEAN = "when mary and john went to the store , john gave a drink to"
+CORRUPTED = "when mary and john went to the store , mary gave a drink to"
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +24,73 @@ def _unsaved_work_is_discarded(monkeypatch):
     from desktop.app import MainWindow
 
     monkeypatch.setattr(MainWindow, "unsaved_choice", lambda self, why: "discard")
+
+
+@pytest.fixture(autouse=True)
+def _dialogs_never_block(monkeypatch):
+    """A modal dialog a test did not answer (by monkeypatching it) fails the test instead of
+    waiting for a click that never comes. Raised inside a slot, pytest-qt reports it."""
+
+    def unanswered(*args, **kwargs):
+        raise AssertionError(f"a modal dialog was opened that the test does not answer: {args[1:3]}")
+
+    for cls, names in ((QFileDialog, ("getOpenFileName", "getSaveFileName", "getExistingDirectory")),
+                       (QInputDialog, ("getText", "getInt", "getDouble", "getItem")),
+                       (QMessageBox, ("about", "question", "information", "warning", "critical"))):
+        for name in names:
+            monkeypatch.setattr(cls, name, unanswered)
+
+
+class Workbench:
+    """Builds main windows in the states the GUI tests drive (every state from a fresh window;
+    the tiny model is loaded once per test session and handed to each window)."""
+
+    def __init__(self, qtbot, tmp_path, tiny_folder, tiny_model) -> None:
+        self.qtbot, self.tmp_path = qtbot, tmp_path
+        self.spec = str(tiny_folder("llama"))
+        self._model = lambda: tiny_model("llama")
+
+    def window(self, settings: str = "s.ini"):
+        from desktop.app import MainWindow
+
+        w = MainWindow(settings=QSettings(str(self.tmp_path / settings), QSettings.Format.IniFormat))
+        self.qtbot.addWidget(w)
+        w.show()
+        w.panel.select_spec(self.spec)
+        w.panel.device_combo.setCurrentText("cpu")
+        w.panel.prompt_edit.setPlainText(PROMPT)
+        w.panel.max_nodes.setValue(100)
+        w.model, w.model_key = self._model(), (self.spec, "cpu")  # loaded once, not per window
+        return w
+
+    def run(self, w) -> None:
+        with self.qtbot.waitSignal(w.run_finished, timeout=120_000):
+            w.run_action.trigger()
+        assert w.last_error is None, w.last_error
+
+    def graph(self, settings: str = "s.ini"):
+        w = self.window(settings)
+        self.run(w)
+        return w
+
+    def circuit(self, task: str = "prompt", settings: str = "s.ini"):
+        from desktop.app import CIRCUIT, PROMPT_PAIR
+
+        w = self.window(settings)
+        p = w.panel
+        p.method_combo.setCurrentText(CIRCUIT)
+        p.task_combo.setCurrentIndex(p.task_combo.findData(task))
+        if task == PROMPT_PAIR:
+            p.prompt_edit.setPlainText(CLEAN)
+            p.corrupted_edit.setText(CORRUPTED)
+            p.target_edit.setText(" mary")
+            p.foil_edit.setText(" john")
+        else:
+            p.n_pairs.setValue(4)
+        self.run(w)
+        return w
+
+
+@pytest.fixture
+def workbench(qtbot, tmp_path, tiny_folder, tiny_model):
+    return Workbench(qtbot, tmp_path, tiny_folder, tiny_model)
