@@ -191,3 +191,19 @@ def test_suite_naming_a_model_with_custom_code_runs_none_of_it(tiny_folder, tmp_
     with pytest.raises(CircuitDeskError, match="never runs"):
         run_suite(load_suite(suite), tmp_path / "out")
     assert not marker.exists() and says_yes == []
+
+
+@pytest.mark.parametrize("key", ["attn_implementation", "_attn_implementation"])
+def test_attention_kernel_named_in_config_is_not_fetched(tiny_folder, tmp_path, key):
+    """config.json may name a Hub kernel ("org/repo") as its attention: code that the `kernels`
+    package would fetch and run. The model loads with plain attention instead (then the
+    instrumentation's own), and the `kernels` package is never imported."""
+    from core.models import load_model
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_folder("llama"), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg[key] = "kernels-community/flash-attn"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    m = load_model(folder, device="cpu")
+    assert m.hf.config._attn_implementation == "circuitdesk" and "kernels" not in sys.modules

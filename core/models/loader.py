@@ -211,7 +211,7 @@ def _load_folder(
     if fingerprint is None:
         fingerprint = fingerprint_folder(folder)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
     _configure_transformers()
     # Our own GGUF conversions hold the exact tokenizer.json written from the GGUF: load it as is
@@ -229,9 +229,15 @@ def _load_folder(
             ) from exc
         raise CircuitDeskError(f"Cannot load the tokenizer in {folder} ({_short(exc)}); copy the tokenizer files with the model.") from exc
     try:
+        hf_config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        # config.json may name a Hub kernel as its attention ("kernels-community/…": code that the
+        # `kernels` package fetches and runs); load with plain attention, the instrumentation
+        # installs its own right after.
+        hf_config._attn_implementation = "eager"
         # Mismatched shapes are reported by us (transformers' own report goes to its silenced log).
         hf, info = AutoModelForCausalLM.from_pretrained(
             folder,
+            config=hf_config,
             dtype=dtype,
             local_files_only=True,
             trust_remote_code=False,
