@@ -61,6 +61,7 @@ OPEN_FOLDER = "__open_folder__"
 OPEN_GGUF = "__open_gguf__"
 ATTRIBUTION, CIRCUIT, PREDICT = "Attribution graph", "Component circuit", "Next-token prediction"
 PROMPT_PAIR, PAIR_FILE = "prompt", "file"  # circuit sources besides the built-in tasks
+MODEL, PREDICTION, LOGIT_LENS = "model", "prediction", "logit lens"  # a run's partial results, in order
 # The built-in tasks of core.circuits.TASKS (named here: that module loads torch).
 TASK_LABELS = {PROMPT_PAIR: "This prompt vs a corrupted one", "ioi": "Indirect object (IOI), generated",
                "greater-than": "Greater-than, generated", "induction": "Induction, generated",
@@ -128,10 +129,12 @@ class PredictionsView(QWidget):
         layout.addWidget(self.heading)
         layout.addWidget(self.table)
 
-    def show_prediction(self, model_name: str, prediction) -> None:
+    def show_prediction(self, model_name: str, prediction, sequence: str = "after the prompt as typed") -> None:
+        """``sequence``: what the probabilities were computed on (the same prompt gives other
+        numbers with and without a start token)."""
         self.heading.setText(
-            f"<b>{model_name}</b><br>Prompt ({len(prediction.prompt_tokens)} tokens): "
-            f"<tt>{_html(prediction.prompt)}</tt>"
+            f"<b>{_html(model_name)}</b><br>Next token {_html(sequence)} — "
+            f"{len(prediction.prompt_tokens)} tokens: <tt>{_html(prediction.prompt)}</tt>"
         )
         self.table.setRowCount(len(prediction.top))
         for row, t in enumerate(prediction.top):
@@ -150,17 +153,27 @@ class PredictionsView(QWidget):
 
 
 def trace_prompt(model, req: RunRequest, ctx):
-    """Worker-thread body of a trace: the attribution graph and its drawable view (pruned here,
-    not on the GUI thread), its heatmap data, the prediction."""
+    """Worker-thread body of a trace: the prediction and the logit lens first (handed over at once
+    as partial results), then the attribution graph and its drawable view (pruned here, not on
+    the GUI thread). The prediction reads the traced sequence — the start token the trace prepends,
+    then the prompt — so its numbers are the graph's logit nodes'."""
     from core.attribution import attribute
+    from core.attribution.attribute import with_bos
+    from core.attribution.targets import resolve_token
     from core.lens import lens
-    from core.predict import predict_next
+    from core.predict import encode_prompt, predict_ids
     from core.view import from_attribution
 
-    result = attribute(model, req.prompt, attribution_settings(req), ctx=ctx.sub(0.0, 0.85))
+    ids = with_bos(model, encode_prompt(model, req.prompt))
+    prediction = predict_ids(model, ids, req.prompt, req.top_k, ctx.sub(0.0, 0.02))
+    ctx.partial(PREDICTION, prediction)
+    target = resolve_token(model.tokenizer, req.target) if req.target else prediction.top[0].token_id
+    data = lens(model, ids, target_id=target, ctx=ctx.sub(0.02, 0.1))
+    ctx.partial(LOGIT_LENS, data)
+    result = attribute(model, req.prompt, attribution_settings(req), ctx=ctx.sub(0.1, 1.0))
     ctx.check_cancelled()
-    data = lens(model, result.ids, target_id=result.targets[0].token_id, ctx=ctx.sub(0.85, 0.95))
-    prediction = predict_next(model, req.prompt, req.top_k, ctx.sub(0.95, 1.0))
+    if result.targets[0].token_id != target:  # a near tie read differently: the lens follows the graph
+        data = lens(model, result.ids, target_id=result.targets[0].token_id)
     return result, from_attribution(result.graph), data, prediction
 
 
@@ -205,6 +218,41 @@ def cli_command(req: RunRequest) -> str:
     return ""
 
 
+def job_name(req: RunRequest) -> str:
+    """How the jobs pane lists a run: the method and what it ran on."""
+    def short(text: str, n: int = 40) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    if req.method == CIRCUIT and req.task == PAIR_FILE:
+        return f"circuit: pairs from {Path(req.pairs_file).name}"
+    if req.method == CIRCUIT and req.task != PROMPT_PAIR:
+        return f"circuit: {TASK_LABELS[req.task].removesuffix(', generated')} task"
+    if req.method == CIRCUIT:
+        return f"circuit: {short(req.prompt, 30)} vs {short(req.corrupted, 30)}"
+    return f"{'predict' if req.method == PREDICT else 'trace'}: {short(req.prompt)}"
+
+
+def result_detail(result) -> str:
+    """A run's outcome in a few words, for the jobs pane's Detail column."""
+    prediction = result[-1]
+    top = prediction.top[0]
+    said = f"top {top.token!r} {top.probability:.4f}"
+    if len(result) == 2:
+        return said
+    view = result[2]
+    return f"{len(view.visible_nodes())} nodes, {len(view.visible_edges())} edges shown; {said}"
+
+
+def sequence_note(method: str) -> str:
+    """What the Predictions tab's numbers were computed on (a trace prepends a start token)."""
+    if method == ATTRIBUTION:
+        return "after the traced sequence (start token + prompt), as the graph's logit nodes"
+    if method == CIRCUIT:
+        return "after the first pair's clean prompt as the circuit reads it, as the interventions"
+    return "after the prompt as typed"
+
+
 def check_request(req: RunRequest) -> None:
     """What can be checked before a model loads (a clear error instead of a wasted run)."""
     from core.errors import CircuitDeskError
@@ -227,19 +275,22 @@ def circuit_prompt(model, req: RunRequest, ctx):
 
     from core.circuits import CircuitSettings, ComponentRunner, find_circuit
     from core.lens import lens
-    from core.predict import predict_next
+    from core.predict import predict_ids, predict_next
     from core.view import from_circuit
 
-    # a prompt pair's default answer is the prompt's prediction, shown in the Predictions tab too
-    prediction = predict_next(model, req.prompt, req.top_k) if req.task == PROMPT_PAIR else None
-    pairs = pair_source(req).load(model, prediction)
+    # a prompt pair's default answer is the prompt's prediction
+    typed = predict_next(model, req.prompt, req.top_k) if req.task == PROMPT_PAIR else None
+    pairs = pair_source(req).load(model, typed)
     ctx.check_cancelled()
-    result = find_circuit(model, pairs, CircuitSettings(method=req.scoring), ctx=ctx.sub(0.0, 0.9))
     first = pairs.pairs[0]
-    ids = torch.tensor([first.clean])
+    ids = torch.tensor([first.clean])  # the first pair's clean prompt as the circuit reads it
+    # shown at once, on the same sequence as the interventions' numbers
+    prediction = predict_ids(model, ids, first.clean_text, req.top_k)
+    ctx.partial(PREDICTION, prediction)
+    data = lens(model, ids, target_id=first.answer[0], ctx=ctx.sub(0.0, 0.05))
+    ctx.partial(LOGIT_LENS, data)
+    result = find_circuit(model, pairs, CircuitSettings(method=req.scoring), ctx=ctx.sub(0.05, 1.0))
     outputs = ComponentRunner(model).sources(ids).outputs[:, 0, -1].float().cpu().numpy()
-    data = lens(model, ids, target_id=first.answer[0], ctx=ctx.sub(0.9, 0.97))
-    prediction = prediction or predict_next(model, first.clean_text, req.top_k, ctx.sub(0.97, 1.0))
     return CircuitRun(result, ids, outputs, first.answer[0]), from_circuit(result), data, prediction
 
 
@@ -303,6 +354,8 @@ def _html(text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 class ModelPanel(QWidget):
     """Model picker, device, prompt and the Run / Cancel buttons."""
+
+    settings_changed = Signal()  # the method or pair source changed: the rows shown follow it
 
     def __init__(self) -> None:
         super().__init__()
@@ -435,6 +488,7 @@ class ModelPanel(QWidget):
         else:
             self.target_edit.setToolTip("Token to explain, e.g. ' Paris' or #1234 (empty: the model's top token)")
             self.foil_edit.setToolTip("Contrast token: explain target − foil logit difference")
+        self.settings_changed.emit()
 
     @property
     def transcoders(self) -> str | None:
@@ -545,6 +599,7 @@ class MainWindow(QMainWindow):
         self.heatmap = HeatmapPane(self.state)
         self.inspector = Inspector(self.state)
         self.inspector.token_effects = self._token_effects
+        self.inspector.interventions_available = lambda: self.trace_result is not None or self.circuit_run is not None
         self.inspector.intervention_requested.connect(self.run_intervention)
         self.workspace = QTabWidget()
         self.workspace.setDocumentMode(True)
@@ -588,6 +643,7 @@ class MainWindow(QMainWindow):
         self._autosave.timeout.connect(self.autosave)
         self._autosave.start()
         self._offer_recovery()
+        self.panel.settings_changed.connect(self._update_actions)
         self.panel.set_models(list_models(), current=DEFAULT_SPEC)
         self.panel.model_combo.currentIndexChanged.connect(self._model_chosen)
         self.panel.run_button.clicked.connect(self.run)
@@ -622,8 +678,15 @@ class MainWindow(QMainWindow):
         self._tick.timeout.connect(self._update_elapsed)
 
     def _build_actions(self) -> None:
-        def action(text, slot, shortcut=None, menu=None, tip=None):
+        self._enablement: list[tuple[QAction, object]] = []
+        has_view = lambda: self.state.view is not None  # noqa: E731
+        idle = lambda: not self.runner.busy  # noqa: E731
+
+        def action(text, slot, shortcut=None, menu=None, tip=None, enabled=None):
+            """A menu action; ``enabled``: when it makes sense (re-evaluated by _update_actions)."""
             act = QAction(text, self)
+            if enabled is not None:
+                self._enablement.append((act, enabled))
             # triggered(bool) would hand its checked flag to a slot's first optional parameter
             # (group_selection's label, save_session's path): slots are called without arguments
             act.triggered.connect(lambda _checked=False: slot())
@@ -641,9 +704,10 @@ class MainWindow(QMainWindow):
                                           "Open a .cdesk session file")
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self.save_action = action("&Save Session", self.save_session, QKeySequence.StandardKey.Save,
-                                  file_menu, "Save the graph on show with its groups, pins and interventions")
+                                  file_menu, "Save the graph on show with its groups, pins and interventions",
+                                  enabled=has_view)
         self.save_as_action = action("Save Session &As…", lambda: self.save_session(ask=True),
-                                     QKeySequence.StandardKey.SaveAs, file_menu)
+                                     QKeySequence.StandardKey.SaveAs, file_menu, enabled=has_view)
         self.recover_action = action("Recover &Unsaved Work", self.recover, None, file_menu,
                                      "Open what was autosaved before Circuit Desk last closed without saving")
         self.recover_action.setEnabled(False)
@@ -652,12 +716,14 @@ class MainWindow(QMainWindow):
         self.open_gguf_action = action("Open &GGUF File…", self.open_gguf_file, "Ctrl+Shift+O", file_menu)
         file_menu.addSeparator()
         self.export_graph_action = action("&Export Graph Image…", lambda: self.export_image("graph"), "Ctrl+E",
-                                          file_menu, "Save the circuit graph as PNG or SVG (vector)")
-        action("Export &Heatmap Image…", lambda: self.export_image("heatmap"), "Ctrl+Shift+E", file_menu,
-               "Save the heatmap as PNG or SVG (vector)")
+                                          file_menu, "Save the circuit graph as PNG or SVG (vector)", enabled=has_view)
+        self.export_heatmap_action = action("Export &Heatmap Image…", lambda: self.export_image("heatmap"),
+                                            "Ctrl+Shift+E", file_menu, "Save the heatmap as PNG or SVG (vector)",
+                                            enabled=has_view)
         file_menu.addSeparator()
         self.report_action = action("Export &Report…", self.export_report, "Ctrl+R", file_menu,
-                                    "Write the PDF audit report of the saved session")
+                                    "Write the PDF audit report of the saved session",
+                                    enabled=lambda: has_view() and idle())
         action("Auditor &Name…", self.ask_auditor, None, file_menu, "The name printed on report covers")
         file_menu.addSeparator()
         action("&Quit", self.close, QKeySequence.StandardKey.Quit, file_menu)
@@ -666,22 +732,29 @@ class MainWindow(QMainWindow):
         self.run_action = action("&Run Prompt", self.run, "Ctrl+Return", run_menu, "Run the prompt on the model")
         self.cancel_action = action("&Cancel", self.cancel, "Esc", run_menu, "Cancel the running job")
         self.cancel_action.setEnabled(False)
-        action("Focus &Prompt", lambda: self.panel.prompt_edit.setFocus(), "Ctrl+L", run_menu)
+        action("Focus &Prompt", lambda: self.panel.prompt_edit.setFocus(), "Ctrl+L", run_menu,
+               enabled=self.panel.prompt_edit.isEnabled)  # a generated task has no prompt to type
 
         graph_menu = self.menuBar().addMenu("&Graph")
-        self.fit_action = action("&Fit View", self.graph_pane.fit, "Ctrl+0", graph_menu, "Fit the graph in the pane")
-        self.find_action = action("&Find Node…", self._focus_find, QKeySequence.StandardKey.Find, graph_menu)
+        self.fit_action = action("&Fit View", self.graph_pane.fit, "Ctrl+0", graph_menu, "Fit the graph in the pane",
+                                 enabled=has_view)
+        self.find_action = action("&Find Node…", self._focus_find, QKeySequence.StandardKey.Find, graph_menu,
+                                  enabled=has_view)
         graph_menu.addSeparator()
         self.pin_action = action("&Pin Selection", lambda: self.state.pin(source="window"), "Ctrl+P", graph_menu,
-                                 "Keep the selected nodes visible at any threshold")
-        action("&Unpin All", lambda: self.state.unpin_all(source="window"), "Ctrl+Shift+P", graph_menu)
+                                 "Keep the selected nodes visible at any threshold", enabled=has_view)
+        action("&Unpin All", lambda: self.state.unpin_all(source="window"), "Ctrl+Shift+P", graph_menu,
+               enabled=has_view)
         self.group_action = action("&Group Selection…", self.group_selection, "Ctrl+G", graph_menu,
-                                   "Group the selected nodes into a labelled supernode")
-        action("U&ngroup", self.ungroup_selection, "Ctrl+Shift+G", graph_menu, "Break the selected supernode up again")
-        action("Clear &Selection", lambda: self.state.clear_selection(source="window"), "Ctrl+Shift+A", graph_menu)
+                                   "Group the selected nodes into a labelled supernode", enabled=has_view)
+        action("U&ngroup", self.ungroup_selection, "Ctrl+Shift+G", graph_menu, "Break the selected supernode up again",
+               enabled=has_view)
+        action("Clear &Selection", lambda: self.state.clear_selection(source="window"), "Ctrl+Shift+A", graph_menu,
+               enabled=has_view)
         graph_menu.addSeparator()
         self.intervene_action = action("Run &Intervention", self.inspector.request_intervention, "Ctrl+I", graph_menu,
-                                       "Run the inspector's edit on the selected node")
+                                       "Run the inspector's edit on the selected node",
+                                       enabled=lambda: self.inspector.run_button.isEnabled() and idle())
 
         view_menu = self.menuBar().addMenu("&View")
         for d in (self.model_dock, self.heatmap_dock, self.inspector_dock, self.jobs_dock, self.findings_dock):
@@ -689,6 +762,12 @@ class MainWindow(QMainWindow):
 
         help_menu = self.menuBar().addMenu("&Help")
         action("&About Circuit Desk", self.about, None, help_menu)
+        self._update_actions()
+
+    def _update_actions(self) -> None:
+        """Enable the actions that make sense now (after any change of what is on show or running)."""
+        for act, enabled in self._enablement:
+            act.setEnabled(bool(enabled()))
 
     # -- model choice --------------------------------------------------------------------------
     def _model_chosen(self, _index: int) -> None:
@@ -766,24 +845,27 @@ class MainWindow(QMainWindow):
 
             share = 0.9 if model is None and req.method == PREDICT else (0.3 if model is None else 0.0)
             loaded = model or load_model(req.spec, device=req.device, ctx=ctx.sub(0.0, max(share, 0.01)))
-            ctx.check_cancelled()
+            ctx.partial(MODEL, loaded)
             if req.method == PREDICT:
                 return loaded, predict_next(loaded, req.prompt, req.top_k, ctx.sub(share, 1.0))
             work = circuit_prompt if req.method == CIRCUIT else trace_prompt
             return (loaded,) + work(loaded, req, ctx.sub(share, 1.0))
 
-        what = {PREDICT: "predict", CIRCUIT: "circuit"}.get(req.method, "trace")
-        prompt = " ".join(req.prompt.split())
         self.runner.submit(
-            f"{what}: {prompt[:40] + '…' if len(prompt) > 40 else prompt}",
+            job_name(req),
             job,
+            detail=result_detail,
             progress=current(self._on_progress),
+            partial=current(lambda name, value: self._on_partial(key, name, value)),
             returned=current(lambda result: self._on_result(key, result, cli_command(req))),
             errored=current(self.show_error),
             aborted=current(self._on_aborted),
             finished=current(self._on_finished),
         )
         self._set_running(True, "Previous run cancelled; running…" if replaced else "Running…")
+        if model is None:  # the first run of a model loads it first: say so where its facts appear
+            self.panel.model_info.setText(f"Loading <b>{_html(self.panel.model_combo.currentText())}</b>"
+                                          f" on {_html(req.device)}…")
 
     def cancel(self) -> None:
         if self.runner.busy:
@@ -796,6 +878,7 @@ class MainWindow(QMainWindow):
         self.status_cancel.setVisible(running)
         self.panel.cancel_button.setEnabled(running)
         self.cancel_action.setEnabled(running)
+        self._update_actions()
         if running:
             self.progress_bar.setValue(0)
             self._clock.start()
@@ -813,17 +896,30 @@ class MainWindow(QMainWindow):
         if p.message:
             self.status_label.setText(p.message + "…")
 
+    def _on_partial(self, key, name: str, value) -> None:
+        """Show what a run has ready before it ends: the loaded model, the prediction, the lens."""
+        if name == MODEL:
+            self.model, self.model_key = value, key
+            self._show_model_info(value)
+        elif name == PREDICTION:
+            self.last_prediction = value
+            self.predictions.show_prediction(self.model.name, value, sequence_note(self.request().method))
+        elif name == LOGIT_LENS and self.state.view is None:  # else the lens of the graph on show stays
+            self.heatmap.set_lens(value)
+            self.heatmap.redraw()
+
     def _on_result(self, key, result, command: str = "") -> None:
         model = result[0]
         self.model, self.model_key = model, key
         if len(result) == 2:
             self.last_prediction = result[1]
-            self.predictions.show_prediction(model.name, result[1])
+            self.predictions.show_prediction(model.name, result[1], sequence_note(PREDICT))
             self.workspace.setCurrentWidget(self.predictions)
         else:
             _, traced, view, lens_data, prediction = result
             self.last_prediction = prediction
-            self.predictions.show_prediction(model.name, prediction)
+            self.predictions.show_prediction(model.name, prediction,
+                                             sequence_note(CIRCUIT if isinstance(traced, CircuitRun) else ATTRIBUTION))
             self.heatmap.set_lens(lens_data)
             self.lens_data = lens_data
             circuit = isinstance(traced, CircuitRun)
@@ -1062,6 +1158,7 @@ class MainWindow(QMainWindow):
             self.findings.blockSignals(False)
         if change.what in (VIEW, ANNOTATION, THRESHOLD, INTERVENTION):
             self._set_dirty(True)
+        self._update_actions()
 
     def export_image(self, pane: str, path: str | None = None) -> bool:
         """Save the graph or heatmap pane as PNG (pixels at 2× screen size) or SVG (vectors)."""

@@ -43,6 +43,9 @@ class Inspector(QScrollArea):
         self.state = state
         self.refresh_counts: dict[str, int] = {}
         self.token_effects = None  # callable(view, node) -> core.lens.TokenEffects | None (set by the window)
+        # callable() -> bool: the model behind the graph on show is loaded (set by the window); an
+        # opened session has no model until it is run again
+        self.interventions_available = None
         self.setWidgetResizable(True)
         body = QWidget()
         self.setWidget(body)
@@ -128,6 +131,8 @@ class Inspector(QScrollArea):
 
     def intervenable(self, node: int) -> bool:
         v = self.state.view
+        if self.interventions_available is not None and not self.interventions_available():
+            return False
         if v.kind == "attribution":
             g = v.source
             return int(g.kind[node]) in (FEATURE, ERROR)
@@ -192,6 +197,8 @@ class Inspector(QScrollArea):
                 item.setForeground(Qt.GlobalColor.darkBlue if w >= 0 else Qt.GlobalColor.darkRed)
                 lst.addItem(item)
         self.run_button.setEnabled(self.intervenable(node))
+        if self.interventions_available is not None and not self.interventions_available():
+            self.result.setText("Interventions need the model: run the prompt again to intervene here.")
 
     def _show_intervention(self) -> None:
         r = self.state.intervention
