@@ -1235,7 +1235,7 @@ class MainWindow(QMainWindow):
             report = build_report(load_session(session_path), session_path, auditor=auditor)
             ctx.check_cancelled()
             ctx.progress(0.5, "Drawing the pages")
-            return write_pdf(report, path)
+            return write_pdf(report, path, ctx=ctx)
 
         def done(out):
             hint = "" if auditor else "; no auditor name on the cover (File → Auditor Name…)"
