@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QStackedWidget,
     QStyledItemDelegate,
     QTableWidget,
     QTableWidgetItem,
@@ -51,6 +52,7 @@ from desktop.jobs import JobRunner
 from desktop.jobs_pane import JobsPane
 from desktop.logs import setup_logging
 from desktop.slot_errors import SlotErrorHook
+from desktop.start_page import StartPage
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,9 @@ class RunRequest:
 
 
 # ---------------------------------------------------------------------------------------------
+BAR_TRACK, BAR_FILL, BAR_TEXT_ON, BAR_TEXT_OFF = "#eef1f5", "#3b78c2", "#ffffff", "#111111"
+
+
 class ProbabilityDelegate(QStyledItemDelegate):
     """Draws a probability as a horizontal bar with its value."""
 
@@ -96,13 +101,15 @@ class ProbabilityDelegate(QStyledItemDelegate):
             return super().paint(painter, option, index)
         painter.save()
         rect = option.rect.adjusted(4, 4, -4, -4)
-        painter.fillRect(rect, QColor("#eef1f5"))
+        painter.fillRect(rect, QColor(BAR_TRACK))
         bar = rect.adjusted(0, 0, -int(rect.width() * (1.0 - float(value))), 0)
-        painter.fillRect(bar, QColor("#3b78c2"))
-        on_bar = float(value) > 0.85  # the value is drawn over the bar itself
-        painter.setPen(QColor("#ffffff" if on_bar else "#111111"))
-        painter.drawText(rect.adjusted(6, 0, -6, 0), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight,
-                         f"{float(value):.4f}")
+        painter.fillRect(bar, QColor(BAR_FILL))
+        # the value may straddle the bar's end: white where it lies on the bar, dark elsewhere
+        text_rect, align = rect.adjusted(6, 0, -6, 0), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight
+        for clip, colour in ((bar, BAR_TEXT_ON), (rect.adjusted(bar.width(), 0, 0, 0), BAR_TEXT_OFF)):
+            painter.setClipRect(clip)
+            painter.setPen(QColor(colour))
+            painter.drawText(text_rect, align, f"{float(value):.4f}")
         painter.restore()
 
 
@@ -405,6 +412,8 @@ class ModelPanel(QWidget):
         self.corrupted_edit = QLineEdit()
         self.corrupted_edit.setPlaceholderText("e.g. The capital of Italy is")
         self.corrupted_edit.setToolTip("The prompt with the detail that matters changed; same number of tokens")
+        self.corrupted_edit.textChanged.connect(
+            lambda text: self.corrupted_edit.setToolTip(text or "The prompt with the detail that matters changed"))
         self.pairs_file = ""
         self.pairs_label = QLabel("")
         self.pairs_label.setWordWrap(True)
@@ -526,6 +535,12 @@ class ModelPanel(QWidget):
                 self.set_pairs_file(path)
         self._previous_task = index
 
+    def set_corrupted(self, text: str) -> None:
+        """Fill the Corrupted box showing the start of the text (a QLineEdit shows its end after
+        setText, where a long prompt differs least); the whole text is in the tooltip."""
+        self.corrupted_edit.setText(text)
+        self.corrupted_edit.setCursorPosition(0)
+
     def set_pairs_file(self, path: str) -> None:
         self.pairs_file = path
         self.pairs_label.setText(f"<tt>{_html(Path(path).name)}</tt>" if path else "no file chosen")
@@ -535,7 +550,7 @@ class ModelPanel(QWidget):
         demo = self.examples.itemData(index)
         if demo:
             self.prompt_edit.setPlainText(demo["prompt"])
-            self.corrupted_edit.setText(demo.get("corrupted", ""))
+            self.set_corrupted(demo.get("corrupted", ""))
         self.examples.setCurrentIndex(0)
 
     def set_models(self, entries: list[dict], current: str | None = None) -> None:
@@ -605,7 +620,9 @@ class MainWindow(QMainWindow):
         self.workspace.setDocumentMode(True)
         self.workspace.addTab(self.graph_pane, "Circuit graph")
         self.workspace.addTab(self.predictions, "Predictions")
-        self.setCentralWidget(self.workspace)
+        self.central = QStackedWidget()  # the start page until there is an analysis, then the workspace
+        self.central.addWidget(self.workspace)
+        self.setCentralWidget(self.central)
 
         def dock(title: str, name: str, widget, area, min_width: int = 0) -> QDockWidget:
             d = QDockWidget(title, self)
@@ -636,6 +653,7 @@ class MainWindow(QMainWindow):
         self.heatmap_dock.raise_()
         self._build_status_bar()
         self._build_actions()
+        self._build_start_page()
         self._fill_recent()
         self.state.subscribe(self._state_changed)
         self._autosave = QTimer(self)
@@ -649,7 +667,7 @@ class MainWindow(QMainWindow):
         self.panel.run_button.clicked.connect(self.run)
         self.panel.cancel_button.clicked.connect(self.cancel)
         self.panel.prompt_edit.setPlainText(DEMO_PROMPT)
-        self.panel.corrupted_edit.setText(DEMO_CORRUPTED)
+        self.panel.set_corrupted(DEMO_CORRUPTED)
         self.resize(1400, 900)
         self.resizeDocks([self.heatmap_dock], [300], Qt.Orientation.Vertical)
         self._restore_layout()
@@ -732,6 +750,12 @@ class MainWindow(QMainWindow):
         self.run_action = action("&Run Prompt", self.run, "Ctrl+Return", run_menu, "Run the prompt on the model")
         self.cancel_action = action("&Cancel", self.cancel, "Esc", run_menu, "Cancel the running job")
         self.cancel_action.setEnabled(False)
+        run_menu.addSeparator()
+        self.load_default_action = action("Load the &Default Model", self.load_default_model, None, run_menu,
+                                          "Load SmolLM2-135M-Instruct and show its next-token predictions")
+        self.demo_action = action("Trace the De&mo Prompt", self.run_demo, None, run_menu,
+                                  f"The attribution graph of “{DEMO_PROMPT}” on the default model")
+        run_menu.addSeparator()
         action("Focus &Prompt", lambda: self.panel.prompt_edit.setFocus(), "Ctrl+L", run_menu,
                enabled=self.panel.prompt_edit.isEnabled)  # a generated task has no prompt to type
 
@@ -763,6 +787,36 @@ class MainWindow(QMainWindow):
         help_menu = self.menuBar().addMenu("&Help")
         action("&About Circuit Desk", self.about, None, help_menu)
         self._update_actions()
+
+    def _build_start_page(self) -> None:
+        self.start_page = StartPage([
+            ("Load the default model", "SmolLM2-135M-Instruct, embedded: see what it predicts for the prompt.",
+             self.load_default_action),
+            ("Trace the demo prompt", f"The attribution graph of “{DEMO_PROMPT}” → “ Paris”: "
+                                      "the neurons and paths behind the answer.", self.demo_action),
+            ("Open a session…", "A .cdesk file saved here or by `circuitdesk trace` / `circuit` (Ctrl+Alt+O).",
+             self.open_session_action),
+            ("Open a model folder…", "A Hugging Face folder of your own model (Ctrl+O).", self.open_folder_action),
+        ])
+        self.central.insertWidget(0, self.start_page)
+        self.central.setCurrentWidget(self.start_page)
+
+    def load_default_model(self) -> None:
+        """Start page: load the default model by running a next-token prediction on it."""
+        self.panel.select_spec(DEFAULT_SPEC)
+        self.panel.method_combo.setCurrentText(PREDICT)
+        self.run_action.trigger()
+
+    def run_demo(self) -> None:
+        """Start page: the attribution graph of the demo prompt on the default model."""
+        self.panel.select_spec(DEFAULT_SPEC)
+        self.panel.method_combo.setCurrentText(ATTRIBUTION)
+        self.panel.prompt_edit.setPlainText(DEMO_PROMPT)
+        self.run_action.trigger()
+
+    def _show_workspace(self) -> None:
+        """The analysis replaces the start page (for good: it stays until the window closes)."""
+        self.central.setCurrentWidget(self.workspace)
 
     def _update_actions(self) -> None:
         """Enable the actions that make sense now (after any change of what is on show or running)."""
@@ -902,6 +956,7 @@ class MainWindow(QMainWindow):
             self.model, self.model_key = value, key
             self._show_model_info(value)
         elif name == PREDICTION:
+            self._show_workspace()
             self.last_prediction = value
             self.predictions.show_prediction(self.model.name, value, sequence_note(self.request().method))
         elif name == LOGIT_LENS and self.state.view is None:  # else the lens of the graph on show stays
@@ -911,6 +966,7 @@ class MainWindow(QMainWindow):
     def _on_result(self, key, result, command: str = "") -> None:
         model = result[0]
         self.model, self.model_key = model, key
+        self._show_workspace()
         if len(result) == 2:
             self.last_prediction = result[1]
             self.predictions.show_prediction(model.name, result[1], sequence_note(PREDICT))
@@ -1150,6 +1206,8 @@ class MainWindow(QMainWindow):
 
         if change.what == VIEW and change.source == "window" and self.opened is None:
             self.session_path = None  # a new run is a new, unsaved analysis
+        if change.what == VIEW and self.state.view is not None:
+            self._show_workspace()
         typing = self._findings_timer.isActive()  # an edit not committed yet is never overwritten
         if (change.what in (VIEW, ANNOTATION) and change.source != "findings" and not typing
                 and self.findings.toPlainText() != self.state.findings):
@@ -1423,7 +1481,7 @@ def run_gui(
         window.panel.device_combo.setCurrentText(device)
     window.panel.method_combo.setCurrentText({"circuit": CIRCUIT, "predict": PREDICT}.get(method, ATTRIBUTION))
     if corrupted is not None:
-        window.panel.corrupted_edit.setText(corrupted)
+        window.panel.set_corrupted(corrupted)
     window.show()
 
     def after_run() -> None:

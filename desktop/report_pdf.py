@@ -242,12 +242,15 @@ class _Renderer:
         fm = self.metrics(self.table)
         lh = fm.lineSpacing()
         right = [bool(numeric[i]) if i < len(numeric) else False for i in range(n)]
+        # a left-aligned column right after a right-aligned one: their texts meet at the rule
+        # between them ("Influence" | "Pruned graph"), so the left one starts further in
+        lead = [pad * (3 if i and right[i - 1] and not right[i] else 1) for i in range(n)]
 
         def row_piece(cells, bold_cols, fill: QColor | None, gap: float = 0.0) -> _Piece:
             wrapped = []
             for i, cell in enumerate(cells):
                 font = self.table_bold if i in bold_cols else self.table
-                wrapped.append(self.lines(str(cell), font, col_w[i] - 2 * pad)[:40])
+                wrapped.append(self.lines(str(cell), font, col_w[i] - lead[i] - pad)[:40])
             height = max(len(w) for w in wrapped) * lh + 2 * pad
 
             def paint(p, x, y):
@@ -264,7 +267,7 @@ class _Renderer:
                         if right[i]:
                             p.drawText(QPointF(cx + col_w[i] - pad - fm.horizontalAdvance(line), base), line)
                         else:
-                            p.drawText(QPointF(cx + pad, base), line)
+                            p.drawText(QPointF(cx + lead[i], base), line)
                     cx += col_w[i]
             return _Piece(height, paint, gap=gap)
 

@@ -288,6 +288,25 @@ def check_run(t: Trial) -> None:
     assert w.state.view.kind == want
 
 
+def check_start(method: str):
+    """Load the Default Model / Trace the Demo Prompt: the default model (here the tiny one) runs."""
+    def check(t: Trial) -> None:
+        import desktop.app
+
+        t.monkeypatch.setattr(desktop.app, "DEFAULT_SPEC", t.world.workbench.spec)
+        with t.qtbot.waitSignal(t.w.run_finished, timeout=120_000):
+            t.fire()
+        w = t.w
+        assert w.last_error is None, w.last_error
+        assert w.panel.spec == t.world.workbench.spec and w.panel.method == method
+        assert w.central.currentWidget() is w.workspace  # the start page made way
+        if method == desktop.app.PREDICT:
+            assert w.workspace.currentWidget() is w.predictions and w.predictions.table.rowCount() == 10
+        else:
+            assert w.state.view.kind == "attribution" and w.trace_result.prompt == desktop.app.DEMO_PROMPT
+    return check
+
+
 def check_focus_prompt(t: Trial) -> None:
     t.w.graph_pane.plot.setFocus()
     t.fire()
@@ -401,6 +420,8 @@ CASES = {
     "File/Quit": Case(ALL, check_quit, fresh=True),
     "Run/Run Prompt": Case(ALL, check_run),
     "Run/Cancel": Case(frozenset(), lambda t: None),  # only while a job runs: test_cancel_…
+    "Run/Load the Default Model": Case(ALL, check_start("Next-token prediction")),
+    "Run/Trace the Demo Prompt": Case(ALL, check_start("Attribution graph")),
     "Run/Focus Prompt": Case(ALL - {TASK}, check_focus_prompt),  # a generated task has no prompt
     "Graph/Fit View": Case(SHOWING, check_fit),
     "Graph/Find Node…": Case(SHOWING, check_find),
