@@ -115,6 +115,8 @@ class Inspector(QScrollArea):
         layout.addLayout(edges)
         layout.addWidget(box)
         layout.addStretch(1)
+        self._revealing = False  # an intervention result waits to be scrolled into view
+        self.verticalScrollBar().rangeChanged.connect(self._scroll_range_changed)
         self._clear()
         state.subscribe(self.on_change)
 
@@ -160,6 +162,7 @@ class Inspector(QScrollArea):
         self.note_edit.setEnabled(False)
 
     def _show_node(self) -> None:
+        self._revealing = False
         v, node = self.state.view, self.node()
         self._clear()
         if v is None:
@@ -213,6 +216,20 @@ class Inspector(QScrollArea):
         if self.interventions_available is not None and not self.interventions_available():
             self.result.setText("Interventions need the model: run the prompt again to intervene here.")
 
+    def _reveal_result(self) -> None:
+        """Scroll so the whole intervention result shows. Its wrapped height is known only once
+        the group box and the body are laid out again, so lay them out first (inside out)."""
+        widget = self.result.parentWidget()
+        while widget is not None and widget is not self.viewport():
+            if widget.layout() is not None:
+                widget.layout().activate()
+            widget = widget.parentWidget()
+        self.ensureWidgetVisible(self.result, 0, 8)
+
+    def _scroll_range_changed(self, _lo: int, _hi: int) -> None:
+        if self._revealing:
+            self._reveal_result()
+
     def _fit_tokens(self) -> None:
         """The token table as tall as its rows: none is cut off, and it never scrolls by itself."""
         t = self.tokens
@@ -225,7 +242,9 @@ class Inspector(QScrollArea):
             self.result.setText("")
             return
         # the result is below the fold of a short inspector: bring it into view once laid out
-        QTimer.singleShot(0, self, lambda: self.ensureWidgetVisible(self.result))
+        # (and again when the body grows to fit it, which changes the scroll range)
+        self._revealing = True
+        QTimer.singleShot(0, self, self._reveal_result)
         before = ", ".join(f"{_html(repr(t))} {p:.3f}" for t, p in r.top_before[:5])
         after = ", ".join(f"{_html(repr(t))} {p:.3f}" for t, p in r.top_after[:5])
         self.result.setText(

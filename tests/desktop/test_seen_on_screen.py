@@ -102,7 +102,8 @@ def test_inspector_fits_its_tokens_and_shows_the_intervention_result(workbench):
     assert abs(t.columnWidth(0) - t.columnWidth(1)) <= 1  # Promotes as wide as Suppresses
     with workbench.qtbot.waitSignal(w.run_finished, timeout=60_000):
         w.intervene_action.trigger()
-    workbench.qtbot.waitUntil(lambda: not w.inspector.result.visibleRegion().isEmpty())
+    result = w.inspector.result  # wholly in view, not cut at the bottom
+    workbench.qtbot.waitUntil(lambda: result.visibleRegion().boundingRect() == result.rect())
 
 
 def test_a_heads_intervention_says_every_position_as_it_does(workbench):
