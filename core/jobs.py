@@ -26,6 +26,7 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+PartialCallback = Callable[[str, object], None]
 
 
 class JobContext:
@@ -42,8 +43,10 @@ class JobContext:
         *,
         min_step: float = 0.01,
         min_interval: float = 0.1,
+        on_partial: PartialCallback | None = None,
     ) -> None:
         self._on_progress = on_progress
+        self._on_partial = on_partial
         self._cancel = threading.Event()
         self._min_step = min_step
         self._min_interval = min_interval
@@ -88,6 +91,13 @@ class JobContext:
             self._last_time = now
             self._on_progress(self._last)
 
+    def partial(self, name: str, value: object) -> None:
+        """Hand over a result that is ready before the job ends (a prediction before its graph),
+        so that it can be shown at once; ``name`` says what it is. Ignored when nobody listens."""
+        self.check_cancelled()
+        if self._on_partial is not None:
+            self._on_partial(name, value)
+
     def sub(self, start: float, stop: float, prefix: str = "") -> "SubContext":
         """A view of this context whose 0..1 maps onto [start, stop] of the parent's range
         (``prefix``: put before every message, e.g. the case of a batch)."""
@@ -115,6 +125,9 @@ class SubContext:
         if self._prefix:
             message = f"{self._prefix}: {message}" if message else self._prefix
         self._parent.progress(self._start + (self._stop - self._start) * fraction, message)
+
+    def partial(self, name: str, value: object) -> None:
+        self._parent.partial(name, value)
 
     def sub(self, start: float, stop: float, prefix: str = "") -> "SubContext":
         return SubContext(self, start, stop, prefix)

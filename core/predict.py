@@ -57,14 +57,20 @@ def token_strings(model: LoadedModel, ids) -> tuple[str, ...]:
 
 def predict_next(model: LoadedModel, prompt: str, top_k: int = 10, ctx: JobContext | None = None) -> Prediction:
     """The model's top-k next tokens after ``prompt`` with their probabilities."""
+    return predict_ids(model, encode_prompt(model, prompt), prompt, top_k, ctx)
+
+
+def predict_ids(model: LoadedModel, ids: torch.Tensor, prompt: str, top_k: int = 10,
+                ctx: JobContext | None = None) -> Prediction:
+    """The top-k next tokens after the token ids [1, seq] (e.g. a traced prompt with the start
+    token prepended, so the numbers match the graph's logit nodes); ``prompt`` is its text."""
     ctx = ctx or JobContext()
     if top_k < 1:
         raise CircuitDeskError(f"--top-k must be at least 1 (got {top_k}).")
     start = time.perf_counter()
-    ids = encode_prompt(model, prompt)
     ctx.progress(0.1, "Running the model")
     with torch.inference_mode():
-        logits = model.hf(input_ids=ids, use_cache=False).logits[0, -1].float()
+        logits = model.hf(input_ids=ids.to(model.device), use_cache=False).logits[0, -1].float()
     probs = torch.softmax(logits, dim=-1)
     k = min(top_k, probs.shape[-1])
     values, indices = probs.topk(k)

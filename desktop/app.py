@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QStackedWidget,
     QStyledItemDelegate,
     QTableWidget,
     QTableWidgetItem,
@@ -52,6 +53,7 @@ from desktop.jobs import JobRunner
 from desktop.jobs_pane import JobsPane
 from desktop.logs import setup_logging
 from desktop.slot_errors import SlotErrorHook
+from desktop.start_page import StartPage
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ OPEN_FOLDER = "__open_folder__"
 OPEN_GGUF = "__open_gguf__"
 ATTRIBUTION, CIRCUIT, PREDICT = "Attribution graph", "Component circuit", "Next-token prediction"
 PROMPT_PAIR, PAIR_FILE = "prompt", "file"  # circuit sources besides the built-in tasks
+MODEL, PREDICTION, LOGIT_LENS = "model", "prediction", "logit lens"  # a run's partial results, in order
 # The built-in tasks of core.circuits.TASKS (named here: that module loads torch).
 TASK_LABELS = {PROMPT_PAIR: "This prompt vs a corrupted one", "ioi": "Indirect object (IOI), generated",
                "greater-than": "Greater-than, generated", "induction": "Induction, generated",
@@ -87,6 +90,9 @@ class RunRequest:
 
 
 # ---------------------------------------------------------------------------------------------
+BAR_TRACK, BAR_FILL, BAR_TEXT_ON, BAR_TEXT_OFF = "#eef1f5", "#3b78c2", "#ffffff", "#111111"
+
+
 class ProbabilityDelegate(QStyledItemDelegate):
     """Draws a probability as a horizontal bar with its value."""
 
@@ -96,13 +102,15 @@ class ProbabilityDelegate(QStyledItemDelegate):
             return super().paint(painter, option, index)
         painter.save()
         rect = option.rect.adjusted(4, 4, -4, -4)
-        painter.fillRect(rect, QColor("#eef1f5"))
+        painter.fillRect(rect, QColor(BAR_TRACK))
         bar = rect.adjusted(0, 0, -int(rect.width() * (1.0 - float(value))), 0)
-        painter.fillRect(bar, QColor("#3b78c2"))
-        on_bar = float(value) > 0.85  # the value is drawn over the bar itself
-        painter.setPen(QColor("#ffffff" if on_bar else "#111111"))
-        painter.drawText(rect.adjusted(6, 0, -6, 0), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight,
-                         f"{float(value):.4f}")
+        painter.fillRect(bar, QColor(BAR_FILL))
+        # the value may straddle the bar's end: white where it lies on the bar, dark elsewhere
+        text_rect, align = rect.adjusted(6, 0, -6, 0), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight
+        for clip, colour in ((bar, BAR_TEXT_ON), (rect.adjusted(bar.width(), 0, 0, 0), BAR_TEXT_OFF)):
+            painter.setClipRect(clip)
+            painter.setPen(QColor(colour))
+            painter.drawText(text_rect, align, f"{float(value):.4f}")
         painter.restore()
 
 
@@ -129,10 +137,12 @@ class PredictionsView(QWidget):
         layout.addWidget(self.heading)
         layout.addWidget(self.table)
 
-    def show_prediction(self, model_name: str, prediction) -> None:
+    def show_prediction(self, model_name: str, prediction, sequence: str = "after the prompt as typed") -> None:
+        """``sequence``: what the probabilities were computed on (the same prompt gives other
+        numbers with and without a start token)."""
         self.heading.setText(
-            f"<b>{model_name}</b><br>Prompt ({len(prediction.prompt_tokens)} tokens): "
-            f"<tt>{_html(prediction.prompt)}</tt>"
+            f"<b>{_html(model_name)}</b><br>Next token {_html(sequence)} — "
+            f"{len(prediction.prompt_tokens)} tokens: <tt>{_html(prediction.prompt)}</tt>"
         )
         self.table.setRowCount(len(prediction.top))
         for row, t in enumerate(prediction.top):
@@ -151,17 +161,27 @@ class PredictionsView(QWidget):
 
 
 def trace_prompt(model, req: RunRequest, ctx):
-    """Worker-thread body of a trace: the attribution graph and its drawable view (pruned here,
-    not on the GUI thread), its heatmap data, the prediction."""
+    """Worker-thread body of a trace: the prediction and the logit lens first (handed over at once
+    as partial results), then the attribution graph and its drawable view (pruned here, not on
+    the GUI thread). The prediction reads the traced sequence — the start token the trace prepends,
+    then the prompt — so its numbers are the graph's logit nodes'."""
     from core.attribution import attribute
+    from core.attribution.attribute import with_bos
+    from core.attribution.targets import resolve_token
     from core.lens import lens
-    from core.predict import predict_next
+    from core.predict import encode_prompt, predict_ids
     from core.view import from_attribution
 
-    result = attribute(model, req.prompt, attribution_settings(req), ctx=ctx.sub(0.0, 0.85))
+    ids = with_bos(model, encode_prompt(model, req.prompt))
+    prediction = predict_ids(model, ids, req.prompt, req.top_k, ctx.sub(0.0, 0.02))
+    ctx.partial(PREDICTION, prediction)
+    target = resolve_token(model.tokenizer, req.target) if req.target else prediction.top[0].token_id
+    data = lens(model, ids, target_id=target, ctx=ctx.sub(0.02, 0.1))
+    ctx.partial(LOGIT_LENS, data)
+    result = attribute(model, req.prompt, attribution_settings(req), ctx=ctx.sub(0.1, 1.0))
     ctx.check_cancelled()
-    data = lens(model, result.ids, target_id=result.targets[0].token_id, ctx=ctx.sub(0.85, 0.95))
-    prediction = predict_next(model, req.prompt, req.top_k, ctx.sub(0.95, 1.0))
+    if result.targets[0].token_id != target:  # a near tie read differently: the lens follows the graph
+        data = lens(model, result.ids, target_id=result.targets[0].token_id)
     return result, from_attribution(result.graph), data, prediction
 
 
@@ -206,6 +226,41 @@ def cli_command(req: RunRequest) -> str:
     return ""
 
 
+def job_name(req: RunRequest) -> str:
+    """How the jobs pane lists a run: the method and what it ran on."""
+    def short(text: str, n: int = 40) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    if req.method == CIRCUIT and req.task == PAIR_FILE:
+        return f"circuit: pairs from {Path(req.pairs_file).name}"
+    if req.method == CIRCUIT and req.task != PROMPT_PAIR:
+        return f"circuit: {TASK_LABELS[req.task].removesuffix(', generated')} task"
+    if req.method == CIRCUIT:
+        return f"circuit: {short(req.prompt, 30)} vs {short(req.corrupted, 30)}"
+    return f"{'predict' if req.method == PREDICT else 'trace'}: {short(req.prompt)}"
+
+
+def result_detail(result) -> str:
+    """A run's outcome in a few words, for the jobs pane's Detail column."""
+    prediction = result[-1]
+    top = prediction.top[0]
+    said = f"top {top.token!r} {top.probability:.4f}"
+    if len(result) == 2:
+        return said
+    view = result[2]
+    return f"{len(view.visible_nodes())} nodes, {len(view.visible_edges())} edges shown; {said}"
+
+
+def sequence_note(method: str) -> str:
+    """What the Predictions tab's numbers were computed on (a trace prepends a start token)."""
+    if method == ATTRIBUTION:
+        return "after the traced sequence (start token + prompt), as the graph's logit nodes"
+    if method == CIRCUIT:
+        return "after the first pair's clean prompt as the circuit reads it, as the interventions"
+    return "after the prompt as typed"
+
+
 def check_request(req: RunRequest) -> None:
     """What can be checked before a model loads (a clear error instead of a wasted run)."""
     from core.errors import CircuitDeskError
@@ -228,19 +283,22 @@ def circuit_prompt(model, req: RunRequest, ctx):
 
     from core.circuits import CircuitSettings, ComponentRunner, find_circuit
     from core.lens import lens
-    from core.predict import predict_next
+    from core.predict import predict_ids, predict_next
     from core.view import from_circuit
 
-    # a prompt pair's default answer is the prompt's prediction, shown in the Predictions tab too
-    prediction = predict_next(model, req.prompt, req.top_k) if req.task == PROMPT_PAIR else None
-    pairs = pair_source(req).load(model, prediction)
+    # a prompt pair's default answer is the prompt's prediction
+    typed = predict_next(model, req.prompt, req.top_k) if req.task == PROMPT_PAIR else None
+    pairs = pair_source(req).load(model, typed)
     ctx.check_cancelled()
-    result = find_circuit(model, pairs, CircuitSettings(method=req.scoring), ctx=ctx.sub(0.0, 0.9))
     first = pairs.pairs[0]
-    ids = torch.tensor([first.clean])
+    ids = torch.tensor([first.clean])  # the first pair's clean prompt as the circuit reads it
+    # shown at once, on the same sequence as the interventions' numbers
+    prediction = predict_ids(model, ids, first.clean_text, req.top_k)
+    ctx.partial(PREDICTION, prediction)
+    data = lens(model, ids, target_id=first.answer[0], ctx=ctx.sub(0.0, 0.05))
+    ctx.partial(LOGIT_LENS, data)
+    result = find_circuit(model, pairs, CircuitSettings(method=req.scoring), ctx=ctx.sub(0.05, 1.0))
     outputs = ComponentRunner(model).sources(ids).outputs[:, 0, -1].float().cpu().numpy()
-    data = lens(model, ids, target_id=first.answer[0], ctx=ctx.sub(0.9, 0.97))
-    prediction = prediction or predict_next(model, first.clean_text, req.top_k, ctx.sub(0.97, 1.0))
     return CircuitRun(result, ids, outputs, first.answer[0]), from_circuit(result), data, prediction
 
 
@@ -305,6 +363,8 @@ def _html(text: str) -> str:
 class ModelPanel(QWidget):
     """Model picker, device, prompt and the Run / Cancel buttons."""
 
+    settings_changed = Signal()  # the method or pair source changed: the rows shown follow it
+
     def __init__(self) -> None:
         super().__init__()
         self.model_combo = QComboBox()
@@ -353,6 +413,8 @@ class ModelPanel(QWidget):
         self.corrupted_edit = QLineEdit()
         self.corrupted_edit.setPlaceholderText("e.g. The capital of Italy is")
         self.corrupted_edit.setToolTip("The prompt with the detail that matters changed; same number of tokens")
+        self.corrupted_edit.textChanged.connect(
+            lambda text: self.corrupted_edit.setToolTip(text or "The prompt with the detail that matters changed"))
         self.pairs_file = ""
         self.pairs_label = QLabel("")
         self.pairs_label.setWordWrap(True)
@@ -436,6 +498,7 @@ class ModelPanel(QWidget):
         else:
             self.target_edit.setToolTip("Token to explain, e.g. ' Paris' or #1234 (empty: the model's top token)")
             self.foil_edit.setToolTip("Contrast token: explain target − foil logit difference")
+        self.settings_changed.emit()
 
     @property
     def transcoders(self) -> str | None:
@@ -473,6 +536,12 @@ class ModelPanel(QWidget):
                 self.set_pairs_file(path)
         self._previous_task = index
 
+    def set_corrupted(self, text: str) -> None:
+        """Fill the Corrupted box showing the start of the text (a QLineEdit shows its end after
+        setText, where a long prompt differs least); the whole text is in the tooltip."""
+        self.corrupted_edit.setText(text)
+        self.corrupted_edit.setCursorPosition(0)
+
     def set_pairs_file(self, path: str) -> None:
         self.pairs_file = path
         self.pairs_label.setText(f"<tt>{_html(Path(path).name)}</tt>" if path else "no file chosen")
@@ -482,7 +551,7 @@ class ModelPanel(QWidget):
         demo = self.examples.itemData(index)
         if demo:
             self.prompt_edit.setPlainText(demo["prompt"])
-            self.corrupted_edit.setText(demo.get("corrupted", ""))
+            self.set_corrupted(demo.get("corrupted", ""))
         self.examples.setCurrentIndex(0)
 
     def set_models(self, entries: list[dict], current: str | None = None) -> None:
@@ -546,12 +615,15 @@ class MainWindow(QMainWindow):
         self.heatmap = HeatmapPane(self.state)
         self.inspector = Inspector(self.state)
         self.inspector.token_effects = self._token_effects
+        self.inspector.interventions_available = lambda: self.trace_result is not None or self.circuit_run is not None
         self.inspector.intervention_requested.connect(self.run_intervention)
         self.workspace = QTabWidget()
         self.workspace.setDocumentMode(True)
         self.workspace.addTab(self.graph_pane, "Circuit graph")
         self.workspace.addTab(self.predictions, "Predictions")
-        self.setCentralWidget(self.workspace)
+        self.central = QStackedWidget()  # the start page until there is an analysis, then the workspace
+        self.central.addWidget(self.workspace)
+        self.setCentralWidget(self.central)
 
         def dock(title: str, name: str, widget, area, min_width: int = 0) -> QDockWidget:
             d = QDockWidget(title, self)
@@ -583,6 +655,7 @@ class MainWindow(QMainWindow):
         self.heatmap_dock.raise_()
         self._build_status_bar()
         self._build_actions()
+        self._build_start_page()
         self._fill_recent()
         self.state.subscribe(self._state_changed)
         self._autosave = QTimer(self)
@@ -590,12 +663,13 @@ class MainWindow(QMainWindow):
         self._autosave.timeout.connect(self.autosave)
         self._autosave.start()
         self._offer_recovery()
+        self.panel.settings_changed.connect(self._update_actions)
         self.panel.set_models(list_models(), current=DEFAULT_SPEC)
         self.panel.model_combo.currentIndexChanged.connect(self._model_chosen)
         self.panel.run_button.clicked.connect(self.run)
         self.panel.cancel_button.clicked.connect(self.cancel)
         self.panel.prompt_edit.setPlainText(DEMO_PROMPT)
-        self.panel.corrupted_edit.setText(DEMO_CORRUPTED)
+        self.panel.set_corrupted(DEMO_CORRUPTED)
         self.resize(1400, 900)
         self.resizeDocks([self.heatmap_dock], [300], Qt.Orientation.Vertical)
         self._restore_layout()
@@ -624,8 +698,15 @@ class MainWindow(QMainWindow):
         self._tick.timeout.connect(self._update_elapsed)
 
     def _build_actions(self) -> None:
-        def action(text, slot, shortcut=None, menu=None, tip=None):
+        self._enablement: list[tuple[QAction, object]] = []
+        has_view = lambda: self.state.view is not None  # noqa: E731
+        idle = lambda: not self.runner.busy  # noqa: E731
+
+        def action(text, slot, shortcut=None, menu=None, tip=None, enabled=None):
+            """A menu action; ``enabled``: when it makes sense (re-evaluated by _update_actions)."""
             act = QAction(text, self)
+            if enabled is not None:
+                self._enablement.append((act, enabled))
             # triggered(bool) would hand its checked flag to a slot's first optional parameter
             # (group_selection's label, save_session's path): slots are called without arguments
             act.triggered.connect(lambda _checked=False: slot())
@@ -643,9 +724,10 @@ class MainWindow(QMainWindow):
                                           "Open a .cdesk session file")
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self.save_action = action("&Save Session", self.save_session, QKeySequence.StandardKey.Save,
-                                  file_menu, "Save the graph on show with its groups, pins and interventions")
+                                  file_menu, "Save the graph on show with its groups, pins and interventions",
+                                  enabled=has_view)
         self.save_as_action = action("Save Session &As…", lambda: self.save_session(ask=True),
-                                     QKeySequence.StandardKey.SaveAs, file_menu)
+                                     QKeySequence.StandardKey.SaveAs, file_menu, enabled=has_view)
         self.recover_action = action("Recover &Unsaved Work", self.recover, None, file_menu,
                                      "Open what was autosaved before Circuit Desk last closed without saving")
         self.recover_action.setEnabled(False)
@@ -654,12 +736,14 @@ class MainWindow(QMainWindow):
         self.open_gguf_action = action("Open &GGUF File…", self.open_gguf_file, "Ctrl+Shift+O", file_menu)
         file_menu.addSeparator()
         self.export_graph_action = action("&Export Graph Image…", lambda: self.export_image("graph"), "Ctrl+E",
-                                          file_menu, "Save the circuit graph as PNG or SVG (vector)")
-        action("Export &Heatmap Image…", lambda: self.export_image("heatmap"), "Ctrl+Shift+E", file_menu,
-               "Save the heatmap as PNG or SVG (vector)")
+                                          file_menu, "Save the circuit graph as PNG or SVG (vector)", enabled=has_view)
+        self.export_heatmap_action = action("Export &Heatmap Image…", lambda: self.export_image("heatmap"),
+                                            "Ctrl+Shift+E", file_menu, "Save the heatmap as PNG or SVG (vector)",
+                                            enabled=has_view)
         file_menu.addSeparator()
         self.report_action = action("Export &Report…", self.export_report, "Ctrl+R", file_menu,
-                                    "Write the PDF audit report of the saved session")
+                                    "Write the PDF audit report of the saved session",
+                                    enabled=lambda: has_view() and idle())
         action("Auditor &Name…", self.ask_auditor, None, file_menu, "The name printed on report covers")
         file_menu.addSeparator()
         action("&Quit", self.close, QKeySequence.StandardKey.Quit, file_menu)
@@ -668,22 +752,35 @@ class MainWindow(QMainWindow):
         self.run_action = action("&Run Prompt", self.run, "Ctrl+Return", run_menu, "Run the prompt on the model")
         self.cancel_action = action("&Cancel", self.cancel, "Esc", run_menu, "Cancel the running job")
         self.cancel_action.setEnabled(False)
-        action("Focus &Prompt", lambda: self.panel.prompt_edit.setFocus(), "Ctrl+L", run_menu)
+        run_menu.addSeparator()
+        self.load_default_action = action("Load the &Default Model", self.load_default_model, None, run_menu,
+                                          "Load SmolLM2-135M-Instruct and show its next-token predictions")
+        self.demo_action = action("Trace the De&mo Prompt", self.run_demo, None, run_menu,
+                                  f"The attribution graph of “{DEMO_PROMPT}” on the default model")
+        run_menu.addSeparator()
+        action("Focus &Prompt", lambda: self.panel.prompt_edit.setFocus(), "Ctrl+L", run_menu,
+               enabled=self.panel.prompt_edit.isEnabled)  # a generated task has no prompt to type
 
         graph_menu = self.menuBar().addMenu("&Graph")
-        self.fit_action = action("&Fit View", self.graph_pane.fit, "Ctrl+0", graph_menu, "Fit the graph in the pane")
-        self.find_action = action("&Find Node…", self._focus_find, QKeySequence.StandardKey.Find, graph_menu)
+        self.fit_action = action("&Fit View", self.graph_pane.fit, "Ctrl+0", graph_menu, "Fit the graph in the pane",
+                                 enabled=has_view)
+        self.find_action = action("&Find Node…", self._focus_find, QKeySequence.StandardKey.Find, graph_menu,
+                                  enabled=has_view)
         graph_menu.addSeparator()
         self.pin_action = action("&Pin Selection", lambda: self.state.pin(source="window"), "Ctrl+P", graph_menu,
-                                 "Keep the selected nodes visible at any threshold")
-        action("&Unpin All", lambda: self.state.unpin_all(source="window"), "Ctrl+Shift+P", graph_menu)
+                                 "Keep the selected nodes visible at any threshold", enabled=has_view)
+        action("&Unpin All", lambda: self.state.unpin_all(source="window"), "Ctrl+Shift+P", graph_menu,
+               enabled=has_view)
         self.group_action = action("&Group Selection…", self.group_selection, "Ctrl+G", graph_menu,
-                                   "Group the selected nodes into a labelled supernode")
-        action("U&ngroup", self.ungroup_selection, "Ctrl+Shift+G", graph_menu, "Break the selected supernode up again")
-        action("Clear &Selection", lambda: self.state.clear_selection(source="window"), "Ctrl+Shift+A", graph_menu)
+                                   "Group the selected nodes into a labelled supernode", enabled=has_view)
+        action("U&ngroup", self.ungroup_selection, "Ctrl+Shift+G", graph_menu, "Break the selected supernode up again",
+               enabled=has_view)
+        action("Clear &Selection", lambda: self.state.clear_selection(source="window"), "Ctrl+Shift+A", graph_menu,
+               enabled=has_view)
         graph_menu.addSeparator()
         self.intervene_action = action("Run &Intervention", self.inspector.request_intervention, "Ctrl+I", graph_menu,
-                                       "Run the inspector's edit on the selected node")
+                                       "Run the inspector's edit on the selected node",
+                                       enabled=lambda: self.inspector.run_button.isEnabled() and idle())
 
         view_menu = self.menuBar().addMenu("&View")
         for d in (self.model_dock, self.heatmap_dock, self.inspector_dock, self.jobs_dock, self.findings_dock):
@@ -691,6 +788,42 @@ class MainWindow(QMainWindow):
 
         help_menu = self.menuBar().addMenu("&Help")
         action("&About Circuit Desk", self.about, None, help_menu)
+        self._update_actions()
+
+    def _build_start_page(self) -> None:
+        self.start_page = StartPage([
+            ("Load the default model", "SmolLM2-135M-Instruct, embedded: see what it predicts for the prompt.",
+             self.load_default_action),
+            ("Trace the demo prompt", f"The attribution graph of “{DEMO_PROMPT}” → “ Paris”: "
+                                      "the neurons and paths behind the answer.", self.demo_action),
+            ("Open a session…", "A .cdesk file saved here or by `circuitdesk trace` / `circuit` (Ctrl+Alt+O).",
+             self.open_session_action),
+            ("Open a model folder…", "A Hugging Face folder of your own model (Ctrl+O).", self.open_folder_action),
+        ])
+        self.central.insertWidget(0, self.start_page)
+        self.central.setCurrentWidget(self.start_page)
+
+    def load_default_model(self) -> None:
+        """Start page: load the default model by running a next-token prediction on it."""
+        self.panel.select_spec(DEFAULT_SPEC)
+        self.panel.method_combo.setCurrentText(PREDICT)
+        self.run_action.trigger()
+
+    def run_demo(self) -> None:
+        """Start page: the attribution graph of the demo prompt on the default model."""
+        self.panel.select_spec(DEFAULT_SPEC)
+        self.panel.method_combo.setCurrentText(ATTRIBUTION)
+        self.panel.prompt_edit.setPlainText(DEMO_PROMPT)
+        self.run_action.trigger()
+
+    def _show_workspace(self) -> None:
+        """The analysis replaces the start page (for good: it stays until the window closes)."""
+        self.central.setCurrentWidget(self.workspace)
+
+    def _update_actions(self) -> None:
+        """Enable the actions that make sense now (after any change of what is on show or running)."""
+        for act, enabled in self._enablement:
+            act.setEnabled(bool(enabled()))
 
     # -- model choice --------------------------------------------------------------------------
     def _model_chosen(self, _index: int) -> None:
@@ -768,24 +901,27 @@ class MainWindow(QMainWindow):
 
             share = 0.9 if model is None and req.method == PREDICT else (0.3 if model is None else 0.0)
             loaded = model or load_model(req.spec, device=req.device, ctx=ctx.sub(0.0, max(share, 0.01)))
-            ctx.check_cancelled()
+            ctx.partial(MODEL, loaded)
             if req.method == PREDICT:
                 return loaded, predict_next(loaded, req.prompt, req.top_k, ctx.sub(share, 1.0))
             work = circuit_prompt if req.method == CIRCUIT else trace_prompt
             return (loaded,) + work(loaded, req, ctx.sub(share, 1.0))
 
-        what = {PREDICT: "predict", CIRCUIT: "circuit"}.get(req.method, "trace")
-        prompt = " ".join(req.prompt.split())
         self.runner.submit(
-            f"{what}: {prompt[:40] + '…' if len(prompt) > 40 else prompt}",
+            job_name(req),
             job,
+            detail=result_detail,
             progress=current(self._on_progress),
+            partial=current(lambda name, value: self._on_partial(key, name, value)),
             returned=current(lambda result: self._on_result(key, result, cli_command(req))),
             errored=current(self.show_error),
             aborted=current(self._on_aborted),
             finished=current(self._on_finished),
         )
         self._set_running(True, "Previous run cancelled; running…" if replaced else "Running…")
+        if model is None:  # the first run of a model loads it first: say so where its facts appear
+            self.panel.model_info.setText(f"Loading <b>{_html(self.panel.model_combo.currentText())}</b>"
+                                          f" on {_html(req.device)}…")
 
     def cancel(self) -> None:
         if self.runner.busy:
@@ -798,6 +934,7 @@ class MainWindow(QMainWindow):
         self.status_cancel.setVisible(running)
         self.panel.cancel_button.setEnabled(running)
         self.cancel_action.setEnabled(running)
+        self._update_actions()
         if running:
             self.progress_bar.setValue(0)
             self._clock.start()
@@ -815,17 +952,32 @@ class MainWindow(QMainWindow):
         if p.message:
             self.status_label.setText(p.message + "…")
 
+    def _on_partial(self, key, name: str, value) -> None:
+        """Show what a run has ready before it ends: the loaded model, the prediction, the lens."""
+        if name == MODEL:
+            self.model, self.model_key = value, key
+            self._show_model_info(value)
+        elif name == PREDICTION:
+            self._show_workspace()
+            self.last_prediction = value
+            self.predictions.show_prediction(self.model.name, value, sequence_note(self.request().method))
+        elif name == LOGIT_LENS and self.state.view is None:  # else the lens of the graph on show stays
+            self.heatmap.set_lens(value)
+            self.heatmap.redraw()
+
     def _on_result(self, key, result, command: str = "") -> None:
         model = result[0]
         self.model, self.model_key = model, key
+        self._show_workspace()
         if len(result) == 2:
             self.last_prediction = result[1]
-            self.predictions.show_prediction(model.name, result[1])
+            self.predictions.show_prediction(model.name, result[1], sequence_note(PREDICT))
             self.workspace.setCurrentWidget(self.predictions)
         else:
             _, traced, view, lens_data, prediction = result
             self.last_prediction = prediction
-            self.predictions.show_prediction(model.name, prediction)
+            self.predictions.show_prediction(model.name, prediction,
+                                             sequence_note(CIRCUIT if isinstance(traced, CircuitRun) else ATTRIBUTION))
             self.heatmap.set_lens(lens_data)
             self.lens_data = lens_data
             circuit = isinstance(traced, CircuitRun)
@@ -1047,6 +1199,8 @@ class MainWindow(QMainWindow):
 
         if change.what == VIEW and change.source == "window" and self.opened is None:
             self.session_path = None  # a new run is a new, unsaved analysis
+        if change.what == VIEW and self.state.view is not None:
+            self._show_workspace()
         typing = self._findings_timer.isActive()  # an edit not committed yet is never overwritten
         if (change.what in (VIEW, ANNOTATION) and change.source != "findings" and not typing
                 and self.findings.toPlainText() != self.state.findings):
@@ -1055,6 +1209,7 @@ class MainWindow(QMainWindow):
             self.findings.blockSignals(False)
         if change.what in (VIEW, ANNOTATION, THRESHOLD, INTERVENTION):
             self._set_dirty(True)
+        self._update_actions()
 
     def export_image(self, pane: str, path: str | None = None) -> bool:
         """Save the graph or heatmap pane as PNG (pixels at 2× screen size) or SVG (vectors)."""
@@ -1131,7 +1286,7 @@ class MainWindow(QMainWindow):
             report = build_report(load_session(session_path), session_path, auditor=auditor)
             ctx.check_cancelled()
             ctx.progress(0.5, "Drawing the pages")
-            return write_pdf(report, path)
+            return write_pdf(report, path, ctx=ctx)
 
         def done(out):
             hint = "" if auditor else "; no auditor name on the cover (File → Auditor Name…)"
@@ -1319,7 +1474,7 @@ def run_gui(
         window.panel.device_combo.setCurrentText(device)
     window.panel.method_combo.setCurrentText({"circuit": CIRCUIT, "predict": PREDICT}.get(method, ATTRIBUTION))
     if corrupted is not None:
-        window.panel.corrupted_edit.setText(corrupted)
+        window.panel.set_corrupted(corrupted)
     window.show()
 
     def after_run() -> None:

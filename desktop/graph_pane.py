@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QSlider,
+    QStackedWidget,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -78,8 +79,6 @@ class GraphPane(QWidget):
         self.rings.setZValue(10)
         self.plot.addItem(self.rings)
         self.labels: list[pg.TextItem] = []
-        self.empty = pg.TextItem("Run a trace to see its circuit here.", color="#555", anchor=(0.5, 0.5))
-        self.plot.addItem(self.empty)
 
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, 100)
@@ -113,10 +112,17 @@ class GraphPane(QWidget):
         bar.addWidget(self.find_edit, 1)
         bar.addWidget(self.pinned_only)
         bar.addWidget(fit)
+        # with no graph, a sentence in place of the plot (empty axes show nonsense ranges)
+        self.empty_label = QLabel("Run a trace or a circuit to see it here, or open a session (Ctrl+Alt+O).")
+        self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_label.setStyleSheet("color: #555; background: white")
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.empty_label)
+        self.stack.addWidget(self.plot)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(bar)
-        layout.addWidget(self.plot)
+        layout.addWidget(self.stack, 1)
         self._set_enabled(False)
         state.subscribe(self.on_change)
 
@@ -188,7 +194,7 @@ class GraphPane(QWidget):
 
     def _draw_all(self) -> None:
         v = self.state.view
-        self.empty.setVisible(v is None)
+        self.stack.setCurrentWidget(self.plot if v is not None else self.empty_label)
         self._set_enabled(v is not None)
         if v is None:
             self.drawn = None
@@ -233,7 +239,7 @@ class GraphPane(QWidget):
                            pen=[self._pens[p] for p in pinned.astype(int)],
                            symbol=["s" if g else "o" for g in d.is_group])
         ax = self.plot.getAxis("bottom")
-        ax.setTicks([[(i, _short(t)) for i, t in enumerate(v.x_labels)]])
+        ax.setTicks([[(column_x(v, i), _short(t)) for i, t in enumerate(v.x_labels)]])
         first = "emb" if v.kind == "attribution" else "input"
         left = [(0, first)] + [(l + 1, f"L{l}") for l in range(v.n_layers)] + [(v.n_layers + 1, "logits")]
         self.plot.getAxis("left").setTicks([left[:: max(1, len(left) // 16)] + [left[-1]], left])
@@ -331,6 +337,13 @@ class GraphPane(QWidget):
         self.state.select([node], source=NAME)
         self.plot.setRange(xRange=(v.x[node] - 3, v.x[node] + 3), yRange=(v.y[node] - 4, v.y[node] + 4))
         self.settle()
+
+
+def column_x(v, column: int) -> float:
+    """Where column ``column``'s label goes: under its nodes. A circuit's MLPs are drawn half a
+    column right of the last head (core.view.from_circuit), so their label moves with them."""
+    mlp = np.flatnonzero((v.column == column) & (v.category == CATEGORIES.index("mlp")))
+    return float(v.x[mlp[0]]) if v.kind == "circuit" and len(mlp) else float(column)
 
 
 def _short(token: str, n: int = 10) -> str:

@@ -4,11 +4,14 @@ nodes there; a selection outlines its cell. Reads and writes ``WorkbenchState`` 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt, Signal
-from PySide6.QtGui import QPen, QColor
-from PySide6.QtWidgets import QComboBox, QGraphicsRectItem, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
+from PySide6.QtGui import QColor, QFontMetrics, QPen
+from PySide6.QtWidgets import (QComboBox, QGraphicsRectItem, QHBoxLayout, QLabel, QSpinBox, QStackedWidget,
+                               QVBoxLayout, QWidget)
 
 from core.graph import FEATURE
 from core.selection import SELECTION, THRESHOLD, VIEW, Change, WorkbenchState
@@ -74,12 +77,21 @@ class HeatmapPane(QWidget):
         self.outline.setZValue(10)
         self.outline.hide()
         self.plot.addItem(self.outline)
+        # with nothing to draw, a sentence in place of the plot (empty axes show nonsense ranges)
+        self.empty = QLabel("Run a trace to see heatmaps.")
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty.setWordWrap(True)
+        self.empty.setStyleSheet("color: #555; background: white")
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.empty)
+        self.stack.addWidget(self.plot)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(bar)
-        layout.addWidget(self.plot)
+        layout.addWidget(self.stack, 1)
         layout.addWidget(self.caption)
         state.subscribe(self.on_change)
+        self.redraw()
 
     def set_lens(self, data) -> None:
         """Heatmap data of the traced prompt (set before the view is shown)."""
@@ -169,11 +181,15 @@ class HeatmapPane(QWidget):
 
     def redraw(self) -> None:
         img, rows, cols, caption = self.matrix()
-        self.caption.setText(caption)
         if img is None:
             self.image.clear()
             self.outline.hide()
+            self.empty.setText(caption)
+            self.caption.setText("")
+            self.stack.setCurrentWidget(self.empty)
             return
+        self.caption.setText(caption)
+        self.stack.setCurrentWidget(self.plot)
         img = np.asarray(img, dtype=float)
         self.image.setImage(img.T, autoLevels=False)  # ImageItem: x = axis 0
         lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
@@ -181,12 +197,32 @@ class HeatmapPane(QWidget):
             hi = lo + 1e-9
         self.colorbar.setLevels((lo, hi))
         self.image.setRect(QRectF(0, 0, img.shape[1], img.shape[0]))
-        self.plot.getAxis("bottom").setTicks([[(c + 0.5, _short(t)) for c, t in enumerate(cols)]])
+        self._columns = list(cols)
+        self._label_columns()
         ticks = [(r + 0.5, t) for r, t in enumerate(rows)]
         step = max(1, len(rows) // 12)  # crowded axes: label every step-th row, the rest as minor ticks
         self.plot.getAxis("left").setTicks([ticks[::step], ticks])
         self.plot.setRange(xRange=(0, img.shape[1]), yRange=(0, img.shape[0]), padding=0.02)
         self._draw_outline()
+
+    def _label_columns(self) -> None:
+        """Token labels under the columns: every column when they fit, else every step-th one
+        (the rest as unlabelled ticks), so neighbouring labels never overlap."""
+        cols = getattr(self, "_columns", [])
+        labels = [_short(t) for t in cols]
+        if not labels:
+            return
+        axis = self.plot.getAxis("bottom")
+        fm = QFontMetrics(axis.style.get("tickFont") or self.plot.font())
+        widest = max(fm.horizontalAdvance(t) for t in labels) + fm.horizontalAdvance("  ")
+        room = max(1.0, self.plot.getViewBox().width() or self.plot.width())
+        step = max(1, math.ceil(widest * len(labels) / room))
+        ticks = [(c + 0.5, t) for c, t in enumerate(labels)]
+        axis.setTicks([ticks[::step], [(x, "") for x, _ in ticks]])
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._label_columns()  # the room for labels changed
 
     def _draw_outline(self) -> None:
         cell = self.state.cell

@@ -4,13 +4,14 @@ edges (click to follow), and intervention controls with the before/after result.
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QListWidget,
@@ -44,6 +45,9 @@ class Inspector(QScrollArea):
         self.state = state
         self.refresh_counts: dict[str, int] = {}
         self.token_effects = None  # callable(view, node) -> core.lens.TokenEffects | None (set by the window)
+        # callable() -> bool: the model behind the graph on show is loaded (set by the window); an
+        # opened session has no model until it is run again
+        self.interventions_available = None
         self.setWidgetResizable(True)
         body = QWidget()
         self.setWidget(body)
@@ -60,8 +64,10 @@ class Inspector(QScrollArea):
         self.tokens.setHorizontalHeaderLabels(["Promotes", "Suppresses"])
         self.tokens.verticalHeader().setVisible(False)
         self.tokens.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.tokens.horizontalHeader().setStretchLastSection(True)
-        self.tokens.setMinimumHeight(140)
+        # both columns share the width (token texts and scores are alike); the height fits every row
+        self.tokens.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.tokens.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.tokens.setMinimumHeight(60)
         self.incoming, self.outgoing = QListWidget(), QListWidget()
         for lst in (self.incoming, self.outgoing):
             lst.itemActivated.connect(self._follow)
@@ -77,6 +83,7 @@ class Inspector(QScrollArea):
         self.value.setValue(2.0)
         self.positions = QComboBox()
         self.positions.addItems(["this position", "every position"])
+        self.positions.setToolTip("Where the edit applies: the node's own token position, or every position")
         self.freeze = QComboBox()
         self.freeze.addItems(["none", "attention", "replacement"])
         self.freeze.setToolTip("none: the real model; attention: patterns held; replacement: the graph's linear model")
@@ -110,6 +117,8 @@ class Inspector(QScrollArea):
         layout.addLayout(edges)
         layout.addWidget(box)
         layout.addStretch(1)
+        self._revealing = False  # an intervention result waits to be scrolled into view
+        self.verticalScrollBar().rangeChanged.connect(self._scroll_range_changed)
         self._clear()
         state.subscribe(self.on_change)
 
@@ -130,6 +139,8 @@ class Inspector(QScrollArea):
 
     def intervenable(self, node: int) -> bool:
         v = self.state.view
+        if self.interventions_available is not None and not self.interventions_available():
+            return False
         if v.kind == "attribution":
             g = v.source
             return int(g.kind[node]) in (FEATURE, ERROR)
@@ -142,6 +153,7 @@ class Inspector(QScrollArea):
 
     def _clear(self) -> None:
         self.tokens.setRowCount(0)
+        self._fit_tokens()
         self.incoming.clear()
         self.outgoing.clear()
         self.result.setText("")
@@ -152,6 +164,7 @@ class Inspector(QScrollArea):
         self.note_edit.setEnabled(False)
 
     def _show_node(self) -> None:
+        self._revealing = False
         v, node = self.state.view, self.node()
         self._clear()
         if v is None:
@@ -187,6 +200,7 @@ class Inspector(QScrollArea):
                         t, s = items[r]
                         self.tokens.setItem(r, c, QTableWidgetItem(f"{t!r}  {s:+.3f}"))
             self.tokens.setToolTip(effects.note)
+        self._fit_tokens()
         for lst, edges in ((self.incoming, v.incoming(node, 10)), (self.outgoing, v.outgoing(node, 10))):
             for other, w in edges:
                 item = QListWidgetItem(f"{w:+.4g}  {v.labels[other]}")
@@ -194,12 +208,45 @@ class Inspector(QScrollArea):
                 item.setForeground(Qt.GlobalColor.darkBlue if w >= 0 else Qt.GlobalColor.darkRed)
                 lst.addItem(item)
         self.run_button.setEnabled(self.intervenable(node))
+        # a circuit's head is edited at every position (as the circuit's patching does): say so
+        head = v.kind == "circuit"
+        if head:
+            self.positions.setCurrentIndex(1)
+        self.positions.setEnabled(not head)
+        self.positions.setToolTip("A circuit's heads are edited at every position" if head else
+                                  "Where the edit applies: the node's own token position, or every position")
+        if self.interventions_available is not None and not self.interventions_available():
+            self.result.setText("Interventions need the model: run the prompt again to intervene here.")
+
+    def _reveal_result(self) -> None:
+        """Scroll so the whole intervention result shows. Its wrapped height is known only once
+        the group box and the body are laid out again, so lay them out first (inside out)."""
+        widget = self.result.parentWidget()
+        while widget is not None and widget is not self.viewport():
+            if widget.layout() is not None:
+                widget.layout().activate()
+            widget = widget.parentWidget()
+        self.ensureWidgetVisible(self.result, 0, 8)
+
+    def _scroll_range_changed(self, _lo: int, _hi: int) -> None:
+        if self._revealing:
+            self._reveal_result()
+
+    def _fit_tokens(self) -> None:
+        """The token table as tall as its rows: none is cut off, and it never scrolls by itself."""
+        t = self.tokens
+        rows = sum(t.rowHeight(r) for r in range(t.rowCount()))
+        t.setFixedHeight(t.horizontalHeader().height() + rows + 2 * t.frameWidth() + 2)
 
     def _show_intervention(self) -> None:
         r = self.state.intervention
         if r is None:
             self.result.setText("")
             return
+        # the result is below the fold of a short inspector: bring it into view once laid out
+        # (and again when the body grows to fit it, which changes the scroll range)
+        self._revealing = True
+        QTimer.singleShot(0, self, self._reveal_result)
         before = ", ".join(f"{_html(repr(t))} {p:.3f}" for t, p in r.top_before[:5])
         after = ", ".join(f"{_html(repr(t))} {p:.3f}" for t, p in r.top_after[:5])
         self.result.setText(

@@ -1,7 +1,8 @@
 """Runs core jobs on a thread pool and relays their progress and results to the GUI thread.
 
 A job is ``fn(ctx) -> result`` (see ``core.jobs``). Signals (queued to the GUI thread):
-started, progress(Progress), returned(result), errored(message), aborted, finished.
+started, progress(Progress), partial(name, value) (a result ready before the job ends),
+returned(result), errored(message), aborted, finished.
 One job at a time: starting a new one cancels the running one; ``shutdown()`` cancels and waits.
 """
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 class JobHandle(QObject):
     started = Signal()
     progress = Signal(object)  # core.jobs.Progress
+    partial = Signal(str, object)  # name, value: see JobContext.partial
     returned = Signal(object)
     errored = Signal(str)  # one sentence for the user
     aborted = Signal()
@@ -30,8 +32,9 @@ class JobHandle(QObject):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
-        self.ctx = JobContext(self._relay_progress)
+        self.ctx = JobContext(self._relay_progress, on_partial=self.partial.emit)
         self.done = False
+        self.detail = ""  # what the job produced, in a few words (the jobs pane shows it)
 
     def _relay_progress(self, p: Progress) -> None:
         self.progress.emit(p)
@@ -83,15 +86,19 @@ class JobRunner(QObject):
     def busy(self) -> bool:
         return self.current is not None and not self.current.done
 
-    def submit(self, name: str, fn: Callable[[JobContext], Any], **slots: Callable) -> JobHandle:
+    def submit(self, name: str, fn: Callable[[JobContext], Any], detail: Callable[[Any], str] | None = None,
+               **slots: Callable) -> JobHandle:
         """Start ``fn`` on the pool after cancelling whatever runs now.
 
-        ``slots`` maps signal names (progress=..., returned=...) to callables, connected before
-        the job starts so that no signal is missed.
+        ``detail(result)``: a few words on what the job produced, for the jobs pane. ``slots`` maps
+        signal names (progress=..., returned=...) to callables, connected before the job starts so
+        that no signal is missed.
         """
         if self.busy:
             self.current.cancel()
         handle = JobHandle(name)
+        if detail is not None:
+            handle.returned.connect(lambda result: setattr(handle, "detail", detail(result)))
         for signal_name, slot in slots.items():
             getattr(handle, signal_name).connect(slot)
         self.current = handle

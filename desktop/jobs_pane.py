@@ -54,7 +54,7 @@ class JobsPane(QTableWidget):
         handle.errored.connect(lambda message: outcome.setdefault("end", (FAILED, message)))
         handle.aborted.connect(lambda: outcome.setdefault("end", (CANCELLED, self._why_cancelled(handle))))
         self._replaced.update(id(h) for h in replaced)
-        handle.finished.connect(lambda: set_state(*outcome.get("end", (DONE, ""))))
+        handle.finished.connect(lambda: set_state(*outcome.get("end", (DONE, handle.detail))))
 
     def _why_cancelled(self, handle: JobHandle) -> str:
         return "replaced by a newer run" if id(handle) in self._replaced else "cancelled by you"

@@ -56,19 +56,24 @@ def auditor_name() -> str:
     return str(QSettings("CircuitDesk", "CircuitDesk").value(AUDITOR_KEY, "") or "")
 
 
-def write_pdf(report: Report, path: str | Path) -> Path:
-    """Render ``report`` to ``path`` (written whole or not at all); returns the path."""
+def write_pdf(report: Report, path: str | Path, ctx=None) -> Path:
+    """Render ``report`` to ``path`` (written whole or not at all); returns the path.
+
+    ``ctx`` (a ``core.jobs`` context): cancellation is checked between blocks and pages, and once
+    more before the file is written, so a cancelled report leaves nothing behind."""
     from core.errors import CircuitDeskError
 
     path = Path(path).expanduser()
     if path.suffix.lower() != ".pdf":
         raise CircuitDeskError(f"Reports are PDF files; the name must end in .pdf (got {path.name!r}).")
-    data = render_pdf(report)
+    data = render_pdf(report, ctx)
+    if ctx is not None:
+        ctx.check_cancelled()
     return atomic_write(path, lambda fh: fh.write(data))
 
 
-def render_pdf(report: Report) -> bytes:
-    """The PDF document as bytes."""
+def render_pdf(report: Report, ctx=None) -> bytes:
+    """The PDF document as bytes (``ctx``: see ``write_pdf``)."""
     ensure_gui_app()
     buf = QByteArray()
     dev = QBuffer(buf)
@@ -82,7 +87,7 @@ def render_pdf(report: Report) -> bytes:
                                      QPageLayout.Unit.Millimeter))
     painter = QPainter(writer)
     try:
-        _Renderer(report, painter, writer.pageLayout().paintRectPixels(DPI)).run(writer)
+        _Renderer(report, painter, writer.pageLayout().paintRectPixels(DPI), ctx).run(writer)
     finally:
         painter.end()
     dev.close()
@@ -118,8 +123,9 @@ class _Page:
 
 
 class _Renderer:
-    def __init__(self, report: Report, painter: QPainter, rect) -> None:
+    def __init__(self, report: Report, painter: QPainter, rect, ctx=None) -> None:
         self.report, self.p = report, painter
+        self.ctx = ctx  # checked for cancellation between blocks, paragraphs and pages
         self.w = rect.width()
         self.h = rect.height()
         self.body = _font(SANS, 9.5)
@@ -136,6 +142,10 @@ class _Renderer:
         self.contents: list[tuple[str, int, int]] = []  # (title, level, page), filled after layout
 
     # -- text helpers ----------------------------------------------------------------------------
+    def check_cancelled(self) -> None:
+        if self.ctx is not None:
+            self.ctx.check_cancelled()
+
     def metrics(self, font: QFont) -> QFontMetricsF:
         return QFontMetricsF(font, self.p.device())
 
@@ -143,6 +153,7 @@ class _Renderer:
         """``text`` broken into lines that fit ``width`` (at word boundaries, else anywhere)."""
         out: list[str] = []
         for para in text.split("\n"):
+            self.check_cancelled()
             if not para:
                 out.append("")
                 continue
@@ -179,6 +190,7 @@ class _Renderer:
         numbers = [0, 0]
         first_section = True
         for block in self.report.blocks:
+            self.check_cancelled()
             if isinstance(block, Heading):
                 if block.level == 1:
                     numbers = [numbers[0] + 1, 0]
@@ -230,12 +242,15 @@ class _Renderer:
         fm = self.metrics(self.table)
         lh = fm.lineSpacing()
         right = [bool(numeric[i]) if i < len(numeric) else False for i in range(n)]
+        # a left-aligned column right after a right-aligned one: their texts meet at the rule
+        # between them ("Influence" | "Pruned graph"), so the left one starts further in
+        lead = [pad * (3 if i and right[i - 1] and not right[i] else 1) for i in range(n)]
 
         def row_piece(cells, bold_cols, fill: QColor | None, gap: float = 0.0) -> _Piece:
             wrapped = []
             for i, cell in enumerate(cells):
                 font = self.table_bold if i in bold_cols else self.table
-                wrapped.append(self.lines(str(cell), font, col_w[i] - 2 * pad)[:40])
+                wrapped.append(self.lines(str(cell), font, col_w[i] - lead[i] - pad)[:40])
             height = max(len(w) for w in wrapped) * lh + 2 * pad
 
             def paint(p, x, y):
@@ -252,7 +267,7 @@ class _Renderer:
                         if right[i]:
                             p.drawText(QPointF(cx + col_w[i] - pad - fm.horizontalAdvance(line), base), line)
                         else:
-                            p.drawText(QPointF(cx + pad, base), line)
+                            p.drawText(QPointF(cx + lead[i], base), line)
                     cx += col_w[i]
             return _Piece(height, paint, gap=gap)
 
@@ -393,6 +408,7 @@ class _Renderer:
         for k, page in enumerate(pages, 1):
             self.contents += [(*piece.heading, k) for piece, _ in page.pieces if piece.heading is not None]
         for k, page in enumerate(pages, 1):
+            self.check_cancelled()
             if k > 1:
                 writer.newPage()
             else:

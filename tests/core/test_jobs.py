@@ -56,3 +56,19 @@ def test_sub_context_maps_progress_into_its_slice_and_shares_cancellation():
     ctx.cancel()
     with pytest.raises(Cancelled):
         sub.progress(0.5)
+
+
+def test_partial_results_reach_the_listener_through_sub_contexts_and_stop_when_cancelled():
+    import pytest
+
+    from core.jobs import Cancelled, JobContext
+
+    got = []
+    ctx = JobContext(on_partial=lambda name, value: got.append((name, value)))
+    ctx.sub(0.2, 0.5).sub(0.0, 0.5).partial("prediction", 1)
+    JobContext().partial("ignored", 2)  # nobody listens: nothing happens
+    assert got == [("prediction", 1)]
+    ctx.cancel()
+    with pytest.raises(Cancelled):
+        ctx.partial("lens", 3)
+    assert got == [("prediction", 1)]

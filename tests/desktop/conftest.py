@@ -50,11 +50,14 @@ class Workbench:
         self.spec = str(tiny_folder("llama"))
         self._model = lambda: tiny_model("llama")
 
-    def window(self, settings: str = "s.ini"):
+    def window(self, settings: str = "s.ini", register: bool = True):
+        """A shown window on the tiny model (``register``: closed by qtbot after the test; else the
+        caller disposes of it, and whatever is left is deleted after the test anyway)."""
         from desktop.app import MainWindow
 
         w = MainWindow(settings=QSettings(str(self.tmp_path / settings), QSettings.Format.IniFormat))
-        self.qtbot.addWidget(w)
+        if register:
+            self.qtbot.addWidget(w)
         w.show()
         w.panel.select_spec(self.spec)
         w.panel.device_combo.setCurrentText("cpu")
@@ -68,15 +71,15 @@ class Workbench:
             w.run_action.trigger()
         assert w.last_error is None, w.last_error
 
-    def graph(self, settings: str = "s.ini"):
-        w = self.window(settings)
+    def graph(self, settings: str = "s.ini", register: bool = True):
+        w = self.window(settings, register)
         self.run(w)
         return w
 
-    def circuit(self, task: str = "prompt", settings: str = "s.ini"):
+    def circuit(self, task: str = "prompt", settings: str = "s.ini", register: bool = True):
         from desktop.app import CIRCUIT, PROMPT_PAIR
 
-        w = self.window(settings)
+        w = self.window(settings, register)
         p = w.panel
         p.method_combo.setCurrentText(CIRCUIT)
         p.task_combo.setCurrentIndex(p.task_combo.findData(task))
@@ -89,6 +92,28 @@ class Workbench:
             p.n_pairs.setValue(4)
         self.run(w)
         return w
+
+
+    def reuse_runs(self, monkeypatch) -> None:
+        """Windows that run the same request share its result (each gets its own view of it), so
+        tests that need many fresh windows in one state pay for one trace."""
+        import desktop.app as app
+        from core.view import from_attribution, from_circuit
+
+        def remembered(real, view_of):
+            cache = {}
+
+            def run(model, req, ctx):
+                if req not in cache:
+                    cache[req] = real(model, req, ctx)
+                traced, _view, data, prediction = cache[req]
+                ctx.partial(app.PREDICTION, prediction)
+                ctx.partial(app.LOGIT_LENS, data)
+                return traced, view_of(traced), data, prediction
+            return run
+
+        monkeypatch.setattr(app, "trace_prompt", remembered(app.trace_prompt, lambda r: from_attribution(r.graph)))
+        monkeypatch.setattr(app, "circuit_prompt", remembered(app.circuit_prompt, lambda r: from_circuit(r.result)))
 
 
 @pytest.fixture
