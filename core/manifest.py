@@ -178,8 +178,6 @@ class Manifest(_Strict):
 def validate_manifest(raw, where: str) -> dict:
     """``raw`` (parsed JSON) checked against ``Manifest``; returns it as a plain dict holding only the
     fields that were present. Raises ``CircuitDeskError`` with one sentence naming the field."""
-    if not isinstance(raw, dict) or raw.get("format") != "circuitdesk-session":
-        raise CircuitDeskError(f"{where} is not a Circuit Desk session (wrong format marker).")
     try:
         m = Manifest.model_validate(raw)
     except ValidationError as e:

@@ -912,7 +912,7 @@ class MainWindow(QMainWindow):
             job,
             detail=result_detail,
             progress=current(self._on_progress),
-            partial=current(lambda name, value: self._on_partial(key, name, value)),
+            partial=current(lambda name, value: self._on_partial(key, req.method, name, value)),
             returned=current(lambda result: self._on_result(key, result, cli_command(req))),
             errored=current(self.show_error),
             aborted=current(self._on_aborted),
@@ -952,7 +952,7 @@ class MainWindow(QMainWindow):
         if p.message:
             self.status_label.setText(p.message + "…")
 
-    def _on_partial(self, key, name: str, value) -> None:
+    def _on_partial(self, key, method: str, name: str, value) -> None:
         """Show what a run has ready before it ends: the loaded model, the prediction, the lens."""
         if name == MODEL:
             self.model, self.model_key = value, key
@@ -960,7 +960,7 @@ class MainWindow(QMainWindow):
         elif name == PREDICTION:
             self._show_workspace()
             self.last_prediction = value
-            self.predictions.show_prediction(self.model.name, value, sequence_note(self.request().method))
+            self.predictions.show_prediction(self.model.name, value, sequence_note(method))
         elif name == LOGIT_LENS and self.state.view is None:  # else the lens of the graph on show stays
             self.heatmap.set_lens(value)
             self.heatmap.redraw()
@@ -1195,7 +1195,7 @@ class MainWindow(QMainWindow):
                             else f"Circuit Desk {core.__version__}")
 
     def _state_changed(self, change) -> None:
-        from core.selection import ANNOTATION, INTERVENTION, THRESHOLD, VIEW
+        from core.selection import ANNOTATION, HOVER, INTERVENTION, THRESHOLD, VIEW
 
         if change.what == VIEW and change.source == "window" and self.opened is None:
             self.session_path = None  # a new run is a new, unsaved analysis
@@ -1209,7 +1209,8 @@ class MainWindow(QMainWindow):
             self.findings.blockSignals(False)
         if change.what in (VIEW, ANNOTATION, THRESHOLD, INTERVENTION):
             self._set_dirty(True)
-        self._update_actions()
+        if change.what != HOVER:  # hovering changes nothing an action depends on (and comes often)
+            self._update_actions()
 
     def export_image(self, pane: str, path: str | None = None) -> bool:
         """Save the graph or heatmap pane as PNG (pixels at 2× screen size) or SVG (vectors)."""

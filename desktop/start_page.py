@@ -1,4 +1,4 @@
-"""The start page: what a newcomer sees before there is any analysis — three ways in, each a
+"""The start page: what a newcomer sees before there is any analysis — four ways in, each a
 button that triggers the same action as the menu, replaced by the workspace once there is one."""
 
 from __future__ import annotations

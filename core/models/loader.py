@@ -200,7 +200,7 @@ def _load_folder(
     adapter = adapter_for(str(model_type))
     if adapter is None:
         hint = " (multimodal Gemma 3; use a text-only checkpoint)" if model_type == "gemma3" else ""
-        if asks_for_code(folder / "config.json"):
+        if config.get("auto_map"):
             hint = " (its auto_map names custom code, which Circuit Desk never runs)"
         raise CircuitDeskError(
             f"Unsupported model_type '{model_type}'{hint} in {folder / 'config.json'}; "
