@@ -75,11 +75,11 @@ def heartbeat_during_run(app, w) -> dict:
     messages: list[tuple[int, str]] = []  # (ms since start, progress message): where stalls happen
     w.runner.submitted.connect(lambda h: h.progress.connect(lambda p: messages.append((clock.elapsed(), p.message))))
     done = []
-    w.run_finished.connect(lambda: done.append(1))
+    w.status.job_finished.connect(lambda: done.append(1))
     clock.start()
     beat.start()
     t0 = time.perf_counter()
-    w.run()
+    w.actions["run.run"].trigger()
     while not done:
         app.processEvents()
         time.sleep(0.001)
@@ -88,7 +88,7 @@ def heartbeat_during_run(app, w) -> dict:
         app.processEvents()
         time.sleep(0.001)
     beat.stop()
-    w.run_finished.disconnect()
+    w.status.job_finished.disconnect()
     w.runner.submitted.disconnect()
 
     def during(at: int) -> str:
@@ -97,7 +97,7 @@ def heartbeat_during_run(app, w) -> dict:
 
     gaps = sorted(g for g, _ in stalls)
     return {
-        "seconds": round(time.perf_counter() - t0, 2), "error": w.last_error, "heartbeats": len(stalls),
+        "seconds": round(time.perf_counter() - t0, 2), "error": w.status.last_error, "heartbeats": len(stalls),
         "longest_stall_ms": gaps[-1], "p99_stall_ms": gaps[int(0.99 * (len(gaps) - 1))],
         "worst_stalls": [f"{g} ms at {at} ms ({during(at - g)})" for g, at in sorted(stalls, reverse=True)[:5]],
     }

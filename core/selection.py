@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from core.analysis import Analysis
 from core.annotations import Annotations, Group, cap_findings, cap_label
 
 Observer = Callable[["Change"], None]
 
 # what a change is about
-VIEW = "view"  # a new graph/circuit (and heatmap data) is shown
+VIEW = "view"  # a new analysis (graph or circuit, heatmap data) is shown
 SELECTION = "selection"  # selected nodes (and the current cell) changed
 HOVER = "hover"
 THRESHOLD = "threshold"  # the pruning threshold moved: the visible subgraph changed
@@ -34,7 +35,7 @@ class Change:
 class WorkbenchState:
     """Everything the panes share. Fields are read freely; change them only through methods."""
 
-    view: Any = None  # core.view.GraphView (or None before the first run)
+    analysis: Analysis | None = None  # what is on show (None before the first run)
     selected: tuple[int, ...] = ()
     cell: tuple[int, int] | None = None  # (layer, position) of the current heatmap cell
     hovered: int | None = None
@@ -44,8 +45,14 @@ class WorkbenchState:
     notes: dict[int, str] = field(default_factory=dict)  # the auditor's label for a node
     findings: str = ""  # free-text findings about the analysis on show
     intervention: Any = None  # the latest core.interventions.InterventionResult for the selection
+    interventions: tuple[dict, ...] = ()  # every intervention on the analysis on show (saved with it)
     _observers: list[Observer] = field(default_factory=list, repr=False)
     _delivering: bool = field(default=False, repr=False)
+
+    @property
+    def view(self):
+        """The drawable graph of the analysis on show (``core.view.GraphView``), or None."""
+        return None if self.analysis is None else self.analysis.view
 
     # -- observers --------------------------------------------------------------------------------
     def subscribe(self, observer: Observer) -> None:
@@ -68,16 +75,21 @@ class WorkbenchState:
         return not self._delivering
 
     # -- actions ------------------------------------------------------------------------------------
-    def show(self, view, source: str = "", annotations: Annotations | None = None) -> None:
-        """Show a new graph view: selection and the intervention result reset; pins, groups, labels,
-        findings and threshold from ``annotations`` (validated for this view), else none. One change."""
+    def show(self, analysis, source: str = "", annotations: Annotations | None = None) -> None:
+        """Show a new analysis (an ``Analysis``, or a bare ``GraphView``): selection and the
+        intervention result reset; pins, groups, labels, findings, threshold and the intervention
+        log from ``annotations`` (validated for this view), else none. One change."""
         if not self._writable():
             return
+        if analysis is not None and not isinstance(analysis, Analysis):
+            analysis = Analysis(view=analysis)
         notes = annotations or Annotations()
-        self.view = view
+        self.analysis = analysis
+        view = self.view
         self.selected, self.cell, self.hovered, self.intervention = (), None, None, None
         self.pinned, self.groups = notes.pinned, list(notes.groups)
         self.notes, self.findings = dict(notes.labels), notes.findings
+        self.interventions = tuple(notes.interventions)
         if view is not None:
             if notes.threshold is not None:
                 view.set_threshold(notes.threshold)
@@ -85,10 +97,10 @@ class WorkbenchState:
             self.threshold = view.threshold
         self._emit(VIEW, source)
 
-    def annotations(self, interventions=()) -> Annotations:
-        """The auditor's annotations of the view on show (``interventions``: the log kept beside)."""
+    def annotations(self) -> Annotations:
+        """The auditor's annotations of the analysis on show, with its intervention log."""
         return Annotations(tuple(self.groups), tuple(sorted(self.pinned)), dict(sorted(self.notes.items())),
-                           self.findings, self.threshold if self.view is not None else None, tuple(interventions))
+                           self.findings, self.threshold if self.view is not None else None, self.interventions)
 
     def select(self, nodes, source: str = "", extend: bool = False, cell: tuple[int, int] | None = None) -> bool:
         """Select ``nodes`` (replacing, or toggling them into the selection with ``extend``).
@@ -217,6 +229,9 @@ class WorkbenchState:
         return None
 
     def set_intervention(self, result, source: str = "") -> None:
+        """An intervention's result (``core.interventions.InterventionResult``) arrived: shown for
+        the selection and added to the log saved with the analysis."""
         if self._writable():
             self.intervention = result
+            self.interventions += (result.to_json(),)
             self._emit(INTERVENTION, source)

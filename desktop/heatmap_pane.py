@@ -41,7 +41,6 @@ class HeatmapPane(QWidget):
     def __init__(self, state: WorkbenchState) -> None:
         super().__init__()
         self.state = state
-        self.lens = None  # core.lens.LensData of the traced prompt
         self.refresh_counts: dict[str, int] = {}
         self.rows: list[int] = []  # layer shown in each image row
         self.mode = QComboBox()
@@ -93,18 +92,20 @@ class HeatmapPane(QWidget):
         state.subscribe(self.on_change)
         self.redraw()
 
-    def set_lens(self, data) -> None:
-        """Heatmap data of the traced prompt (set before the view is shown)."""
-        self.lens = data
-        if data is not None:
-            self.layer_spin.setRange(0, data.patterns.shape[0] - 1)
-            self.head_spin.setRange(0, data.patterns.shape[1] - 1)
+    @property
+    def lens(self):
+        """Heatmap data (``core.lens.LensData``) of the analysis on show, or None."""
+        analysis = self.state.analysis
+        return None if analysis is None else analysis.lens
 
     # -- state -> view ----------------------------------------------------------------------------
     def on_change(self, change: Change) -> None:
         if change.what not in (VIEW, SELECTION, THRESHOLD):
             return
         self.refresh_counts[change.what] = self.refresh_counts.get(change.what, 0) + 1
+        if change.what == VIEW and self.lens is not None:
+            self.layer_spin.setRange(0, self.lens.patterns.shape[0] - 1)
+            self.head_spin.setRange(0, self.lens.patterns.shape[1] - 1)
         if change.what == SELECTION and self._follow_selection():
             pass  # the mode's image changed with the selection: redraw below
         elif change.what == SELECTION:

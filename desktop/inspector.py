@@ -24,8 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.analysis import InterventionRequest
 from core.annotations import MAX_LABEL
-from core.graph import ERROR, FEATURE
 from core.selection import INTERVENTION, SELECTION, THRESHOLD, VIEW, Change, WorkbenchState
 from core.view import CATEGORIES
 
@@ -38,16 +38,12 @@ def _html(text: str) -> str:
 
 class Inspector(QScrollArea):
     refreshed = Signal(str)
-    intervention_requested = Signal(object)  # (node, mode, value, freeze, all_positions)
+    intervention_requested = Signal(object)  # core.analysis.InterventionRequest
 
     def __init__(self, state: WorkbenchState) -> None:
         super().__init__()
         self.state = state
         self.refresh_counts: dict[str, int] = {}
-        self.token_effects = None  # callable(view, node) -> core.lens.TokenEffects | None (set by the window)
-        # callable() -> bool: the model behind the graph on show is loaded (set by the window); an
-        # opened session has no model until it is run again
-        self.interventions_available = None
         self.setWidgetResizable(True)
         body = QWidget()
         self.setWidget(body)
@@ -138,13 +134,8 @@ class Inspector(QScrollArea):
         return sel[0] if len(sel) == 1 and self.state.view is not None else None
 
     def intervenable(self, node: int) -> bool:
-        v = self.state.view
-        if self.interventions_available is not None and not self.interventions_available():
-            return False
-        if v.kind == "attribution":
-            g = v.source
-            return int(g.kind[node]) in (FEATURE, ERROR)
-        return CATEGORIES[v.category[node]] == "head"
+        analysis = self.state.analysis
+        return analysis is not None and analysis.intervenable(node)
 
     def _note_edited(self) -> None:
         node = self.node()
@@ -190,7 +181,7 @@ class Inspector(QScrollArea):
         if group:
             lines.append(f"group ⟨{_html(group.label)}⟩")
         self.facts.setText("<br>".join(lines))
-        effects = self.token_effects(v, node) if self.token_effects else None
+        effects = self.state.analysis.token_effects(node)
         if effects is not None:
             k = max(len(effects.promoted), len(effects.suppressed))
             self.tokens.setRowCount(k)
@@ -215,7 +206,7 @@ class Inspector(QScrollArea):
         self.positions.setEnabled(not head)
         self.positions.setToolTip("A circuit's heads are edited at every position" if head else
                                   "Where the edit applies: the node's own token position, or every position")
-        if self.interventions_available is not None and not self.interventions_available():
+        if not self.state.analysis.can_intervene:
             self.result.setText("Interventions need the model: run the prompt again to intervene here.")
 
     def _reveal_result(self) -> None:
@@ -266,5 +257,5 @@ class Inspector(QScrollArea):
         if node is None or not self.intervenable(node):
             return
         self.result.setText("Running…")
-        self.intervention_requested.emit((node, self.mode.currentText(), float(self.value.value()),
-                                          self.freeze.currentText(), self.positions.currentIndex() == 1))
+        self.intervention_requested.emit(InterventionRequest(node, self.mode.currentText(), float(self.value.value()),
+                                                             self.freeze.currentText(), self.positions.currentIndex() == 1))

@@ -21,9 +21,9 @@ def _collect_after_each_test(qapp):
 @pytest.fixture(autouse=True)
 def _unsaved_work_is_discarded(monkeypatch):
     """Windows closed by a test (or its teardown) would otherwise wait on a modal question."""
-    from desktop.app import MainWindow
+    from desktop.documents import Documents
 
-    monkeypatch.setattr(MainWindow, "unsaved_choice", lambda self, why: "discard")
+    monkeypatch.setattr(Documents, "unsaved_choice", lambda self, why: "discard")
 
 
 @pytest.fixture(autouse=True)
@@ -63,13 +63,13 @@ class Workbench:
         w.panel.device_combo.setCurrentText("cpu")
         w.panel.prompt_edit.setPlainText(PROMPT)
         w.panel.max_nodes.setValue(100)
-        w.model, w.model_key = self._model(), (self.spec, "cpu")  # loaded once, not per window
+        w.runs.model, w.runs.model_key = self._model(), (self.spec, "cpu")  # loaded once, not per window
         return w
 
     def run(self, w) -> None:
-        with self.qtbot.waitSignal(w.run_finished, timeout=120_000):
-            w.run_action.trigger()
-        assert w.last_error is None, w.last_error
+        with self.qtbot.waitSignal(w.status.job_finished, timeout=120_000):
+            w.actions["run.run"].trigger()
+        assert w.status.last_error is None, w.status.last_error
 
     def graph(self, settings: str = "s.ini", register: bool = True):
         w = self.window(settings, register)
@@ -77,7 +77,7 @@ class Workbench:
         return w
 
     def circuit(self, task: str = "prompt", settings: str = "s.ini", register: bool = True):
-        from desktop.app import CIRCUIT, PROMPT_PAIR
+        from core.analysis import CIRCUIT, PROMPT_PAIR
 
         w = self.window(settings, register)
         p = w.panel
@@ -97,7 +97,8 @@ class Workbench:
     def reuse_runs(self, monkeypatch) -> None:
         """Windows that run the same request share its result (each gets its own view of it), so
         tests that need many fresh windows in one state pay for one trace."""
-        import desktop.app as app
+        import core.analysis_runs as runs
+        from core.analysis import LOGIT_LENS, PREDICTION
         from core.view import from_attribution, from_circuit
 
         def remembered(real, view_of):
@@ -107,13 +108,13 @@ class Workbench:
                 if req not in cache:
                     cache[req] = real(model, req, ctx)
                 traced, _view, data, prediction = cache[req]
-                ctx.partial(app.PREDICTION, prediction)
-                ctx.partial(app.LOGIT_LENS, data)
+                ctx.partial(PREDICTION, prediction)
+                ctx.partial(LOGIT_LENS, data)
                 return traced, view_of(traced), data, prediction
             return run
 
-        monkeypatch.setattr(app, "trace_prompt", remembered(app.trace_prompt, lambda r: from_attribution(r.graph)))
-        monkeypatch.setattr(app, "circuit_prompt", remembered(app.circuit_prompt, lambda r: from_circuit(r.result)))
+        monkeypatch.setattr(runs, "trace_prompt", remembered(runs.trace_prompt, lambda r: from_attribution(r.graph)))
+        monkeypatch.setattr(runs, "circuit_prompt", remembered(runs.circuit_prompt, lambda r: from_circuit(r.result)))
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def test_group_selection_groups_the_selected_nodes(qtbot, workbench, monkeypatch
     asked = []
     monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: asked.append(a) or ("subject", True))
     if how == "action":
-        w.group_action.trigger()
+        w.actions["graph.group"].trigger()
     else:
         activate(qtbot, w)
         qtbot.keyClick(w, Qt.Key.Key_G, Qt.KeyboardModifier.ControlModifier)
@@ -102,7 +102,7 @@ class World:
         if self._session is None:
             maker = self.workbench.graph("maker.ini", register=False)
             self._session = self.tmp_path / "shared.cdesk"
-            assert maker.save_session(str(self._session))
+            assert maker.documents.save(str(self._session))
             self.dispose(maker)
         return self._session
 
@@ -113,8 +113,8 @@ class World:
             w = wb.window(settings, register=False)
         elif state == RECOVERY:  # a window that crashed with unsaved work left its autosave behind
             crashed = wb.graph(settings, register=False)
-            assert crashed.autosave()
-            crashed._autosave.stop()
+            assert crashed.documents.autosave()
+            crashed.documents.autosave_timer.stop()
             crashed.hide()
             self.windows.append(crashed)
             w = wb.window(settings, register=False)
@@ -126,7 +126,7 @@ class World:
             w = wb.circuit("induction", settings, register=False)
         else:
             w = wb.window(settings, register=False)
-            assert w.open_session(str(self.session_file))
+            assert w.documents.open(str(self.session_file))
         self.windows.append(w)
         return w
 
@@ -183,7 +183,7 @@ def reopened(t: Trial, path: Path):
     """The file opened in a new window (as a person would after a restart)."""
     other = t.world.workbench.window(f"reopen-{t.n}.ini", register=False)
     t.world.windows.append(other)
-    assert other.open_session(str(path)), other.last_error
+    assert other.documents.open(str(path)), other.status.last_error
     return other
 
 
@@ -191,29 +191,29 @@ def check_open_session(t: Trial) -> None:
     path = t.world.session_file
     calls = t.answer(QFileDialog, "getOpenFileName", lambda *a: (str(path), ""))
     t.fire()
-    assert len(calls) == 1 and t.w.session_path == str(path) and t.w.opened is not None
+    assert len(calls) == 1 and t.w.documents.session_path == str(path) and t.w.state.analysis.opened is not None
     assert t.w.state.view is not None and t.w.windowTitle().startswith("shared.cdesk —")
 
 
 def check_open_recent(t: Trial) -> None:
     t.fire()  # no dialog: the path is the entry's
-    assert t.w.session_path == str(t.world.session_file) and t.w.state.view is not None
+    assert t.w.documents.session_path == str(t.world.session_file) and t.w.state.view is not None
 
 
 def check_save(t: Trial, ask: bool) -> None:
     w = t.w
     node = select_first(t)[0]
-    t.w.pin_action.trigger()  # something to save
+    t.w.actions["graph.pin"].trigger()  # something to save
     path = t.file("saved", ".cdesk")
     calls = t.answer(QFileDialog, "getSaveFileName", lambda *a: (str(path), ""))
-    first = w.session_path
+    first = w.documents.session_path
     t.fire()
     if not ask and first is not None:  # Ctrl+S on an opened file writes it in place
-        assert calls == [] and w.session_path == first
+        assert calls == [] and w.documents.session_path == first
         path = Path(first)
     else:
-        assert len(calls) == 1 and w.session_path == str(path)
-    assert path.is_file() and not w.dirty and w.windowTitle().startswith(path.name + " —")
+        assert len(calls) == 1 and w.documents.session_path == str(path)
+    assert path.is_file() and not w.documents.dirty and w.windowTitle().startswith(path.name + " —")
     other = reopened(t, path)
     assert other.state.view.kind == w.state.view.kind and other.state.view.labels == w.state.view.labels
     assert node in other.state.pinned
@@ -221,7 +221,7 @@ def check_save(t: Trial, ask: bool) -> None:
 
 def check_recover(t: Trial) -> None:
     t.fire()
-    assert t.w.state.view is not None and t.w.dirty and t.w.session_path is None
+    assert t.w.state.view is not None and t.w.documents.dirty and t.w.documents.session_path is None
     assert not t.action.isEnabled()  # recovered once
 
 
@@ -246,7 +246,7 @@ def check_export_image(pane: str):
         path = t.file(pane, ".png")
         t.answer(QFileDialog, "getSaveFileName", lambda *a: (str(path), ""))
         t.fire()
-        assert not QImage(str(path)).isNull() and t.w.last_error is None
+        assert not QImage(str(path)).isNull() and t.w.status.last_error is None
     return check
 
 
@@ -255,12 +255,12 @@ def check_report(t: Trial) -> None:
     session, pdf = t.file("reported", ".cdesk"), t.file("report", ".pdf")
     asked = t.answer(QFileDialog, "getSaveFileName",
                      lambda *a: (str(session if "session" in a[1].lower() else pdf), ""))
-    with t.qtbot.waitSignal(w.report_written, timeout=60_000) as sig:
+    with t.qtbot.waitSignal(w.exports.report_written, timeout=60_000) as sig:
         t.fire()
     t.qtbot.waitUntil(lambda: not w.runner.busy)
-    assert sig.args == [str(pdf)] and w.last_error is None
+    assert sig.args == [str(pdf)] and w.status.last_error is None
     assert len(asked) == (1 if t.state == OPENED else 2)  # an opened, unchanged session is not saved again
-    cited = Path(w.session_path)
+    cited = Path(w.documents.session_path)
     flat = "".join("".join(p.extract_text().split()) for p in PdfReader(pdf).pages)
     assert file_sha256(cited) in flat
 
@@ -280,10 +280,10 @@ def check_quit(t: Trial) -> None:
 
 def check_run(t: Trial) -> None:
     w = t.w
-    with t.qtbot.waitSignal(w.run_finished, timeout=120_000):
+    with t.qtbot.waitSignal(w.status.job_finished, timeout=120_000):
         t.fire()
-    assert w.last_error is None, w.last_error
-    assert w.state.view is not None and w.opened is None and w.jobs.states()[0] == "done"
+    assert w.status.last_error is None, w.status.last_error
+    assert w.state.view is not None and w.state.analysis.opened is None and w.jobs.states()[0] == "done"
     want = "circuit" if t.state in (CIRCUIT, TASK) else "attribution"
     assert w.state.view.kind == want
 
@@ -291,19 +291,20 @@ def check_run(t: Trial) -> None:
 def check_start(method: str):
     """Load the Default Model / Trace the Demo Prompt: the default model (here the tiny one) runs."""
     def check(t: Trial) -> None:
-        import desktop.app
+        import desktop.actions
+        from core.analysis import PREDICT
 
-        t.monkeypatch.setattr(desktop.app, "DEFAULT_SPEC", t.world.workbench.spec)
-        with t.qtbot.waitSignal(t.w.run_finished, timeout=120_000):
+        t.monkeypatch.setattr(desktop.actions, "DEFAULT_SPEC", t.world.workbench.spec)
+        with t.qtbot.waitSignal(t.w.status.job_finished, timeout=120_000):
             t.fire()
         w = t.w
-        assert w.last_error is None, w.last_error
+        assert w.status.last_error is None, w.status.last_error
         assert w.panel.spec == t.world.workbench.spec and w.panel.method == method
         assert w.central.currentWidget() is w.workspace  # the start page made way
-        if method == desktop.app.PREDICT:
+        if method == PREDICT:
             assert w.workspace.currentWidget() is w.predictions and w.predictions.table.rowCount() == 10
         else:
-            assert w.state.view.kind == "attribution" and w.trace_result.prompt == desktop.app.DEMO_PROMPT
+            assert w.state.view.kind == "attribution" and w.state.analysis.trace.prompt == desktop.actions.DEMO_PROMPT
     return check
 
 
@@ -375,9 +376,9 @@ def select_intervenable(t: Trial) -> None:
 
 def check_intervention(t: Trial) -> None:
     w = t.w
-    with t.qtbot.waitSignal(w.run_finished, timeout=60_000):
+    with t.qtbot.waitSignal(w.status.job_finished, timeout=60_000):
         t.fire()
-    assert w.last_error is None, w.last_error
+    assert w.status.last_error is None, w.status.last_error
     assert w.state.intervention is not None and "→" in w.inspector.result.text()
 
 

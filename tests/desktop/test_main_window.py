@@ -21,13 +21,13 @@ def window(qtbot, tmp_path):
 
 
 def start(qtbot, w, spec, prompt):
-    from desktop.app import PREDICT
+    from core.analysis import PREDICT
 
     w.panel.method_combo.setCurrentText(PREDICT)  # these tests are about jobs; traces: test_workbench.py
     w.panel.select_spec(spec)
     w.panel.device_combo.setCurrentText("cpu")
     w.panel.prompt_edit.setPlainText(prompt)
-    w.run()
+    w.actions["run.run"].trigger()
     return w.runner.current
 
 
@@ -37,8 +37,8 @@ def test_window_opens_with_panels_menus_and_demo_prompt(window):
     assert window.panel.prompt_edit.toPlainText() == "The capital of France is"
     menus = [a.text() for a in window.menuBar().actions()]
     assert menus == ["&File", "&Run", "&Graph", "&View", "&Help"]
-    assert window.run_action.shortcut().toString() == "Ctrl+Return"
-    assert window.open_folder_action.shortcut().toString() == "Ctrl+O"
+    assert window.actions["run.run"].shortcut().toString() == "Ctrl+Return"
+    assert window.actions["file.open_model_folder"].shortcut().toString() == "Ctrl+O"
 
 
 # A job's `done` turns true on the worker before the window's queued slots have run; tests that
@@ -46,40 +46,40 @@ def test_window_opens_with_panels_menus_and_demo_prompt(window):
 
 
 def test_run_tiny_model_shows_predictions_with_progress(qtbot, window, tiny_folder):
-    with qtbot.waitSignal(window.run_finished, timeout=60_000):
+    with qtbot.waitSignal(window.status.job_finished, timeout=60_000):
         start(qtbot, window, str(tiny_folder("mistral")), "the cat")
-        assert window.progress_bar.isVisible() and window.panel.cancel_button.isEnabled()
+        assert window.status.progress_bar.isVisible() and window.panel.cancel_button.isEnabled()
     assert window.predictions.table.rowCount() == 10
-    assert window.last_prediction.top[0].token == window.predictions.tokens()[0]
-    assert window.progress_bar.value() == 1000 and not window.progress_bar.isVisible()
-    assert window.status_label.text().startswith("Done in")
+    assert window.runs.last_prediction.top[0].token == window.predictions.tokens()[0]
+    assert window.status.progress_bar.value() == 1000 and not window.status.progress_bar.isVisible()
+    assert window.status.label.text().startswith("Done in")
     assert not window.panel.cancel_button.isEnabled()
 
 
 def test_errors_become_dialogs_and_the_app_keeps_running(qtbot, window, tiny_folder, tmp_path):
     window.panel.prompt_edit.setPlainText("   ")
-    window.run()
-    assert window.error_box is not None and "prompt is empty" in window.error_box.text()
-    window.error_box.done(0)
+    window.actions["run.run"].trigger()
+    assert window.status.error_box is not None and "prompt is empty" in window.status.error_box.text()
+    window.status.error_box.done(0)
     assert window.runner.current is None  # nothing was started
 
     start(qtbot, window, str(tmp_path / "missing"), "the cat")
-    qtbot.waitUntil(lambda: window.error_box is not None, timeout=30_000)
-    assert "Model path not found" in window.error_box.text()
-    assert "Traceback" not in window.error_box.text()
-    window.error_box.done(0)
+    qtbot.waitUntil(lambda: window.status.error_box is not None, timeout=30_000)
+    assert "Model path not found" in window.status.error_box.text()
+    assert "Traceback" not in window.status.error_box.text()
+    window.status.error_box.done(0)
 
-    with qtbot.waitSignal(window.run_finished, timeout=60_000):  # still works afterwards
+    with qtbot.waitSignal(window.status.job_finished, timeout=60_000):  # still works afterwards
         start(qtbot, window, str(tiny_folder("llama")), "the cat")
     assert window.predictions.table.rowCount() == 10
-    assert window.status_label.text().startswith("Done in")
-    assert window.last_error is None
+    assert window.status.label.text().startswith("Done in")
+    assert window.status.last_error is None
 
 
 def test_new_run_cancels_the_running_one(qtbot, window, tiny_folder, monkeypatch):
-    import core.predict
+    import core.analysis_runs  # where the runs look predict_next up
 
-    real = core.predict.predict_next
+    real = core.analysis_runs.predict_next
 
     running = threading.Event()
 
@@ -90,17 +90,17 @@ def test_new_run_cancels_the_running_one(qtbot, window, tiny_folder, monkeypatch
             time.sleep(0.01)
         return real(model, prompt, top_k, ctx)
 
-    monkeypatch.setattr(core.predict, "predict_next", slow)
+    monkeypatch.setattr(core.analysis_runs, "predict_next", slow)
     first = start(qtbot, window, str(tiny_folder("llama")), "the cat")
     assert running.wait(30)
     second = start(qtbot, window, str(tiny_folder("llama")), "the dog")
-    assert window.status_label.text().startswith("Previous run cancelled")
-    qtbot.waitUntil(lambda: first.done and second.done and window.last_prediction is not None,
+    assert window.status.label.text().startswith("Previous run cancelled")
+    qtbot.waitUntil(lambda: first.done and second.done and window.runs.last_prediction is not None,
                     timeout=60_000)
     assert first.ctx.cancelled and not second.ctx.cancelled
-    assert window.last_prediction.prompt == "the dog"  # the cancelled run produced nothing
+    assert window.runs.last_prediction.prompt == "the dog"  # the cancelled run produced nothing
     qtbot.wait(50)  # let any late signal of the cancelled run arrive
-    assert window.status_label.text().startswith("Done in")  # ...and it did not overwrite the status
+    assert window.status.label.text().startswith("Done in")  # ...and it did not overwrite the status
     # the jobs pane lists both runs, newest first, and says why the first one stopped
     qtbot.waitUntil(lambda: window.jobs.states() == ["done", "cancelled"])
     assert window.jobs.item(1, 3).text() == "replaced by a newer run"
@@ -108,7 +108,7 @@ def test_new_run_cancels_the_running_one(qtbot, window, tiny_folder, monkeypatch
 
 
 def test_closing_during_a_run_cancels_and_leaves_no_thread(qtbot, tmp_path, tiny_folder, monkeypatch):
-    import core.predict
+    import core.analysis_runs  # where the runs look predict_next up
 
     running = threading.Event()
 
@@ -118,7 +118,7 @@ def test_closing_during_a_run_cancels_and_leaves_no_thread(qtbot, tmp_path, tiny
             ctx.check_cancelled()
             time.sleep(0.01)
 
-    monkeypatch.setattr(core.predict, "predict_next", endless)
+    monkeypatch.setattr(core.analysis_runs, "predict_next", endless)
     w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(w)
     w.show()
@@ -133,7 +133,7 @@ def test_closing_during_a_run_cancels_and_leaves_no_thread(qtbot, tmp_path, tiny
 
 @pytest.mark.slow
 def test_run_default_model_shows_paris(qtbot, window):
-    with qtbot.waitSignal(window.run_finished, timeout=180_000):
+    with qtbot.waitSignal(window.status.job_finished, timeout=180_000):
         start(qtbot, window, "default", "The capital of France is")
     assert window.predictions.tokens()[0] == " Paris"
     assert "sha256" in window.panel.model_info.text()
@@ -158,9 +158,9 @@ def test_example_prompts_fill_the_prompt_box(window):
 
 
 def test_run_finished_is_emitted_once_per_run_after_the_ui_updates(qtbot, window, tiny_folder):
-    with qtbot.waitSignal(window.run_finished, timeout=60_000):
+    with qtbot.waitSignal(window.status.job_finished, timeout=60_000):
         start(qtbot, window, str(tiny_folder("llama")), "the cat")
-    assert window.status_label.text().startswith("Done in")
+    assert window.status.label.text().startswith("Done in")
 
 
 def test_a_model_folder_opened_by_dialog_is_listed_next_time(qtbot, tmp_path, tiny_folder, monkeypatch):
@@ -172,7 +172,7 @@ def test_a_model_folder_opened_by_dialog_is_listed_next_time(qtbot, tmp_path, ti
     qtbot.addWidget(first)
     folder = str(tiny_folder("mistral"))
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: folder)
-    first.open_model_folder()
+    first.actions["file.open_model_folder"].trigger()
     assert first.panel.spec == folder
     later = MainWindow(settings=settings)  # a new start lists it with the default model
     qtbot.addWidget(later)

@@ -10,14 +10,14 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFileDialog
 
-from desktop.app import PREDICTION
+from core.analysis import PREDICTION
 
 
 def test_predictions_agree_with_the_logit_node_and_say_what_they_read(workbench):
     w = workbench.graph()
     v = w.state.view
-    target = w.trace_result.targets[0]
-    top = w.last_prediction.top[0]
+    target = w.state.analysis.trace.targets[0]
+    top = w.runs.last_prediction.top[0]
     assert top.token_id == target.token_id
     assert top.probability == pytest.approx(target.probability, abs=1e-5)  # one number, not two
     assert "start token" in w.predictions.heading.text()
@@ -25,13 +25,13 @@ def test_predictions_agree_with_the_logit_node_and_say_what_they_read(workbench)
     # the intervention's "before" is the same number again
     node = next(int(i) for i in v.visible_nodes() if w.inspector.intervenable(int(i)))
     w.state.select([node])
-    with workbench.qtbot.waitSignal(w.run_finished, timeout=60_000):
-        w.intervene_action.trigger()
+    with workbench.qtbot.waitSignal(w.status.job_finished, timeout=60_000):
+        w.actions["graph.intervene"].trigger()
     assert w.state.intervention.prob_before == pytest.approx(target.probability, abs=1e-4)
 
 
 def test_prediction_and_lens_are_shown_before_the_graph_is_done(workbench, monkeypatch):
-    import core.attribution as attribution
+    import core.analysis_runs as attribution  # where the runs look attribute up
 
     w = workbench.window()
     release = threading.Event()
@@ -46,7 +46,7 @@ def test_prediction_and_lens_are_shown_before_the_graph_is_done(workbench, monke
 
     monkeypatch.setattr(attribution, "attribute", waits)
     with workbench.qtbot.waitSignal(w.runner.submitted):
-        w.run_action.trigger()
+        w.actions["run.run"].trigger()
     handle = w.runner.current
     with workbench.qtbot.waitSignal(handle.partial, check_params_cb=lambda name, _v: name == PREDICTION):
         pass
@@ -54,7 +54,7 @@ def test_prediction_and_lens_are_shown_before_the_graph_is_done(workbench, monke
     assert w.predictions.table.rowCount() == 10 and w.state.view is None and w.runner.busy
     assert w.heatmap.image.image is not None and "logit lens" in w.heatmap.caption.text()
     assert "sha256" in w.panel.model_info.text()  # the model's facts as soon as it is loaded
-    with workbench.qtbot.waitSignal(w.run_finished, timeout=60_000):
+    with workbench.qtbot.waitSignal(w.status.job_finished, timeout=60_000):
         release.set()
     assert w.state.view is not None
 
@@ -62,15 +62,16 @@ def test_prediction_and_lens_are_shown_before_the_graph_is_done(workbench, monke
 def test_the_first_run_says_the_model_is_loading(qtbot, tmp_path, tiny_folder):
     from PySide6.QtCore import QSettings
 
-    from desktop.app import MainWindow, PREDICT
+    from core.analysis import PREDICT
+    from desktop.app import MainWindow
 
     w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(w)
     assert w.panel.model_info.text() == "No model loaded yet."
     w.panel.select_spec(str(tiny_folder("llama")))
     w.panel.method_combo.setCurrentText(PREDICT)
-    with qtbot.waitSignal(w.run_finished, timeout=60_000):
-        w.run_action.trigger()
+    with qtbot.waitSignal(w.status.job_finished, timeout=60_000):
+        w.actions["run.run"].trigger()
         assert w.panel.model_info.text().startswith("Loading")
     assert "sha256" in w.panel.model_info.text()
 
@@ -78,7 +79,7 @@ def test_the_first_run_says_the_model_is_loading(qtbot, tmp_path, tiny_folder):
 def test_jobs_pane_names_the_task_and_details_the_outcome(workbench):
     w = workbench.circuit("induction")
     assert w.jobs.item(0, 0).text() == "circuit: Induction task"
-    top = w.last_prediction.top[0]
+    top = w.runs.last_prediction.top[0]
     assert w.jobs.item(0, 3).text().endswith(f"top {top.token!r} {top.probability:.4f}")
     assert " nodes, " in w.jobs.item(0, 3).text()
     pair = workbench.circuit("prompt")
@@ -87,10 +88,10 @@ def test_jobs_pane_names_the_task_and_details_the_outcome(workbench):
 
 @pytest.mark.parametrize("how", ["action", "shortcut"])
 def test_cancel_stops_the_running_job(workbench, monkeypatch, how):
-    import core.attribution as attribution
+    import core.analysis_runs as attribution  # where the runs look attribute up
 
     w = workbench.window()
-    assert not w.cancel_action.isEnabled()
+    assert not w.actions["run.cancel"].isEnabled()
     running = threading.Event()
 
     def endless(*args, **kwargs):
@@ -100,19 +101,19 @@ def test_cancel_stops_the_running_job(workbench, monkeypatch, how):
             time.sleep(0.01)
 
     monkeypatch.setattr(attribution, "attribute", endless)
-    w.run_action.trigger()
+    w.actions["run.run"].trigger()
     assert running.wait(30)
-    workbench.qtbot.waitUntil(w.cancel_action.isEnabled)
-    assert not w.report_action.isEnabled()  # nothing on show, and a job runs
-    with workbench.qtbot.waitSignal(w.run_finished, timeout=30_000):
+    workbench.qtbot.waitUntil(w.actions["run.cancel"].isEnabled)
+    assert not w.actions["file.report"].isEnabled()  # nothing on show, and a job runs
+    with workbench.qtbot.waitSignal(w.status.job_finished, timeout=30_000):
         if how == "action":
-            w.cancel_action.trigger()
+            w.actions["run.cancel"].trigger()
         else:
             w.activateWindow()
             workbench.qtbot.waitUntil(w.isActiveWindow)
             workbench.qtbot.keyClick(w, Qt.Key.Key_Escape)
-    assert w.jobs.states()[0] == "cancelled" and w.status_label.text() == "Cancelled"
-    assert not w.cancel_action.isEnabled()
+    assert w.jobs.states()[0] == "cancelled" and w.status.label.text() == "Cancelled"
+    assert not w.actions["run.cancel"].isEnabled()
 
 
 def test_closing_the_window_during_a_report_cancels_it_and_leaves_no_file(workbench, monkeypatch, tmp_path):
@@ -120,7 +121,7 @@ def test_closing_the_window_during_a_report_cancels_it_and_leaves_no_file(workbe
 
     w = workbench.graph()
     session = tmp_path / "a.cdesk"
-    assert w.save_session(str(session))
+    assert w.documents.save(str(session))
     real_layout = report_pdf._Renderer.layout
     laid_out = threading.Event()
 
@@ -134,8 +135,8 @@ def test_closing_the_window_during_a_report_cancels_it_and_leaves_no_file(workbe
     pdf.parent.mkdir()
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(pdf), ""))
     written = []
-    w.report_written.connect(written.append)
-    w.report_action.trigger()
+    w.exports.report_written.connect(written.append)
+    w.actions["file.report"].trigger()
     handle = w.runner.current
     assert laid_out.wait(60)  # it is drawing the pages now
     w.close()  # cancels the report like any job, and waits for it
@@ -159,20 +160,20 @@ def test_circuit_and_graph_survive_save_open_report_through_the_actions(workbenc
         monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(path), ""))
         w.activateWindow()
         qtbot.waitUntil(w.isActiveWindow)
-        qtbot.keySequence(w, w.save_action.shortcut())
-        assert path.is_file() and not w.dirty, w.last_error
+        qtbot.keySequence(w, w.actions["file.save"].shortcut())
+        assert path.is_file() and not w.documents.dirty, w.status.last_error
 
         other = workbench.window(f"{kind}-reader.ini")
         monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(path), ""))
-        other.open_session_action.trigger()
+        other.actions["file.open_session"].trigger()
         assert other.state.view.kind == w.state.view.kind and other.state.view.labels == w.state.view.labels
         assert np.array_equal(other.state.view.weight, w.state.view.weight)
         pdf = tmp_path / f"{kind}.pdf"
         monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(pdf), ""))
         other.activateWindow()
         qtbot.waitUntil(other.isActiveWindow)
-        with qtbot.waitSignal(other.report_written, timeout=60_000):
-            qtbot.keySequence(other, other.report_action.shortcut())
+        with qtbot.waitSignal(other.exports.report_written, timeout=60_000):
+            qtbot.keySequence(other, other.actions["file.report"].shortcut())
         qtbot.waitUntil(lambda: not other.runner.busy)
         flat = "".join("".join(p.extract_text().split()) for p in PdfReader(pdf).pages)
-        assert file_sha256(path) in flat and other.last_error is None
+        assert file_sha256(path) in flat and other.status.last_error is None

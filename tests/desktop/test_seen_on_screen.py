@@ -5,17 +5,17 @@ from PySide6.QtCore import QModelIndex, QRect, Qt
 from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtWidgets import QFileDialog, QStyleOptionViewItem
 
-from desktop.app import BAR_FILL, BAR_TEXT_ON, ProbabilityDelegate
+from desktop.predictions import BAR_FILL, BAR_TEXT_ON, ProbabilityDelegate
 
 
 def test_a_newcomer_sees_the_start_page_whose_buttons_are_the_menu_actions(workbench, monkeypatch):
-    import desktop.app
+    import desktop.actions
 
     w = workbench.window()
     assert w.central.currentWidget() is w.start_page
     page = w.start_page
-    expected = {"Load the default model": w.load_default_action, "Trace the demo prompt": w.demo_action,
-                "Open a session…": w.open_session_action, "Open a model folder…": w.open_folder_action}
+    expected = {"Load the default model": w.actions["run.load_default"], "Trace the demo prompt": w.actions["run.demo"],
+                "Open a session…": w.actions["file.open_session"], "Open a model folder…": w.actions["file.open_model_folder"]}
     assert set(page.buttons) == set(expected)
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: ("", ""))  # cancelled
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: "")
@@ -23,8 +23,8 @@ def test_a_newcomer_sees_the_start_page_whose_buttons_are_the_menu_actions(workb
         with workbench.qtbot.waitSignal(expected[text].triggered):
             page.buttons[text].click()
     assert w.central.currentWidget() is w.start_page  # nothing was opened
-    monkeypatch.setattr(desktop.app, "DEFAULT_SPEC", workbench.spec)  # the tiny model stands in
-    with workbench.qtbot.waitSignal(w.run_finished, timeout=120_000):
+    monkeypatch.setattr(desktop.actions, "DEFAULT_SPEC", workbench.spec)  # the tiny model stands in
+    with workbench.qtbot.waitSignal(w.status.job_finished, timeout=120_000):
         page.buttons["Trace the demo prompt"].click()
     assert w.central.currentWidget() is w.workspace and w.state.view is not None
 
@@ -33,7 +33,7 @@ def test_empty_panes_show_a_sentence_not_axes(workbench):
     w = workbench.window()
     assert w.heatmap.stack.currentWidget() is w.heatmap.empty and "Run a trace" in w.heatmap.empty.text()
     assert w.graph_pane.stack.currentWidget() is w.graph_pane.empty_label
-    for a in (w.save_action, w.save_as_action, w.export_graph_action, w.export_heatmap_action, w.report_action):
+    for a in (w.actions["file.save"], w.actions["file.save_as"], w.actions["file.export_graph"], w.actions["file.export_heatmap"], w.actions["file.report"]):
         assert not a.isEnabled(), a.text()
     workbench.run(w)
     assert w.heatmap.stack.currentWidget() is w.heatmap.plot and w.graph_pane.stack.currentWidget() is w.graph_pane.plot
@@ -100,8 +100,8 @@ def test_inspector_fits_its_tokens_and_shows_the_intervention_result(workbench):
     assert t.rowCount() == 10
     assert t.viewport().height() >= sum(t.rowHeight(r) for r in range(10))  # the last row is not cut
     assert abs(t.columnWidth(0) - t.columnWidth(1)) <= 1  # Promotes as wide as Suppresses
-    with workbench.qtbot.waitSignal(w.run_finished, timeout=60_000):
-        w.intervene_action.trigger()
+    with workbench.qtbot.waitSignal(w.status.job_finished, timeout=60_000):
+        w.actions["graph.intervene"].trigger()
     result = w.inspector.result  # wholly in view, not cut at the bottom
     workbench.qtbot.waitUntil(lambda: result.visibleRegion().boundingRect() == result.rect())
 
@@ -113,6 +113,6 @@ def test_a_heads_intervention_says_every_position_as_it_does(workbench):
     w.state.select([head])
     pos = w.inspector.positions
     assert pos.currentText() == "every position" and not pos.isEnabled()
-    with workbench.qtbot.waitSignal(w.run_finished, timeout=60_000):
-        w.intervene_action.trigger()
+    with workbench.qtbot.waitSignal(w.status.job_finished, timeout=60_000):
+        w.actions["graph.intervene"].trigger()
     assert "all positions" in w.inspector.result.text() and w.state.intervention.interventions[0].positions is None

@@ -29,20 +29,20 @@ def test_a_slot_that_raises_shows_the_error_dialog_and_logs_the_traceback(qtbot,
     monkeypatch.setattr(QMessageBox, "about", broken)
     about = next(a for a in w.menuBar().actions()[-1].menu().actions() if "About" in a.text())
     with qtbot.captureExceptions() as caught:  # this test expects the exception: capture it here
-        hook = SlotErrorHook(w.show_error).install()
+        hook = SlotErrorHook(w.status.show_error).install()
         try:
             about.trigger()
         finally:
             hook.uninstall()
     assert [type(e[1]) for e in caught] == [RuntimeError]  # and passed on to the previous hook
-    assert w.error_box is not None and w.error_box.isVisible()
-    text = w.error_box.text()
+    assert w.status.error_box is not None and w.status.error_box.isVisible()
+    text = w.status.error_box.text()
     assert "the about box is broken" in text and "log file" in text and "Traceback" not in text
     logged = log_file.read_text()
     assert "Traceback" in logged and "RuntimeError: the about box is broken" in logged and "in broken" in logged
-    w.error_box.done(0)
-    w.fit_action.setEnabled(True)
-    w.fit_action.trigger()  # the app keeps running
+    w.status.error_box.done(0)
+    w.actions["graph.fit"].setEnabled(True)
+    w.actions["graph.fit"].trigger()  # the app keeps running
     assert w.isVisible()
 
 
@@ -57,7 +57,7 @@ def test_a_test_in_which_a_slot_raises_fails(tmp_path):
         def test_raises_in_a_slot(qtbot, tmp_path):
             w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
             qtbot.addWidget(w)
-            hook = SlotErrorHook(w.show_error).install()
+            hook = SlotErrorHook(w.status.show_error).install()
             w.panel.run_button.clicked.connect(lambda: 1 / 0)
             w.panel.run_button.setEnabled(True)
             w.panel.prompt_edit.setPlainText("")  # the run itself stops at the empty prompt

@@ -39,7 +39,7 @@ def good(tiny_folder, tmp_path_factory):
 
 def _open_via_menu(w, monkeypatch, path) -> None:
     monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(path), "")))
-    w.open_session_action.trigger()
+    w.actions["file.open_session"].trigger()
 
 
 def test_a_failed_open_changes_nothing_and_save_keeps_the_good_session(qtbot, good, tmp_path, monkeypatch):
@@ -59,15 +59,15 @@ def test_a_failed_open_changes_nothing_and_save_keeps_the_good_session(qtbot, go
     qtbot.addWidget(w)
     _open_via_menu(w, monkeypatch, path)
     view, title, findings, groups = w.state.view, w.windowTitle(), w.state.findings, list(w.state.groups)
-    assert w.session_path == str(path) and findings == "It copies the name." and len(groups) == 1
+    assert w.documents.session_path == str(path) and findings == "It copies the name." and len(groups) == 1
 
     _open_via_menu(w, monkeypatch, bad)
-    assert "groups" in w.last_error and "damaged.cdesk" in w.last_error
-    assert w.state.view is view and w.windowTitle() == title and w.session_path == str(path)
-    assert w.state.findings == findings and list(w.state.groups) == groups and w.opened.manifest["prompt"] == PROMPT
+    assert "groups" in w.status.last_error and "damaged.cdesk" in w.status.last_error
+    assert w.state.view is view and w.windowTitle() == title and w.documents.session_path == str(path)
+    assert w.state.findings == findings and list(w.state.groups) == groups and w.state.analysis.opened.manifest["prompt"] == PROMPT
 
     w.state.set_note(int(w.state.view.visible_nodes()[0]), "checked")  # an edit, then Ctrl+S
-    w.save_action.trigger()
+    w.actions["file.save"].trigger()
     s = load_session(path)
     assert path.read_bytes() != before and s.manifest["prompt"] == PROMPT and s.edited == ()
     assert s.annotations.findings == "It copies the name." and [g.label for g in s.annotations.groups] == ["pair"]
@@ -85,7 +85,7 @@ def test_an_edited_session_opens_with_a_warning(qtbot, good, tmp_path, monkeypat
     qtbot.addWidget(w)
     _open_via_menu(w, monkeypatch, edited)
     assert w.state.findings == "It forges the name."
-    assert "annotations.json" in w.last_error and "changed after it was saved" in w.last_error
+    assert "annotations.json" in w.status.last_error and "changed after it was saved" in w.status.last_error
 
 
 # -- hostile but well-formed content -----------------------------------------------------------------
@@ -175,9 +175,9 @@ def test_fuzzed_session_contents_are_refused_or_work_everywhere(qtbot, good, tmp
         except CircuitDeskError as err:  # e.g. an edited prompt the tokenizer cannot take
             assert "\n" not in str(err)
         accepted.append(path)
-        w.last_error = None
-        w.open_session_action.trigger()
-        assert w.session_path == str(path), w.last_error
+        w.status.last_error = None
+        w.actions["file.open_session"].trigger()
+        assert w.documents.session_path == str(path), w.status.last_error
 
     accepted = []
     check()

@@ -6,6 +6,7 @@ import pytest
 from PySide6.QtCore import QSettings
 
 from core.selection import INTERVENTION, SELECTION, THRESHOLD
+from desktop.actions import group_selection, ungroup_selection
 from desktop.app import MainWindow
 
 
@@ -17,9 +18,9 @@ def traced(qtbot, tmp_path, tiny_folder):
     w.panel.select_spec(str(tiny_folder("llama")))
     w.panel.device_combo.setCurrentText("cpu")
     w.panel.prompt_edit.setPlainText("when mary and john went to the store , john gave a drink to")
-    with qtbot.waitSignal(w.run_finished, timeout=120_000):
-        w.run()
-    assert w.last_error is None, w.last_error
+    with qtbot.waitSignal(w.status.job_finished, timeout=120_000):
+        w.actions["run.run"].trigger()
+    assert w.status.last_error is None, w.status.last_error
     yield w
     w.runner.shutdown()
     assert w.runner.pool.activeThreadCount() == 0
@@ -39,7 +40,7 @@ def test_trace_fills_the_graph_heatmap_and_inspector(traced):
     assert len(shown) > 5
     assert w.heatmap.lens is not None
     img, rows, cols, _ = w.heatmap.matrix()
-    assert img.shape == (w.model.facts.n_layers + 1, len(w.trace_result.graph.tokens))
+    assert img.shape == (w.runs.model.facts.n_layers + 1, len(w.state.analysis.trace.graph.tokens))
     assert w.heatmap.image.image is not None
     assert w.graph_pane.threshold_label.text().endswith(f"{len(v.visible_edges())} edges")
 
@@ -97,9 +98,9 @@ def test_find_pin_and_group(traced):
     a = w.state.selected[0]
     b = int(next(i for i in v.visible_nodes() if int(i) != a))
     w.state.select([b], extend=True)
-    w.pin_action.trigger()
+    w.actions["graph.pin"].trigger()
     assert set(w.state.pinned) == {a, b}
-    w.group_selection("pair")
+    group_selection(w, "pair")
     assert w.state.group_of(a).label == "pair"
     drawn = set(int(i) for i in w.graph_pane.nodes.data["data"])
     assert min(a, b) in drawn and max(a, b) not in drawn  # one supernode stands for the pair
@@ -112,7 +113,7 @@ def test_find_pin_and_group(traced):
     assert [int(i) for i in w.graph_pane.nodes.data["data"]] == [min(a, b)]
     w.graph_pane.pinned_only.setChecked(False)
     assert len(w.graph_pane.nodes.data) == len(v.visible_nodes()) - 1
-    w.ungroup_selection()
+    ungroup_selection(w)
     assert w.state.groups == [] and len(w.graph_pane.nodes.data) == len(v.visible_nodes())
 
 
@@ -125,8 +126,8 @@ def test_intervention_updates_the_inspector(qtbot, traced):
     w.graph_pane.click_node(node)
     w.inspector.mode.setCurrentText("zero")
     before = w.inspector.refresh_counts.get(INTERVENTION, 0)
-    with qtbot.waitSignal(w.run_finished, timeout=60_000):
-        w.intervene_action.trigger()
+    with qtbot.waitSignal(w.status.job_finished, timeout=60_000):
+        w.actions["graph.intervene"].trigger()
     assert w.inspector.refresh_counts.get(INTERVENTION, 0) == before + 1
     r = w.state.intervention
     assert r is not None and r.interventions[0].layer == int(v.source.layer[node])
@@ -163,7 +164,7 @@ def test_component_circuit_from_the_panel(qtbot, tmp_path, tiny_folder):
     """Clean vs corrupted prompt → circuit view; a head's pattern, token effects and ablation."""
     import torch
 
-    from desktop.app import CIRCUIT, PROMPT_PAIR
+    from core.analysis import CIRCUIT, PROMPT_PAIR
     from desktop.heatmap_pane import ATTENTION
 
     w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
@@ -179,20 +180,20 @@ def test_component_circuit_from_the_panel(qtbot, tmp_path, tiny_folder):
     p.corrupted_edit.setText("when mary and john went to the store , mary gave a drink to")
     p.target_edit.setText(" mary")
     p.foil_edit.setText(" john")
-    with qtbot.waitSignal(w.run_finished, timeout=120_000):
-        w.run()
-    assert w.last_error is None, w.last_error
+    with qtbot.waitSignal(w.status.job_finished, timeout=120_000):
+        w.actions["run.run"].trigger()
+    assert w.status.last_error is None, w.status.last_error
     v = w.state.view
-    assert v.kind == "circuit" and w.circuit_run is not None and w.trace_result is None
+    assert v.kind == "circuit" and w.state.analysis.circuit is not None and w.state.analysis.trace is None
     assert sorted(int(i) for i in w.graph_pane.nodes.data["data"]) == sorted(v.visible_nodes().tolist())
 
     # what each component wrote at the last position adds up to the final residual stream
-    run = w.circuit_run
+    run = w.state.analysis.circuit
     with torch.no_grad():
-        hidden = w.model.hf(input_ids=run.ids, output_hidden_states=True).hidden_states[-1]
+        hidden = w.runs.model.hf(input_ids=run.ids, output_hidden_states=True).hidden_states[-1]
     # hidden_states[-1] is after the final norm in HF; rebuild the pre-norm stream from the parts
     total = torch.from_numpy(run.outputs_last.sum(0))
-    normed = w.model.hf.get_submodule(w.model.adapter.final_norm)(total[None].to(hidden.dtype))[0]
+    normed = w.runs.model.hf.get_submodule(w.runs.model.adapter.final_norm)(total[None].to(hidden.dtype))[0]
     assert torch.allclose(normed, hidden[0, -1], atol=1e-4)
 
     w.heatmap.mode.setCurrentText(ATTENTION)
@@ -205,15 +206,15 @@ def test_component_circuit_from_the_panel(qtbot, tmp_path, tiny_folder):
     assert w.inspector.tokens.rowCount() == 10 and w.inspector.run_button.isEnabled()
 
     w.inspector.mode.setCurrentText("zero")
-    with qtbot.waitSignal(w.run_finished, timeout=60_000):
-        w.intervene_action.trigger()
-    assert w.last_error is None, w.last_error
+    with qtbot.waitSignal(w.status.job_finished, timeout=60_000):
+        w.actions["graph.intervene"].trigger()
+    assert w.status.last_error is None, w.status.last_error
     iv = w.state.intervention.interventions[0]
     assert (iv.kind, iv.layer, iv.index) == ("head", layer, h)
 
 
 def test_circuit_settings_are_checked_before_anything_runs(qtbot, tmp_path):
-    from desktop.app import CIRCUIT, PAIR_FILE, PROMPT_PAIR
+    from core.analysis import CIRCUIT, PAIR_FILE, PROMPT_PAIR
 
     w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(w)
@@ -221,13 +222,13 @@ def test_circuit_settings_are_checked_before_anything_runs(qtbot, tmp_path):
     p.method_combo.setCurrentText(CIRCUIT)
     p.task_combo.setCurrentIndex(p.task_combo.findData(PROMPT_PAIR))
     p.corrupted_edit.setText("  ")
-    w.run()
-    assert "corrupted prompt is empty" in w.error_box.text() and w.runner.current is None
-    w.error_box.done(0)
+    w.actions["run.run"].trigger()
+    assert "corrupted prompt is empty" in w.status.error_box.text() and w.runner.current is None
+    w.status.error_box.done(0)
     p.task_combo.setCurrentIndex(p.task_combo.findData(PAIR_FILE))
     assert p.form.isRowVisible(p.pairs_label) and not p.prompt_edit.isEnabled()
-    w.run()
-    assert "No pair file chosen" in w.error_box.text() and w.runner.current is None
+    w.actions["run.run"].trigger()
+    assert "No pair file chosen" in w.status.error_box.text() and w.runner.current is None
 
 
 def test_transcoder_basis_from_the_panel(qtbot, tmp_path, tiny_folder, tiny_model):
@@ -253,40 +254,40 @@ def test_transcoder_basis_from_the_panel(qtbot, tmp_path, tiny_folder, tiny_mode
     w.panel.select_spec(str(tiny_folder("llama")))
     w.panel.device_combo.setCurrentText("cpu")
     w.panel.set_transcoders(str(folder))
-    assert w.request().transcoders == str(folder)
+    assert w.panel.request().transcoders == str(folder)
     w.panel.prompt_edit.setPlainText("the cat and the dog")
-    with qtbot.waitSignal(w.run_finished, timeout=120_000):
-        w.run()
-    assert w.last_error is None, w.last_error
+    with qtbot.waitSignal(w.status.job_finished, timeout=120_000):
+        w.actions["run.run"].trigger()
+    assert w.status.last_error is None, w.status.last_error
     v = w.state.view
     assert v.source.meta["basis"] == "transcoders"
     node = next(int(i) for i in v.visible_nodes() if int(v.source.kind[i]) == FEATURE)
     w.graph_pane.click_node(node)
-    decoder = w.trace_result.transcoders.layers[int(v.source.layer[node])].W_dec[int(v.source.index[node])].sum(0)
-    want = direction_effects(w.model, decoder)
+    decoder = w.state.analysis.trace.transcoders.layers[int(v.source.layer[node])].W_dec[int(v.source.index[node])].sum(0)
+    want = direction_effects(w.runs.model, decoder)
     assert w.inspector.tokens.item(0, 0).text() == f"{want.promoted[0][0]!r}  {want.promoted[0][1]:+.3f}"
     w.panel.set_transcoders(None)
-    assert w.request().transcoders is None
+    assert w.panel.request().transcoders is None
 
 
 def test_panes_export_as_png_and_svg(traced, tmp_path):
     from PySide6.QtGui import QImage
 
     w = traced
-    assert w.export_image("graph", str(tmp_path / "graph.svg"))
+    assert w.exports.image("graph", str(tmp_path / "graph.svg"))
     svg = (tmp_path / "graph.svg").read_text()
     # vectors: a path per node symbol and the edge paths, no embedded pixmaps
     assert svg.count("<path") >= len(w.graph_pane.nodes.data) and "<image" not in svg and 'd=""' not in svg
-    assert w.export_image("heatmap", str(tmp_path / "heat.png"))
+    assert w.exports.image("heatmap", str(tmp_path / "heat.png"))
     img = QImage(str(tmp_path / "heat.png"))
     assert not img.isNull() and img.width() >= 2 * w.heatmap.plot.getPlotItem().sceneBoundingRect().width() - 1
-    assert not w.export_image("graph", str(tmp_path / "graph.bmp"))
-    assert "choose a .png or .svg" in w.error_box.text()
-    w.error_box.done(0)
+    assert not w.exports.image("graph", str(tmp_path / "graph.bmp"))
+    assert "choose a .png or .svg" in w.status.error_box.text()
+    w.status.error_box.done(0)
     for name in ("graph.png", "graph.svg"):
-        w.error_box and w.error_box.done(0)
-        assert not w.export_image("graph", str(tmp_path / "missing" / name))
-        assert "Cannot write" in w.error_box.text()
+        w.status.error_box and w.status.error_box.done(0)
+        assert not w.exports.image("graph", str(tmp_path / "missing" / name))
+        assert "Cannot write" in w.status.error_box.text()
     assert list(tmp_path.glob("*.tmp.*")) == []
 
 
@@ -297,7 +298,7 @@ def test_save_and_open_a_session_keeps_graph_groups_pins_and_threshold(qtbot, tr
     v = w.state.view
     nodes = [int(i) for i in v.visible_nodes()[:3]]
     w.state.select(nodes[:2])
-    w.group_selection("pair")
+    group_selection(w, "pair")
     w.state.pin([nodes[2]])
     w.graph_pane.slider.setValue(95)
     w.graph_pane.click_node(nodes[2])
@@ -312,22 +313,22 @@ def test_save_and_open_a_session_keeps_graph_groups_pins_and_threshold(qtbot, tr
     w.state.set_note(nodes[0], "first")  # another annotation while typing: the typed text stays
     assert w.findings.toPlainText() == "The pair carries the subject."
     w.state.set_note(nodes[0], "")
-    assert w.dirty and w.windowTitle().startswith("untitled *")
+    assert w.documents.dirty and w.windowTitle().startswith("untitled *")
     path = tmp_path / "a.cdesk"
-    assert w.save_session(str(path))
-    assert not w.dirty and w.windowTitle().startswith("a.cdesk —")
+    assert w.documents.save(str(path))
+    assert not w.documents.dirty and w.windowTitle().startswith("a.cdesk —")
     s = load_session(path)
     assert s.annotations.to_json()["groups"] == [{"label": "pair", "nodes": sorted(nodes[:2])}]
     assert s.annotations.to_json()["labels"] == {str(nodes[2]): "says a name"}
     assert s.annotations.findings == "The pair carries the subject."  # typed text is committed on save
     assert s.manifest["command"].startswith("circuitdesk trace --model ")
-    assert s.manifest["model"]["sha256"] == w.model.fingerprint.sha256
-    assert np.array_equal(s.logit_lens, w.lens_data.lens_prob)  # the heatmap's logit lens, for the report
+    assert s.manifest["model"]["sha256"] == w.runs.model.fingerprint.sha256
+    assert np.array_equal(s.logit_lens, w.state.analysis.lens.lens_prob)  # the heatmap's logit lens, for the report
 
     other = MainWindow(settings=w.settings)  # same settings: the recent list is shared
     qtbot.addWidget(other)
-    assert other.recent_menu.actions()[0].toolTip() == str(path)
-    assert other.open_session(str(path))
+    assert other.documents.recent_menu.actions()[0].toolTip() == str(path)
+    assert other.documents.open(str(path))
     o = other.state.view
     assert np.array_equal(o.source.weight, v.source.weight) and o.labels == v.labels
     assert other.state.threshold == pytest.approx(0.95)
@@ -336,40 +337,41 @@ def test_save_and_open_a_session_keeps_graph_groups_pins_and_threshold(qtbot, tr
     assert other.state.notes == {nodes[2]: "says a name"}
     assert other.findings.toPlainText() == "The pair carries the subject."
     assert sorted(other.state.view.visible_nodes().tolist()) == sorted(v.visible_nodes().tolist())
-    assert not other.dirty and other.windowTitle().startswith("a.cdesk —")
-    assert other.save_session(str(tmp_path / "b.cdesk"))  # re-saved: the lens is kept
+    assert not other.documents.dirty and other.windowTitle().startswith("a.cdesk —")
+    assert other.documents.save(str(tmp_path / "b.cdesk"))  # re-saved: the lens is kept
     assert np.array_equal(load_session(tmp_path / "b.cdesk").logit_lens, s.logit_lens)
     # a damaged file is one sentence, and the open graph stays
     (tmp_path / "bad.cdesk").write_bytes(b"not a zip")
-    assert not other.open_session(str(tmp_path / "bad.cdesk"))
-    assert "not a zip" in other.error_box.text() and other.state.view is o
+    assert not other.documents.open(str(tmp_path / "bad.cdesk"))
+    assert "not a zip" in other.status.error_box.text() and other.state.view is o
 
 
 def test_unsaved_work_is_asked_about_autosaved_and_recovered(qtbot, traced, monkeypatch, tmp_path):
     from desktop.app import MainWindow
+    from desktop.documents import Documents
 
     w = traced
-    assert w.dirty
+    assert w.documents.dirty
     asked = []
-    monkeypatch.setattr(MainWindow, "unsaved_choice", lambda self, why: asked.append(why) or "cancel")
+    monkeypatch.setattr(Documents, "unsaved_choice", lambda self, why: asked.append(why) or "cancel")
     w.close()
     assert asked == ["closing"] and w.isVisible()  # cancel keeps the window and its work
-    assert not w.open_session(str(tmp_path / "other.cdesk")) and asked[-1] == "opening another session"
+    assert not w.documents.open(str(tmp_path / "other.cdesk")) and asked[-1] == "opening another session"
 
-    assert w.autosave() and w.recovery_path.is_file()  # the timer's job, run now
+    assert w.documents.autosave() and w.documents.recovery_path.is_file()  # the timer's job, run now
     # a crash: the recovery file stays; the next window offers it
     other = MainWindow(settings=w.settings)
     qtbot.addWidget(other)
-    assert other.recover_action.isEnabled()
-    assert other.recover()
+    assert other.actions["file.recover"].isEnabled()
+    assert other.documents.recover()
     assert np.array_equal(other.state.view.source.weight, w.state.view.source.weight)
-    assert other.dirty and other.session_path is None  # recovered work is unsaved work
+    assert other.documents.dirty and other.documents.session_path is None  # recovered work is unsaved work
 
-    monkeypatch.setattr(MainWindow, "unsaved_choice", lambda self, why: "save")
+    monkeypatch.setattr(Documents, "unsaved_choice", lambda self, why: "save")
     path = tmp_path / "kept.cdesk"
-    monkeypatch.setattr("desktop.app.QFileDialog.getSaveFileName", lambda *a, **k: (str(path), ""))
+    monkeypatch.setattr("desktop.documents.QFileDialog.getSaveFileName", lambda *a, **k: (str(path), ""))
     w.close()  # "save": asks where, saves, closes, and removes the recovery file
-    assert path.is_file() and not w.isVisible() and not w.recovery_path.exists()
+    assert path.is_file() and not w.isVisible() and not w.documents.recovery_path.exists()
 
 
 def test_export_report_saves_the_session_first_and_writes_the_pdf(qtbot, traced, tmp_path):
@@ -381,26 +383,26 @@ def test_export_report_saves_the_session_first_and_writes_the_pdf(qtbot, traced,
     w = traced
     w.settings.setValue(AUDITOR_KEY, "K. Auditor")
     path = tmp_path / "a.cdesk"
-    assert w.save_session(str(path))
+    assert w.documents.save(str(path))
     w.state.set_findings("Late finding.")  # unsaved: the report must not cite a stale file
-    assert w.dirty
-    with qtbot.waitSignal(w.report_written, timeout=60_000) as sig:
-        assert w.export_report(str(tmp_path / "a"))  # ".pdf" is added
+    assert w.documents.dirty
+    with qtbot.waitSignal(w.exports.report_written, timeout=60_000) as sig:
+        assert w.exports.report(str(tmp_path / "a"))  # ".pdf" is added
     qtbot.waitUntil(lambda: not w.runner.busy)
-    assert sig.args == [str(tmp_path / "a.pdf")] and not w.dirty
+    assert sig.args == [str(tmp_path / "a.pdf")] and not w.documents.dirty
     text = "".join(p.extract_text() for p in PdfReader(tmp_path / "a.pdf").pages).replace("\t", " ")
     flat = "".join(text.split())
     assert "K.Auditor" in flat and "Latefinding." in flat and file_sha256(path) in flat
-    assert w.status_label.text() == f"Wrote {tmp_path / 'a.pdf'}"
+    assert w.status.label.text() == f"Wrote {tmp_path / 'a.pdf'}"
     # an unwritable place: one sentence, nothing left behind
-    w.export_report(str(tmp_path / "missing" / "r.pdf"))
+    w.exports.report(str(tmp_path / "missing" / "r.pdf"))
     qtbot.waitUntil(lambda: not w.runner.busy)
-    qtbot.waitUntil(lambda: w.last_error is not None)
-    assert "does not exist" in w.last_error
+    qtbot.waitUntil(lambda: w.status.last_error is not None)
+    assert "does not exist" in w.status.last_error
 
 
 def test_export_report_needs_a_graph(qtbot, tmp_path):
     w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(w)
-    assert not w.export_report(str(tmp_path / "r.pdf"))
-    assert "Nothing to report yet" in w.last_error and not (tmp_path / "r.pdf").exists()
+    assert not w.exports.report(str(tmp_path / "r.pdf"))
+    assert "Nothing to report yet" in w.status.last_error and not (tmp_path / "r.pdf").exists()

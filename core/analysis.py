@@ -1,0 +1,183 @@
+"""The analysis on show in the workbench, what a run was asked to do, and the inspector's edits.
+
+Torch-free (the window imports it at start-up, before torch loads):
+
+* ``RunRequest``: what the model & prompt panel asks a run for (frozen: it crosses threads);
+* ``Analysis``: what a run or an opened session puts on show, as one object handed to
+  ``core.selection.WorkbenchState``: the drawable view, the result behind it, its model, the
+  heatmap data, the prediction and the command that regenerates it;
+* ``InterventionRequest``: the inspector's edit of one node (frozen).
+
+The runs that produce an ``Analysis`` and act on one live in ``core.analysis_runs`` (torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import CircuitDeskError
+from core.graph import ERROR, FEATURE
+from core.prompt import require_prompt
+from core.runs import add_logit_lens
+from core.session import Session, new_manifest
+from core.view import CATEGORIES
+
+ATTRIBUTION, CIRCUIT, PREDICT = "Attribution graph", "Component circuit", "Next-token prediction"
+METHODS = (ATTRIBUTION, CIRCUIT, PREDICT)
+PROMPT_PAIR, PAIR_FILE = "prompt", "file"  # circuit pair sources besides the built-in tasks
+# where a circuit's pairs come from, as the panel lists them
+TASKS = {"ioi": "Indirect object (IOI), generated", "greater-than": "Greater-than, generated",
+         "induction": "Induction, generated", "factual": "Factual recall, generated"}  # MERGE: core.settings.TASKS
+PAIR_SOURCES = {PROMPT_PAIR: "This prompt vs a corrupted one", **TASKS, PAIR_FILE: "Pair file (.jsonl)…"}
+MODEL, PREDICTION, LOGIT_LENS = "model", "prediction", "logit lens"  # a run's partial results, in order
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    spec: str
+    device: str
+    prompt: str
+    top_k: int
+    method: str = ATTRIBUTION
+    target: str | None = None
+    foil: str | None = None
+    max_nodes: int = 1000
+    transcoders: str | None = None  # attribution basis: a transcoder folder, or None for MLP neurons
+    task: str = PROMPT_PAIR  # component circuits: PROMPT_PAIR, PAIR_FILE or a built-in task
+    corrupted: str = ""
+    pairs_file: str = ""
+    scoring: str = "eap-ig"
+    n_pairs: int = 32
+
+    def check(self) -> None:
+        """What can be checked before a model loads (a clear error instead of a wasted run)."""
+        if self.method != CIRCUIT or self.task == PROMPT_PAIR:
+            require_prompt(self.prompt)
+        if self.method != CIRCUIT:
+            return
+        if self.task == PROMPT_PAIR and not self.corrupted.strip():
+            raise CircuitDeskError("The corrupted prompt is empty; type the prompt to compare with "
+                                   "(same number of tokens, the detail that matters changed).")
+        if self.task == PAIR_FILE and not self.pairs_file:
+            raise CircuitDeskError("No pair file chosen; pick a .jsonl file of prompt pairs.")
+
+    def job_name(self) -> str:
+        """How the jobs pane lists the run: the method and what it ran on."""
+        if self.method == CIRCUIT and self.task == PAIR_FILE:
+            return f"circuit: pairs from {Path(self.pairs_file).name}"
+        if self.method == CIRCUIT and self.task != PROMPT_PAIR:
+            return f"circuit: {PAIR_SOURCES[self.task].removesuffix(', generated')} task"
+        if self.method == CIRCUIT:
+            return f"circuit: {_short(self.prompt, 30)} vs {_short(self.corrupted, 30)}"
+        return f"{'predict' if self.method == PREDICT else 'trace'}: {_short(self.prompt)}"
+
+
+def _short(text: str, n: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def sequence_note(method: str) -> str:
+    """What the Predictions tab's numbers were computed on (a trace prepends a start token)."""
+    if method == ATTRIBUTION:
+        return "after the traced sequence (start token + prompt), as the graph's logit nodes"
+    if method == CIRCUIT:
+        return "after the first pair's clean prompt as the circuit reads it, as the interventions"
+    return "after the prompt as typed"
+
+
+@dataclass(frozen=True)
+class InterventionRequest:
+    """The inspector's edit of one node of the analysis on show."""
+
+    node: int
+    mode: str  # zero | scale | set
+    value: float = 0.0
+    freeze: str = "none"  # none | attention | replacement
+    every_position: bool = False
+
+
+@dataclass(frozen=True)
+class CircuitRun:
+    """A component circuit as a run hands it over."""
+
+    result: Any  # core.circuits.CircuitResult
+    ids: Any  # torch [1, P]: the first pair's clean prompt (heatmaps, interventions)
+    outputs_last: Any  # numpy [n_sources, d]: what each component writes at its last position
+    answer_id: int
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The analysis on show: a graph or circuit from a run here (``model`` set) or from a file
+    (``opened``), or only the heatmap data of a run still on its way (``view`` None)."""
+
+    view: Any = None  # core.view.GraphView
+    model: Any = None  # the LoadedModel the run used (None: opened from a file)
+    trace: Any = None  # core.attribution.AttributionResult of an attribution graph ...
+    circuit: CircuitRun | None = None  # ... or the component circuit
+    opened: Session | None = None  # the session file it was opened from
+    lens: Any = None  # core.lens.LensData for the heatmaps
+    prediction: Any = None  # core.predict.Prediction on the analysed sequence
+    command: str = ""  # the `circuitdesk` command that regenerates it
+
+    @property
+    def kind(self) -> str | None:
+        return None if self.view is None else self.view.kind
+
+    @property
+    def method(self) -> str | None:
+        """ATTRIBUTION or CIRCUIT (None while only heatmap data is on show)."""
+        return {"attribution": ATTRIBUTION, "circuit": CIRCUIT}.get(self.kind)
+
+    @property
+    def can_intervene(self) -> bool:
+        """The model behind the graph is loaded (an opened session has none until run again)."""
+        return self.model is not None and (self.trace is not None or self.circuit is not None)
+
+    @property
+    def model_summary(self) -> dict:
+        if self.model is not None:
+            return self.model.summary()
+        return dict(self.opened.manifest.get("model", {})) if self.opened is not None else {}
+
+    def intervenable(self, node: int) -> bool:
+        """An attribution graph's features and error nodes, a circuit's heads."""
+        if not self.can_intervene or self.view is None:
+            return False
+        if self.view.kind == "attribution":
+            return int(self.view.source.kind[node]) in (FEATURE, ERROR)
+        return CATEGORIES[self.view.category[node]] == "head"
+
+    def session(self, annotations) -> Session:
+        """The analysis as a ``core.session.Session`` with ``annotations`` (re-saving an opened
+        session keeps its manifest and payload)."""
+        if self.opened is not None:
+            o = self.opened
+            return Session(o.manifest, o.graph, annotations, o.circuit, o.logit_lens)
+        if self.view is None:
+            raise CircuitDeskError("Nothing to save yet: run a trace or a circuit first.")
+        summary = self.model.summary()
+        if self.circuit is not None:
+            r = self.circuit.result
+            prompt = r.pairs[0]["clean"] if r.pairs else ""
+            session = Session(new_manifest("circuit", summary, prompt, r.settings, task=r.task, stats=r.stats,
+                                           command=self.command), annotations=annotations, circuit=r)
+        else:
+            t = self.trace
+            manifest = new_manifest("attribution", summary, t.prompt, t.graph.meta.get("settings", {}),
+                                    targets=[x.to_json() for x in t.targets], stats=t.stats, command=self.command)
+            session = Session(manifest, t.graph, annotations)
+        if self.lens is not None:  # the heatmap's logit lens, for the report
+            add_logit_lens(session, self.model, None, self.lens.target_id, lens_data=self.lens)
+        return session
+
+    def token_effects(self, node: int):
+        """Tokens a node promotes and suppresses (``core.lens.TokenEffects``), or None."""
+        if self.model is None or self.view is None:
+            return None
+        from core.analysis_runs import token_effects  # deferred: torch is loaded once a model is
+
+        return token_effects(self, node)

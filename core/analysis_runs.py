@@ -1,0 +1,174 @@
+"""The workbench's runs, as worker-thread job bodies (``fn(ctx)``, see ``core.jobs``): a
+``RunRequest`` becomes an ``Analysis`` (model loaded, prediction, logit lens, then the graph or
+circuit), and an ``InterventionRequest`` on the analysis on show becomes an intervention result.
+
+Partial results are handed over as soon as each is ready (``ctx.partial``): the loaded model,
+the prediction, the logit lens; the window shows them before the run ends.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from core.analysis import (
+    ATTRIBUTION,
+    CIRCUIT,
+    LOGIT_LENS,
+    MODEL,
+    PAIR_FILE,
+    PREDICT,
+    PREDICTION,
+    PROMPT_PAIR,
+    Analysis,
+    CircuitRun,
+    InterventionRequest,
+    RunRequest,
+)
+from core.attribution import AttributionSettings, attribute
+from core.attribution.attribute import with_bos
+from core.attribution.targets import resolve_token
+from core.circuits import CircuitSettings, ComponentRunner, find_circuit
+from core.errors import CircuitDeskError
+from core.graph import ERROR, FEATURE
+from core.interventions import Intervention, intervene
+from core.lens import direction_effects, lens, neuron_effects
+from core.models import load_model
+from core.predict import encode_prompt, predict_ids, predict_next
+from core.runs import PairSource, circuit_command, trace_command
+from core.view import from_attribution, from_circuit
+
+log = logging.getLogger(__name__)
+
+
+def run_request(req: RunRequest, model, ctx):
+    """A run of ``req`` (``model``: already loaded for ``req.spec`` on ``req.device``, else None).
+
+    Returns the ``Analysis`` of an attribution graph or a component circuit, or for a
+    next-token prediction the ``(model, prediction)`` pair."""
+    share = 0.9 if model is None and req.method == PREDICT else (0.3 if model is None else 0.0)
+    loaded = model or load_model(req.spec, device=req.device, ctx=ctx.sub(0.0, max(share, 0.01)))
+    ctx.partial(MODEL, loaded)
+    if req.method == PREDICT:
+        return loaded, predict_next(loaded, req.prompt, req.top_k, ctx.sub(share, 1.0))
+    work = circuit_prompt if req.method == CIRCUIT else trace_prompt
+    traced, view, data, prediction = work(loaded, req, ctx.sub(share, 1.0))
+    circuit = isinstance(traced, CircuitRun)
+    return Analysis(view=view, model=loaded, trace=None if circuit else traced, circuit=traced if circuit else None,
+                    lens=data, prediction=prediction, command=regenerate_command(req))
+
+
+def attribution_settings(req: RunRequest) -> AttributionSettings:
+    return AttributionSettings(target=req.target, foil=req.foil, max_nodes=req.max_nodes, transcoders=req.transcoders)
+
+
+def circuit_settings(req: RunRequest) -> CircuitSettings:
+    return CircuitSettings(method=req.scoring)
+
+
+def pair_source(req: RunRequest) -> PairSource:
+    """Where a circuit run's prompt pairs come from."""
+    if req.task == PROMPT_PAIR:
+        return PairSource(prompt=req.prompt, corrupted=req.corrupted, answer=req.target or None,
+                          counterfactual=req.foil or None)
+    if req.task == PAIR_FILE:
+        return PairSource(pairs_file=req.pairs_file, n_pairs=req.n_pairs)
+    return PairSource(task=req.task, n_pairs=req.n_pairs)
+
+
+def regenerate_command(req: RunRequest) -> str:
+    """The headless command that regenerates a run's graph (provenance for its session file)."""
+    if req.method == ATTRIBUTION:
+        return trace_command(req.spec, req.prompt, attribution_settings(req))
+    if req.method == CIRCUIT:
+        return circuit_command(req.spec, pair_source(req), circuit_settings(req))
+    return ""
+
+
+def trace_prompt(model, req: RunRequest, ctx):
+    """An attribution graph: the prediction and the logit lens first (handed over at once as
+    partial results), then the graph and its drawable view (pruned here, not on the GUI thread).
+    The prediction reads the traced sequence — the start token the trace prepends, then the
+    prompt — so its numbers are the graph's logit nodes'. Returns (result, view, lens, prediction)."""
+    ids = with_bos(model, encode_prompt(model, req.prompt))
+    prediction = predict_ids(model, ids, req.prompt, req.top_k, ctx.sub(0.0, 0.02))
+    ctx.partial(PREDICTION, prediction)
+    target = resolve_token(model.tokenizer, req.target) if req.target else prediction.top[0].token_id
+    data = lens(model, ids, target_id=target, ctx=ctx.sub(0.02, 0.1))
+    ctx.partial(LOGIT_LENS, data)
+    result = attribute(model, req.prompt, attribution_settings(req), ctx=ctx.sub(0.1, 1.0))
+    ctx.check_cancelled()
+    if result.targets[0].token_id != target:  # a near tie read differently: the lens follows the graph
+        data = lens(model, result.ids, target_id=result.targets[0].token_id)
+    return result, from_attribution(result.graph), data, prediction
+
+
+def circuit_prompt(model, req: RunRequest, ctx):
+    """A component circuit: pairs, edge scores and faithfulness curve, then heatmap data and the
+    prediction for the first pair's clean prompt. Returns (CircuitRun, view, lens, prediction)."""
+    # a prompt pair's default answer is the prompt's prediction
+    typed = predict_next(model, req.prompt, req.top_k) if req.task == PROMPT_PAIR else None
+    pairs = pair_source(req).load(model, typed)
+    ctx.check_cancelled()
+    first = pairs.pairs[0]
+    ids = torch.tensor([first.clean])  # the first pair's clean prompt as the circuit reads it
+    # shown at once, on the same sequence as the interventions' numbers
+    prediction = predict_ids(model, ids, first.clean_text, req.top_k)
+    ctx.partial(PREDICTION, prediction)
+    data = lens(model, ids, target_id=first.answer[0], ctx=ctx.sub(0.0, 0.05))
+    ctx.partial(LOGIT_LENS, data)
+    result = find_circuit(model, pairs, circuit_settings(req), ctx=ctx.sub(0.05, 1.0))
+    outputs = ComponentRunner(model).sources(ids).outputs[:, 0, -1].float().cpu().numpy()
+    return CircuitRun(result, ids, outputs, first.answer[0]), from_circuit(result), data, prediction
+
+
+def intervention_job(analysis: Analysis, request: InterventionRequest):
+    """The job (``fn(ctx) -> InterventionResult``) of ``request`` on ``analysis``; raises
+    ``CircuitDeskError`` when the edit does not apply to it."""
+    model, view = analysis.model, analysis.view
+    if not analysis.can_intervene or view is None:
+        raise CircuitDeskError("Interventions need a traced graph; run a trace first.")
+    if analysis.circuit is not None:
+        run = analysis.circuit
+        if request.freeze == "replacement":
+            raise CircuitDeskError("The replacement model belongs to attribution graphs; "
+                                   "for a circuit's head choose freeze none or attention.")
+        layer, head = view.cell_of(request.node)
+        iv = Intervention("head", int(layer), int(head), None, request.mode, request.value)
+        return lambda ctx: intervene(model, run.ids, [iv], freeze=request.freeze, target_id=run.answer_id, ctx=ctx)
+    trace, g, node = analysis.trace, view.source, request.node
+    kind = "error" if int(g.kind[node]) == ERROR else ("feature" if g.meta.get("basis") != "neurons" else "neuron")
+    iv = Intervention(kind, int(g.layer[node]), int(g.index[node]),
+                      None if request.every_position else (int(g.pos[node]),), request.mode, request.value)
+    return lambda ctx: intervene(model, trace.ids, [iv], freeze=request.freeze, target_id=trace.targets[0].token_id,
+                                 transcoders=trace.transcoders, errors=trace.errors, write_point=trace.write_point,
+                                 ctx=ctx)
+
+
+def token_effects(analysis: Analysis, node: int):
+    """Tokens a node promotes/suppresses: a neuron's output direction, a transcoder feature's
+    decoder, or what a circuit's head / MLP wrote at the last prompt position, read through the
+    unembedding. None where that means nothing (embeddings, errors, logits) or fails."""
+    model, view = analysis.model, analysis.view
+    try:
+        if analysis.circuit is not None:
+            out = analysis.circuit.outputs_last
+            if node >= len(out):
+                return None  # the logits node
+            effects = direction_effects(model, torch.from_numpy(out[node]))
+            effects.note = "what this component writes at the last position, through the unembedding"
+            return effects
+        g = view.source
+        if analysis.trace is None or int(g.kind[node]) != FEATURE:
+            return None
+        layer, index = int(g.layer[node]), int(g.index[node])
+        tc = analysis.trace.transcoders
+        if tc is None:
+            return neuron_effects(model, layer, index)
+        effects = direction_effects(model, tc.layers[layer].W_dec[index].sum(0))
+        effects.note = "the feature's decoder (summed over the layers it writes to), through the unembedding"
+        return effects
+    except Exception:  # the inspector still shows the node's facts
+        log.warning("token effects failed", exc_info=True)
+        return None

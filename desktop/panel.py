@@ -1,0 +1,348 @@
+"""The model & prompt panel: which model, which method and its settings, the prompt; Run and Cancel.
+
+``request()`` reads the panel as a ``core.analysis.RunRequest``; ``apply(request)`` shows one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from html import escape
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.analysis import ATTRIBUTION, CIRCUIT, METHODS, PAIR_FILE, PAIR_SOURCES, PROMPT_PAIR, RunRequest
+from core.errors import CircuitDeskError
+from core.models.catalog import DEFAULT_SPEC, add_model_path
+from core.paths import resources_dir
+
+log = logging.getLogger(__name__)
+
+OPEN_FOLDER = "__open_folder__"
+OPEN_GGUF = "__open_gguf__"
+
+
+def demo_prompts() -> list[dict]:
+    """Example prompts shipped in resources/ (an unreadable file just means no examples)."""
+    try:
+        return list(json.loads((resources_dir() / "demo_prompts.json").read_text())["prompts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("demo prompts unavailable", exc_info=True)
+        return []
+
+
+
+class ModelPanel(QWidget):
+    """Model picker, device, method settings, prompt and the Run / Cancel buttons."""
+
+    settings_changed = Signal()  # the method or pair source changed: the rows shown follow it
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._previous_spec = DEFAULT_SPEC  # what the model box shows again when a file dialog is cancelled
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("The model to trace: the embedded default, a Hugging Face folder or a .gguf file")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.device_combo.setToolTip("auto uses the GPU when there is one")
+        self.examples = QComboBox()
+        self.examples.setToolTip("Fill the prompt box with a classic circuit-tracing prompt")
+        self.examples.addItem("Examples…", None)
+        for demo in demo_prompts():
+            self.examples.addItem(demo["name"], demo)
+        self.examples.activated.connect(self._example_chosen)
+        self.prompt_edit = QPlainTextEdit()
+        self.prompt_edit.setPlaceholderText("Type a prompt, e.g. The capital of France is")
+        self.prompt_edit.setMinimumHeight(80)
+        self.top_k = QSpinBox()
+        self.top_k.setRange(1, 100)
+        self.top_k.setValue(10)
+        self.method_combo = QComboBox()
+        self.method_combo.addItems(list(METHODS))
+        self.method_combo.setToolTip(
+            "Attribution graph: the features/neurons behind the next token (circuit-tracer method).\n"
+            "Component circuit: the heads and MLPs that matter, by patching clean vs corrupted prompts (EAP-IG).\n"
+            "Next-token prediction: the model's top tokens only.")
+        self.target_edit = QLineEdit()
+        self.target_edit.setPlaceholderText("model's top tokens")
+        self.target_edit.setToolTip("Token to explain, e.g. ' Paris' or #1234 (empty: the model's top token)")
+        self.foil_edit = QLineEdit()
+        self.foil_edit.setPlaceholderText("none")
+        self.foil_edit.setToolTip("Contrast token: explain target − foil logit difference")
+        self.max_nodes = QSpinBox()
+        self.max_nodes.setRange(10, 20000)
+        self.max_nodes.setSingleStep(100)
+        self.max_nodes.setValue(1000)
+        self.max_nodes.setToolTip("Most feature nodes computed in the graph")
+        self.basis_combo = QComboBox()
+        self.basis_combo.addItem("MLP neurons", None)
+        self.basis_combo.addItem("Transcoders folder…", OPEN_FOLDER)
+        self.basis_combo.setToolTip("Feature basis: the model's own MLP neurons (exact), or trained transcoders")
+        self.basis_combo.activated.connect(self._basis_chosen)
+        self.task_combo = QComboBox()
+        for key, label in PAIR_SOURCES.items():
+            self.task_combo.addItem(label, key)
+        self.task_combo.setToolTip("Where the clean / corrupted prompt pairs come from")
+        self.corrupted_edit = QLineEdit()
+        self.corrupted_edit.setPlaceholderText("e.g. The capital of Italy is")
+        self.corrupted_edit.setToolTip("The prompt with the detail that matters changed; same number of tokens")
+        self.corrupted_edit.textChanged.connect(
+            lambda text: self.corrupted_edit.setToolTip(text or "The prompt with the detail that matters changed"))
+        self.pairs_file = ""
+        self.pairs_label = QLabel("")
+        self.pairs_label.setWordWrap(True)
+        self.set_pairs_file("")
+        self.scoring_combo = QComboBox()
+        self.scoring_combo.addItems(["eap-ig", "eap"])
+        self.scoring_combo.setToolTip("Edge scores: EAP-IG (integrated gradients, 5 steps) or EAP (one gradient)")
+        self.n_pairs = QSpinBox()
+        self.n_pairs.setRange(1, 1024)
+        self.n_pairs.setValue(32)
+        self.n_pairs.setToolTip("Prompt pairs to generate (or to read from the file)")
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Run the prompt (Ctrl+Enter)")
+        self.run_button.setDefault(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Cancel the running job (Esc)")
+        self.cancel_button.setEnabled(False)
+        self.model_info = QLabel("No model loaded yet.")
+        self.model_info.setWordWrap(True)
+        self.model_info.setTextFormat(Qt.TextFormat.RichText)
+        self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.model_info.setObjectName("modelInfo")
+
+        form = self.form = QFormLayout()
+        form.addRow("Model", self.model_combo)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Method", self.method_combo)
+        form.addRow("Pairs from", self.task_combo)
+        form.addRow("Corrupted", self.corrupted_edit)
+        form.addRow("", self.pairs_label)
+        form.addRow("Target", self.target_edit)
+        form.addRow("Foil", self.foil_edit)
+        form.addRow("Basis", self.basis_combo)
+        form.addRow("Max nodes", self.max_nodes)
+        form.addRow("Scoring", self.scoring_combo)
+        form.addRow("Pairs", self.n_pairs)
+        form.addRow("Top-k", self.top_k)
+        self.method_combo.currentTextChanged.connect(lambda _t: self._update_rows())
+        self.task_combo.currentIndexChanged.connect(lambda _i: self._update_rows())
+        self.task_combo.activated.connect(self._task_chosen)
+        self._previous_task = 0
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        prompt_row = QHBoxLayout()
+        prompt_row.addWidget(QLabel("Prompt"))
+        prompt_row.addStretch(1)
+        prompt_row.addWidget(self.examples)
+        layout.addLayout(prompt_row)
+        layout.addWidget(self.prompt_edit)
+        layout.addLayout(buttons)
+        layout.addWidget(self.model_info)
+        layout.addStretch(1)
+        self._update_rows()
+        self.model_combo.currentIndexChanged.connect(self._model_chosen)
+
+    @property
+    def method(self) -> str:
+        return self.method_combo.currentText()
+
+    @property
+    def task(self) -> str:
+        return self.task_combo.currentData()
+
+    def _update_rows(self) -> None:
+        """Show the settings the chosen method (and pair source) uses."""
+        circuit = self.method == CIRCUIT
+        pair = circuit and self.task == PROMPT_PAIR
+        rows = {self.task_combo: circuit, self.corrupted_edit: pair, self.pairs_label: circuit and self.task == PAIR_FILE,
+                self.target_edit: not circuit or pair, self.foil_edit: not circuit or pair,
+                self.max_nodes: self.method == ATTRIBUTION, self.basis_combo: self.method == ATTRIBUTION,
+                self.scoring_combo: circuit,
+                self.n_pairs: circuit and not pair}
+        for widget, visible in rows.items():
+            self.form.setRowVisible(widget, visible)
+        self.prompt_edit.setEnabled(not circuit or pair)
+        if pair:
+            self.target_edit.setToolTip("Answer to the clean prompt, e.g. ' Paris' (empty: the model's top token)")
+            self.foil_edit.setToolTip("Answer to the corrupted prompt, e.g. ' Rome' (empty: the model's top token there)")
+        else:
+            self.target_edit.setToolTip("Token to explain, e.g. ' Paris' or #1234 (empty: the model's top token)")
+            self.foil_edit.setToolTip("Contrast token: explain target − foil logit difference")
+        self.settings_changed.emit()
+
+    @property
+    def transcoders(self) -> str | None:
+        data = self.basis_combo.currentData()
+        return None if data in (None, OPEN_FOLDER) else data
+
+    def _basis_chosen(self, index: int) -> None:
+        if self.basis_combo.itemData(index) == OPEN_FOLDER:
+            folder = QFileDialog.getExistingDirectory(self, "Open a folder of transcoders")
+            if folder:
+                self.set_transcoders(folder)
+            else:
+                self.basis_combo.setCurrentIndex(0)
+
+    def set_transcoders(self, folder: str | None) -> None:
+        """Use the transcoders in ``folder`` (None: the neuron basis)."""
+        if folder is None:
+            self.basis_combo.setCurrentIndex(0)
+            return
+        index = self.basis_combo.findData(folder)
+        if index < 0:
+            self.basis_combo.insertItem(1, f"Transcoders: {Path(folder).name}", folder)
+            self.basis_combo.setItemData(1, folder, Qt.ItemDataRole.ToolTipRole)
+            index = 1
+        self.basis_combo.setCurrentIndex(index)
+
+    def _task_chosen(self, index: int) -> None:
+        if self.task_combo.itemData(index) == PAIR_FILE:
+            path, _ = QFileDialog.getOpenFileName(self, "Open a file of prompt pairs", "",
+                                                  "Prompt pairs (*.jsonl);;All files (*)")
+            if not path and not self.pairs_file:
+                self.task_combo.setCurrentIndex(self._previous_task)
+                return
+            if path:
+                self.set_pairs_file(path)
+        self._previous_task = index
+
+    def set_corrupted(self, text: str) -> None:
+        """Fill the Corrupted box showing the start of the text (a QLineEdit shows its end after
+        setText, where a long prompt differs least); the whole text is in the tooltip."""
+        self.corrupted_edit.setText(text)
+        self.corrupted_edit.setCursorPosition(0)
+
+    def set_pairs_file(self, path: str) -> None:
+        self.pairs_file = path
+        self.pairs_label.setText(f"<tt>{escape(Path(path).name)}</tt>" if path else "no file chosen")
+        self.pairs_label.setToolTip(path)
+
+    def _example_chosen(self, index: int) -> None:
+        demo = self.examples.itemData(index)
+        if demo:
+            self.prompt_edit.setPlainText(demo["prompt"])
+            self.set_corrupted(demo.get("corrupted", ""))
+        self.examples.setCurrentIndex(0)
+
+    def set_models(self, entries: list[dict], current: str | None = None) -> None:
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for e in entries:
+            label = "Default — SmolLM2-135M-Instruct" if e["spec"] == DEFAULT_SPEC else e["name"]
+            if "problem" in e:
+                label += f" (unavailable: {e['problem']})"
+            self.model_combo.addItem(label, e["spec"])
+        self.model_combo.insertSeparator(self.model_combo.count())
+        self.model_combo.addItem("Open model folder…", OPEN_FOLDER)
+        self.model_combo.addItem("Open .gguf file…", OPEN_GGUF)
+        if current:
+            self.select_spec(current)
+        self.model_combo.blockSignals(False)
+
+    def select_spec(self, spec: str) -> None:
+        index = self.model_combo.findData(spec)
+        if index < 0:
+            self.model_combo.insertItem(0, Path(spec).name or spec, spec)
+            index = 0
+        self.model_combo.setCurrentIndex(index)
+
+    @property
+    def spec(self) -> str:
+        return self.model_combo.currentData() or DEFAULT_SPEC
+
+    # -- the run it asks for -----------------------------------------------------------------------
+    def request(self) -> RunRequest:
+        """The run the panel shows, as a request."""
+        return RunRequest(
+            spec=self.spec, device=self.device_combo.currentText(), prompt=self.prompt_edit.toPlainText(),
+            top_k=self.top_k.value(), method=self.method, target=self.target_edit.text() or None,
+            foil=self.foil_edit.text() or None, max_nodes=self.max_nodes.value(), transcoders=self.transcoders,
+            task=self.task, corrupted=self.corrupted_edit.text(), pairs_file=self.pairs_file,
+            scoring=self.scoring_combo.currentText(), n_pairs=self.n_pairs.value())
+
+    def apply(self, req: RunRequest) -> None:
+        """Show ``req`` in the panel (``request()`` then gives it back)."""
+        self.select_spec(req.spec)
+        self.device_combo.setCurrentText(req.device)
+        self.prompt_edit.setPlainText(req.prompt)
+        self.top_k.setValue(req.top_k)
+        self.method_combo.setCurrentText(req.method)
+        self.target_edit.setText(req.target or "")
+        self.foil_edit.setText(req.foil or "")
+        self.max_nodes.setValue(req.max_nodes)
+        self.set_transcoders(req.transcoders)
+        if req.pairs_file:
+            self.set_pairs_file(req.pairs_file)
+        self.task_combo.setCurrentIndex(self.task_combo.findData(req.task))
+        self._previous_task = self.task_combo.currentIndex()
+        self.set_corrupted(req.corrupted)
+        self.scoring_combo.setCurrentText(req.scoring)
+        self.n_pairs.setValue(req.n_pairs)
+
+    def ask(self, **changes) -> None:
+        """Change some of the settings shown (``RunRequest`` field names)."""
+        self.apply(replace(self.request(), **changes))
+
+    def set_running(self, running: bool) -> None:
+        self.cancel_button.setEnabled(running)
+
+    # -- model choice --------------------------------------------------------------------------------
+    def _model_chosen(self, _index: int) -> None:
+        data = self.model_combo.currentData()
+        if data == OPEN_FOLDER:
+            self.open_model_folder()
+        elif data == OPEN_GGUF:
+            self.open_gguf_file()
+        elif data:
+            self._previous_spec = data
+
+    def open_model_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a Hugging Face model folder")
+        self._use_chosen_path(folder)
+
+    def open_gguf_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model file", "", "GGUF models (*.gguf);;All files (*)")
+        self._use_chosen_path(path)
+
+    def _use_chosen_path(self, path: str) -> None:
+        self.model_combo.blockSignals(True)
+        self.select_spec(path or self._previous_spec)
+        self.model_combo.blockSignals(False)
+        if path:
+            self._previous_spec = path
+            try:  # listed next time, here and by `circuitdesk models`
+                add_model_path(path)
+            except CircuitDeskError as err:
+                log.info("model path not remembered: %s", err)
+
+    def show_loading(self, device: str) -> None:
+        """The first run of a model loads it first: say so where its facts appear."""
+        self.model_info.setText(f"Loading <b>{escape(self.model_combo.currentText())}</b> on {escape(device)}…")
+
+    def show_model(self, model) -> None:
+        f = model.facts
+        self.model_info.setText(
+            f"<b>{escape(model.name)}</b><br>{f.family} · {f.n_layers} layers · {f.n_heads} heads "
+            f"({f.n_kv_heads} kv) · d_model {f.d_model} · {f.n_params / 1e6:.1f}M params<br>"
+            f"device {model.device} · {str(model.dtype).removeprefix('torch.')}<br>"
+            f"sha256 <tt>{model.fingerprint.sha256[:16]}…</tt>"
+        )
