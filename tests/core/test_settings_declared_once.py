@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from core import audit, settings
+from core.circuits import engine, tasks
 from core.runs import circuit_command, trace_command
 from core.settings import AttributionSettings, CircuitSettings, PairSource, settings_from_args
 from desktop.cli import build_parser
@@ -121,8 +122,6 @@ def test_mutually_exclusive_flags_stay_exclusive():
 
 
 def test_task_method_and_metric_lists_are_one_list():
-    from core.circuits import engine, tasks
-
     assert list(settings.TASKS) == ["ioi", "greater-than", "induction", "factual"]
     assert tasks.TASKS is settings.TASKS and set(tasks.TEMPLATE_MAKERS) | {"induction"} == set(settings.TASKS)
     assert tuple(engine.METRICS) == settings.METRICS
