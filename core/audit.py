@@ -31,6 +31,7 @@ still written. ``summary.json`` and ``summary.pdf`` are written together or not 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -43,16 +44,27 @@ from typing import Callable
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
 from core.paths import atomic_write, atomic_write_all
+from core.report import build_report, build_summary
+from core.runs import attribution_session, circuit_session
+from core.settings import (
+    ATTRIBUTION_SETTINGS,
+    CIRCUIT_SETTINGS,
+    PAIR_SOURCE_SETTINGS,
+    AttributionSettings,
+    CircuitSettings,
+    PairSource,
+    settings_from_suite,
+    suite_keys,
+)
+from core.session import save_session
 
 log = logging.getLogger("circuitdesk.audit")
 
 MAX_CASES = 1000
 SUITE_KEYS = {"name", "model", "device", "dtype", "auditor", "defaults", "cases"}
-ATTRIBUTION_KEYS = {"prompt": str, "target": str, "foil": str, "transcoders": str, "max_nodes": int,
-                    "batch_size": int, "node_threshold": float, "edge_threshold": float}
-CIRCUIT_KEYS = {"task": str, "pairs": str, "prompt": str, "corrupted": str, "answer": str, "counterfactual": str,
-                "n_pairs": int, "seed": int, "scoring": str, "steps": int, "metric": str, "top_n": int,
-                "threshold": float, "target_faithfulness": float, "batch_size": int}
+# a case's keys: the command line's settings (``scoring`` for circuit's --method), from their declarations
+ATTRIBUTION_KEYS = {"prompt": str, **suite_keys(ATTRIBUTION_SETTINGS)}
+CIRCUIT_KEYS = suite_keys(PAIR_SOURCE_SETTINGS, CIRCUIT_SETTINGS)
 METHODS = ("attribution", "circuit")
 
 
@@ -151,9 +163,7 @@ def run_suite(suite: Suite, out_dir: str | Path, ctx: JobContext | None = None,
     ``summary.json``, and each case's PDF and ``summary.pdf`` through ``render(report) -> bytes``
     when given).
     ``notify(k, outcome)`` is called after each case."""
-    from core.models import load_model
-    from core.report import build_report, build_summary
-    from core.session import save_session
+    from core.models import load_model  # deferred: torch loads only when a suite runs
 
     ctx = ctx or JobContext()
     out = Path(out_dir).expanduser()
@@ -242,16 +252,12 @@ def _run_case(model, model_spec: str, suite: Suite, case: dict, ctx: JobContext)
     if method not in METHODS:
         raise CircuitDeskError(f"Unknown method {method!r}; a case's method is attribution or circuit.")
     if method == "attribution":
-        from core.attribution import AttributionSettings
-        from core.runs import attribution_session
-
         _check_keys(case, ATTRIBUTION_KEYS, method)
         if "prompt" not in case:
             raise CircuitDeskError("This case has no prompt.")
-        kw = {k: case[k] for k in ATTRIBUTION_KEYS if k in case and k != "prompt"}
-        if "transcoders" in kw:
-            kw["transcoders"] = _resolve(suite.folder, kw["transcoders"])
-        settings = AttributionSettings(**{k: float(v) if ATTRIBUTION_KEYS[k] is float else v for k, v in kw.items()})
+        settings = settings_from_suite(AttributionSettings, case)
+        if settings.transcoders is not None:
+            settings = dataclasses.replace(settings, transcoders=_resolve(suite.folder, settings.transcoders))
         session, result = attribution_session(model, model_spec, case["prompt"], settings, suite.dtype,
                                               f"{case['name']}.cdesk", ctx=ctx)
         stats, top = result.stats, result.targets[0]
@@ -260,21 +266,12 @@ def _run_case(model, model_spec: str, suite: Suite, case: dict, ctx: JobContext)
                   **{k: stats[k] for k in ("replacement_score", "completeness_score", "pruned_replacement_score",
                                            "pruned_completeness_score")}}
         return session, fields, session.manifest["command"]
-    from core.circuits import CircuitSettings
-    from core.runs import PairSource, circuit_session
-
     _check_keys(case, CIRCUIT_KEYS, method)
-    pairs_file = _resolve(suite.folder, case["pairs"]) if "pairs" in case else None
-    source = PairSource(task=case.get("task"), pairs_file=pairs_file, prompt=case.get("prompt"),
-                        corrupted=case.get("corrupted"), answer=case.get("answer"),
-                        counterfactual=case.get("counterfactual"), n_pairs=case.get("n_pairs"),
-                        seed=case.get("seed", 0))
+    source = settings_from_suite(PairSource, case)
+    if source.pairs_file is not None:
+        source = dataclasses.replace(source, pairs_file=_resolve(suite.folder, source.pairs_file))
     source.check()
-    kw = {"method": case.get("scoring", "eap-ig")}
-    for key in ("steps", "metric", "top_n", "threshold", "target_faithfulness", "batch_size", "seed"):
-        if key in case:
-            kw[key] = float(case[key]) if CIRCUIT_KEYS[key] is float else case[key]
-    settings = CircuitSettings(**kw)
+    settings = settings_from_suite(CircuitSettings, case)
     session, result, pairs = circuit_session(model, model_spec, source, settings, suite.dtype,
                                              f"{case['name']}.cdesk", ctx=ctx)
     curve = result.curve

@@ -8,7 +8,8 @@ verify and the workbench never meet unvalidated data. Cross-checks against the a
 within the tokens, the lens's shape…) are the session loader's.
 
 Settings are validated against the method's own settings dataclass (``AttributionSettings``,
-``CircuitSettings``), so the fields are declared in one place.
+``CircuitSettings``, declared with every setting in ``core.settings``): their fields, types and
+defaults are written once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, create_model
 
 from core.errors import CircuitDeskError
+from core.settings import AttributionSettings, CircuitSettings
 
 MAX_TEXT = 100_000  # a prompt, a pair's text, a command line
 MAX_NAME = 4_096  # names, paths, token strings
@@ -185,9 +187,6 @@ def validate_manifest(raw, where: str) -> dict:
     if (m.kind == "circuit") != (m.circuit is not None) or (m.kind == "attribution") != (m.graph is not None):
         raise CircuitDeskError(f"{where}: the manifest of a {m.kind} session has no valid "
                                f"{'circuit' if m.kind == 'circuit' else 'graph'!r}.")
-    from core.attribution import AttributionSettings  # torch: deferred, a manifest check needs it only here
-    from core.circuits import CircuitSettings
-
     settings_type = CircuitSettings if m.kind == "circuit" else AttributionSettings
     check_settings(m.settings, settings_type, where, "settings")
     if m.graph is not None and m.graph.meta.settings:

@@ -1,103 +1,51 @@
 """One analysis from settings to a session: what ``circuitdesk trace`` / ``circuit``, batch audits and
 the workbench all do, so the three give the same session and the same regenerate command.
 
-* ``PairSource``: where a component circuit's prompt pairs come from (a built-in task, a pair file,
-  or one prompt and its corrupted twin) and the command-line flags that say so;
+* ``PairSource`` (declared in ``core.settings``, re-exported here): where a component circuit's
+  prompt pairs come from (a built-in task, a pair file, or one prompt and its corrupted twin);
 * ``attribution_session`` / ``circuit_session``: run the method and wrap the result as a
   ``core.session.Session`` whose manifest records model, settings, scores and ``command``;
-* ``trace_command`` / ``circuit_command``: the exact ``circuitdesk`` line that regenerates it.
+* ``trace_command`` / ``circuit_command``: the exact ``circuitdesk`` line that regenerates it, every
+  setting's flag derived from its declaration in ``core.settings``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import time
-from dataclasses import dataclass
 
-from core.errors import CircuitDeskError
 from core.jobs import JobContext
+from core.prompt import require_prompt
+from core.session import Session, new_manifest
+from core.settings import AttributionSettings, CircuitSettings, PairSource, command_args, flag_args
+
+__all__ = ["PairSource", "add_logit_lens", "attribution_session", "circuit_command", "circuit_session",
+           "trace_command"]
 
 
-@dataclass(frozen=True)
-class PairSource:
-    task: str | None = None  # ioi | greater-than | induction | factual
-    pairs_file: str | None = None  # .jsonl
-    prompt: str | None = None  # one pair: the clean prompt ...
-    corrupted: str | None = None  # ... and its corrupted twin
-    answer: str | None = None  # default: the model's top token on the prompt
-    counterfactual: str | None = None  # default: its top token on the corrupted prompt
-    n_pairs: int | None = None  # default: 32 for a task, every line of a file
-    seed: int = 0
-
-    def check(self) -> None:
-        given = [x for x in (self.task, self.pairs_file, self.prompt) if x]
-        if len(given) != 1:
-            raise CircuitDeskError("A component circuit needs exactly one source of prompt pairs: a task, a pair "
-                                   "file, or a prompt with its corrupted twin.")
-        if self.prompt and not (self.corrupted or "").strip():
-            raise CircuitDeskError("The corrupted prompt is empty; give the prompt to compare with "
-                                   "(same number of tokens, the detail that matters changed).")
-        if self.n_pairs is not None and self.n_pairs < 1:
-            raise CircuitDeskError("--n-pairs must be at least 1.")
-
-    def load(self, model, prediction=None):
-        """The ``PairSet`` (``prediction``: the model's prediction on ``prompt``, if already known)."""
-        from core.circuits import load_pairs, make_task, prompt_pair
-
-        self.check()
-        if self.task:
-            return make_task(model, self.task, n_pairs=self.n_pairs or 32, seed=self.seed)
-        if self.pairs_file:
-            return load_pairs(model, self.pairs_file, n_pairs=self.n_pairs)
-        return prompt_pair(model, self.prompt, self.corrupted, self.answer, self.counterfactual, prediction)
-
-    def args(self, n_used: int | None = None) -> list[str]:
-        if self.task:
-            return ["--task", self.task, "--n-pairs", str(n_used or self.n_pairs or 32)]
-        if self.pairs_file:
-            return ["--pairs", self.pairs_file] + (["--n-pairs", str(n_used or self.n_pairs)]
-                                                  if (n_used or self.n_pairs) else [])
-        out = ["--prompt", self.prompt, "--corrupted", self.corrupted]
-        for flag, value in (("--answer", self.answer), ("--counterfactual", self.counterfactual)):
-            if value:
-                out += [flag, value]
-        return out
-
-
-def trace_command(model_spec: str, prompt: str, settings, dtype: str = "float32", out: str = "FILE.cdesk") -> str:
+def trace_command(model_spec: str, prompt: str, settings: AttributionSettings, dtype: str = "float32",
+                  out: str = "FILE.cdesk") -> str:
     """``circuitdesk trace …`` that recomputes an attribution graph with ``settings``."""
-    parts = ["circuitdesk", "trace", "--model", model_spec, "--prompt", prompt]
-    for flag, value in (("--target", settings.target), ("--foil", settings.foil),
-                        ("--transcoders", settings.transcoders)):
-        if value:
-            parts += [flag, str(value)]
-    parts += ["--max-nodes", str(settings.max_nodes), "--batch-size", str(settings.batch_size),
-              "--node-threshold", str(settings.node_threshold), "--edge-threshold", str(settings.edge_threshold),
-              "--dtype", dtype, "--out", out]
-    return shlex.join(parts)
+    parts = ["circuitdesk", "trace", *flag_args("--model", model_spec), *flag_args("--prompt", prompt),
+             *command_args(settings)]
+    return shlex.join(parts + ["--dtype", dtype, "--out", out])
 
 
-def circuit_command(model_spec: str, source: PairSource, settings, n_used: int | None = None,
+def circuit_command(model_spec: str, source: PairSource, settings: CircuitSettings, n_used: int | None = None,
                     dtype: str = "float32", out: str = "FILE.cdesk") -> str:
-    """``circuitdesk circuit …`` that recomputes a component circuit with ``settings``."""
-    parts = ["circuitdesk", "circuit", "--model", model_spec, *source.args(n_used),
-             "--method", settings.method, "--steps", str(settings.steps), "--metric", settings.metric,
-             "--batch-size", str(settings.batch_size), "--seed", str(settings.seed)]  # one --seed: tasks and random
-    if settings.top_n is not None:
-        parts += ["--top-n", str(settings.top_n)]
-    elif settings.threshold is not None:
-        parts += ["--threshold", str(settings.threshold)]
-    else:
-        parts += ["--target-faithfulness", str(settings.target_faithfulness)]
+    """``circuitdesk circuit …`` that recomputes a component circuit with ``settings`` (``n_used``: the
+    pairs a pair file gave, recorded so that lines added to the file later do not count)."""
+    if source.pairs_file and n_used:
+        source = dataclasses.replace(source, n_pairs=n_used)
+    parts = ["circuitdesk", "circuit", *flag_args("--model", model_spec), *command_args(source, settings)]
     return shlex.join(parts + ["--dtype", dtype, "--out", out])
 
 
 def attribution_session(model, model_spec: str, prompt: str, settings, dtype: str = "float32",
                         out: str = "FILE.cdesk", ctx: JobContext | None = None):
     """(Session, AttributionResult) of the attribution graph of ``prompt``."""
-    from core.attribution import attribute
-    from core.prompt import require_prompt
-    from core.session import Session, new_manifest
+    from core.attribution import attribute  # deferred: torch loads only when a run starts
 
     require_prompt(prompt)
     settings.validate()
@@ -116,10 +64,9 @@ def circuit_session(model, model_spec: str, source: PairSource, settings, dtype:
                     out: str = "FILE.cdesk", ctx: JobContext | None = None, pairs=None):
     """(Session, CircuitResult, PairSet) of the component circuit behind ``source``'s pairs
     (``pairs``: already loaded from ``source``)."""
-    import torch
+    import torch  # deferred: torch loads only when a run starts
 
-    from core.circuits import find_circuit
-    from core.session import Session, new_manifest
+    from core.circuits import find_circuit  # deferred: torch loads only when a run starts
 
     settings.validate()
     start = time.perf_counter()
@@ -139,7 +86,7 @@ def circuit_session(model, model_spec: str, source: PairSource, settings, dtype:
 def add_logit_lens(session, model, ids, target_id: int, lens_data=None) -> None:
     """Store the logit lens of ``ids`` for ``target_id`` in the session (``lens_data``: already
     computed, e.g. by the workbench)."""
-    from core.lens import lens
+    from core.lens import lens  # deferred: torch loads only when a run starts
 
     data = lens_data if lens_data is not None else lens(model, ids, target_id=int(target_id), details=False)
     session.logit_lens = data.lens_prob

@@ -15,7 +15,31 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 import core
+from core.audit import load_suite, run_suite
+from core.errors import CircuitDeskError
+from core.export import export_session
+from core.graph import FEATURE, KIND_NAMES
+from core.jobs import JobContext
+from core.models.catalog import add_model_path, list_models, remove_model_path
+from core.prompt import require_prompt
+from core.report import build_report
+from core.runs import attribution_session, circuit_session
+from core.session import load_session, save_session
+from core.settings import (
+    ATTRIBUTION_SETTINGS,
+    CIRCUIT_SETTINGS,
+    PAIR_SOURCE_SETTINGS,
+    PREDICT_SETTINGS,
+    AttributionSettings,
+    CircuitSettings,
+    PairSource,
+    add_arguments,
+    settings_from_args,
+)
+from core.verify import TOLERANCE, verify_session
 from desktop.logs import setup_logging
 
 log = logging.getLogger("circuitdesk.cli")
@@ -71,50 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="top next tokens for a prompt")
     predict.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
     predict.add_argument("--prompt", required=True)
-    predict.add_argument("--top-k", type=int, default=10)
+    add_arguments(predict, PREDICT_SETTINGS)
     _run_options(predict, session_out=False)
 
     trace = sub.add_parser("trace", help="build the attribution graph of a prompt (circuit-tracer method)")
     trace.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
     trace.add_argument("--prompt", required=True)
-    trace.add_argument("--target", help="explain this token (e.g. ' Paris', or '#123' for a token id); "
-                                        "default: the top logits up to 95%% probability")
-    trace.add_argument("--foil", help="explain the logit difference target − foil")
-    basis = trace.add_mutually_exclusive_group()
-    basis.add_argument("--basis", choices=["neurons"], default="neurons",
-                       help="feature basis: MLP neurons with frozen nonlinearity (exact; the default)")
-    basis.add_argument("--transcoders", metavar="DIR", help="use the transcoders in this folder instead")
-    trace.add_argument("--max-nodes", type=int, default=1000, help="feature nodes to compute rows for (default 1000)")
-    trace.add_argument("--batch-size", type=int, default=32, help="rows per backward pass (default 32)")
-    trace.add_argument("--node-threshold", type=float, default=0.8, help="pruning: influence kept by nodes (0.8)")
-    trace.add_argument("--edge-threshold", type=float, default=0.98, help="pruning: influence kept by edges (0.98)")
+    add_arguments(trace, ATTRIBUTION_SETTINGS)
     _run_options(trace, session_out=True)
 
     circuit = sub.add_parser("circuit", help="find the component circuit (heads, MLPs) behind a task (EAP / EAP-IG)")
     circuit.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
-    source = circuit.add_mutually_exclusive_group(required=True)
-    source.add_argument("--task", choices=["ioi", "greater-than", "induction", "factual"], help="a built-in task")
-    source.add_argument("--pairs", metavar="FILE.jsonl",
-                        help='your own pairs: one {"clean", "corrupted", "answer", "counterfactual"} per line')
-    source.add_argument("--prompt", help="one prompt pair: this prompt (give --corrupted too)")
-    circuit.add_argument("--corrupted", help="with --prompt: the corrupted prompt (same token count)")
-    circuit.add_argument("--answer", help="with --prompt: the answer token (default: the model's top token)")
-    circuit.add_argument("--counterfactual",
-                         help="with --prompt: the corrupted answer (default: the top token on --corrupted)")
-    circuit.add_argument("--method", choices=["eap", "eap-ig", "exact", "random"], default="eap-ig",
-                         help="edge scores: eap-ig (default), eap, exact patching (slow reference), random (baseline)")
-    circuit.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps (default 5)")
-    circuit.add_argument("--n-pairs", type=int, default=None,
-                         help="prompt pairs to use (default: 32 for a task, every line of a pair file)")
-    circuit.add_argument("--metric", choices=["logit-diff", "prob-diff"], default="logit-diff",
-                         help="answer minus counterfactual: logit difference (default) or probability difference")
-    size = circuit.add_mutually_exclusive_group()
-    size.add_argument("--top-n", type=int, help="circuit = the top N edges by |score| (pruned of dangling edges)")
-    size.add_argument("--threshold", type=float, help="circuit = every edge with |score| >= this (pruned)")
-    circuit.add_argument("--target-faithfulness", type=float, default=0.8,
-                         help="without --top-n/--threshold: the smallest curve circuit reaching this (default 0.8)")
-    circuit.add_argument("--batch-size", type=int, default=16, help="pairs per pass (default 16)")
-    circuit.add_argument("--seed", type=int, default=0, help="seed for generated tasks and the random method")
+    add_arguments(circuit, PAIR_SOURCE_SETTINGS, CIRCUIT_SETTINGS)  # --task, --pairs or --prompt; one --seed
     _run_options(circuit, session_out=True)
 
     export = sub.add_parser("export", help="write a session's graph for other tools (Neuronpedia, Gephi/yEd, CSV)")
@@ -161,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     command = args.command or "gui"
     if command == "gui":
-        from desktop.app import run_gui
+        from desktop.app import run_gui  # deferred: Qt loads only for the GUI, never for a headless command
 
         return run_gui(
             model=getattr(args, "model", None),
@@ -173,8 +165,6 @@ def main(argv: list[str] | None = None) -> int:
             screenshot=getattr(args, "screenshot", None),
             quit_after_trace=getattr(args, "quit_after_trace", False),
         )
-    from core.errors import CircuitDeskError
-
     # No command reads standard input: detached from it, nothing piped in can answer a question
     # some library might ask (transformers' "Do you wish to run the custom code? [y/N]").
     sys.stdin = open(os.devnull, encoding="utf-8")
@@ -206,18 +196,13 @@ def _terminate(signum, frame) -> None:
 
 
 def cmd_export(args) -> int:
-    from core.export import export_session
-    from core.session import load_session
-
     for path in export_session(load_session(args.session), args.format, args.out):
         print(path)
     return 0
 
 
 def cmd_report(args) -> int:
-    from core.report import build_report
-    from core.session import load_session
-    from desktop.report_pdf import auditor_name, write_pdf
+    from desktop.report_pdf import auditor_name, write_pdf  # deferred: Qt loads only to write a PDF
 
     out = check_output_path(args.out, ".pdf")
     session = load_session(args.session)
@@ -230,13 +215,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from core.audit import load_suite, run_suite
-    from core.jobs import JobContext
-
     suite = load_suite(args.suite)
     render = None
     if not args.no_pdf:
-        from desktop.report_pdf import auditor_name, render_pdf
+        from desktop.report_pdf import auditor_name, render_pdf  # deferred: Qt loads only to write PDFs
 
         render = render_pdf
         suite.auditor = suite.auditor or auditor_name()
@@ -260,10 +242,6 @@ def cmd_audit(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from core.jobs import JobContext
-    from core.session import load_session
-    from core.verify import TOLERANCE, verify_session
-
     session = load_session(args.session)
     report = verify_session(session, model_spec=args.model, device=args.device,
                             ctx=JobContext(StderrProgress(enabled=not args.json)))
@@ -287,8 +265,6 @@ def cmd_verify(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from core.models.catalog import add_model_path, list_models, remove_model_path
-
     if args.add:
         print(f"added {add_model_path(args.add)}", file=sys.stderr)
     if args.remove:
@@ -304,10 +280,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from core.jobs import JobContext
-    from core.models import load_model
-    from core.predict import predict_next
-    from core.prompt import require_prompt
+    from core.models import load_model  # deferred: torch loads only when a command needs it
+    from core.predict import predict_next  # deferred: torch loads only when a command needs it
 
     require_prompt(args.prompt)  # before spending seconds on loading
     start = time.perf_counter()
@@ -334,8 +308,6 @@ def cmd_predict(args) -> int:
 
 def check_output_path(path: str, suffix: str) -> Path:
     """Fail before any work when the output cannot be written."""
-    from core.errors import CircuitDeskError
-
     out = Path(path).expanduser()
     if out.suffix != suffix:
         raise CircuitDeskError(f"The output file must end in {suffix} (got {out.name!r}).")
@@ -348,19 +320,11 @@ def check_output_path(path: str, suffix: str) -> Path:
 
 
 def cmd_trace(args) -> int:
-    from core.attribution import AttributionSettings
-    from core.jobs import JobContext
-    from core.models import load_model
-    from core.prompt import require_prompt
-    from core.runs import attribution_session
-    from core.session import save_session
+    from core.models import load_model  # deferred: torch loads only when a command needs it
 
     require_prompt(args.prompt)
     out = check_output_path(args.out, ".cdesk")
-    settings = AttributionSettings(
-        target=args.target, foil=args.foil, max_nodes=args.max_nodes, batch_size=args.batch_size,
-        node_threshold=args.node_threshold, edge_threshold=args.edge_threshold, transcoders=args.transcoders,
-    )
+    settings = settings_from_args(AttributionSettings, args)
     settings.validate()
     ctx = JobContext(StderrProgress(enabled=True))
     model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.1))
@@ -401,28 +365,20 @@ def cmd_trace(args) -> int:
 
 
 def cmd_circuit(args) -> int:
-    from core.circuits import CircuitSettings
-    from core.errors import CircuitDeskError
-    from core.jobs import JobContext
-    from core.models import load_model
-    from core.runs import PairSource, circuit_session
-    from core.session import save_session
+    from core.models import load_model  # deferred: torch loads only when a command needs it
 
     out = check_output_path(args.out, ".cdesk")
     if not args.prompt and (args.corrupted or args.answer or args.counterfactual):
         raise CircuitDeskError("--corrupted, --answer and --counterfactual go with --prompt.")
-    source = PairSource(task=args.task, pairs_file=args.pairs, prompt=args.prompt, corrupted=args.corrupted,
-                        answer=args.answer, counterfactual=args.counterfactual, n_pairs=args.n_pairs, seed=args.seed)
+    source = settings_from_args(PairSource, args)
     source.check()
-    settings = CircuitSettings(method=args.method, steps=args.steps, metric=args.metric, batch_size=args.batch_size,
-                               top_n=args.top_n, threshold=args.threshold,
-                               target_faithfulness=args.target_faithfulness, seed=args.seed)
+    settings = settings_from_args(CircuitSettings, args)
     settings.validate()
     start = time.perf_counter()
     ctx = JobContext(StderrProgress(enabled=True))
     model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.05))
     pairs = source.load(model)
-    if args.method == "exact":
+    if settings.method == "exact":
         n = model.facts.n_layers
         print(f"circuitdesk: exact patching runs one pass per edge and batch; this takes long "
               f"({n} layers, {len(pairs)} pairs). Ctrl-C stops it.", file=sys.stderr)
@@ -430,13 +386,13 @@ def cmd_circuit(args) -> int:
                                              ctx=ctx.sub(0.05, 1.0), pairs=pairs)
     save_session(out, session)
     seconds = time.perf_counter() - start
-    task_name = args.task or (Path(args.pairs).name if args.pairs else "prompt pair")
+    task_name = source.task or (Path(source.pairs_file).name if source.pairs_file else "prompt pair")
     curve = result.curve
     summary = {
         "model": model.summary(),
         "task": task_name,
-        "method": args.method,
-        "metric": args.metric,
+        "method": settings.method,
+        "metric": settings.metric,
         "n_pairs": len(pairs),
         "dropped_pairs": len(pairs.dropped),
         "edges_total": result.graph.n_edges,
@@ -461,8 +417,8 @@ def cmd_circuit(args) -> int:
         print(json.dumps(summary, indent=1))
         return 0
     print(f"{model.name}: task {task_name}, {len(pairs)} pairs ({len(pairs.dropped)} dropped), "
-          f"{result.graph.n_edges:,} edges, method {args.method}")
-    print(f"metric ({args.metric}): clean {result.metric_clean:.3f}, corrupted {result.metric_corrupted:.3f}")
+          f"{result.graph.n_edges:,} edges, method {settings.method}")
+    print(f"metric ({settings.metric}): clean {result.metric_clean:.3f}, corrupted {result.metric_corrupted:.3f}")
     if curve:
         print("faithfulness: " + "  ".join(f"{s * 100:g}%={f:.2f}" for s, f in zip(curve.sizes, curve.faithfulness)))
         print(f"CPR {curve.cpr:.3f}  CMD {curve.cmd:.3f}")
@@ -476,10 +432,6 @@ def cmd_circuit(args) -> int:
 
 
 def _top_nodes(g, k: int) -> list[dict]:
-    import numpy as np
-
-    from core.graph import FEATURE, KIND_NAMES
-
     infl = g.influence if g.influence is not None else np.zeros(g.n_nodes)
     cand = np.flatnonzero(g.kind == FEATURE)
     order = cand[np.argsort(-infl[cand])][:k]

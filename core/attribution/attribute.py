@@ -36,40 +36,9 @@ from core.errors import CircuitDeskError
 from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT, Graph, graph_scores, prune
 from core.jobs import JobContext
 from core.predict import encode_prompt, token_strings
+from core.settings import AttributionSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class AttributionSettings:
-    target: str | None = None
-    foil: str | None = None
-    desired_prob: float = 0.95
-    max_logits: int = 10
-    max_nodes: int = 1000
-    batch_size: int = 32
-    update_interval: int = 4
-    node_threshold: float = 0.8
-    edge_threshold: float = 0.98
-    row_keep: int = 32768
-    transcoders: str | None = None  # folder; None = neuron basis
-    prepend_bos: bool = True  # as circuit-tracer: a special token first, whose features are not nodes
-
-    def validate(self) -> None:
-        if self.max_nodes < 1:
-            raise CircuitDeskError(f"--max-nodes must be at least 1 (got {self.max_nodes}).")
-        if self.batch_size < 1:
-            raise CircuitDeskError(f"--batch-size must be at least 1 (got {self.batch_size}).")
-        for name in ("node_threshold", "edge_threshold"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                flag = "--" + name.replace("_", "-")
-                raise CircuitDeskError(f"{flag} must be between 0 and 1 (got {v}).")
-        if self.row_keep < 1 or self.update_interval < 1:
-            raise CircuitDeskError("row_keep and update_interval must be positive.")
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
 
 
 @dataclass

@@ -21,7 +21,7 @@ perfect curve has CPR 1 and CMD 0).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,44 +31,10 @@ from core.circuits.graph import ComponentGraph
 from core.circuits.tasks import PairSet
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
+from core.settings import METHODS, CircuitSettings  # declared with every other setting; re-exported here
 
-METHODS = ("eap", "eap-ig", "exact", "random")
 CURVE_SIZES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 IG_ACCUMULATE_BYTES = 2 * 2**30  # EAP-IG's per-batch gradient sum, [n_destinations, b, s, d], when it fits
-
-
-@dataclass
-class CircuitSettings:
-    method: str = "eap-ig"
-    steps: int = 5  # eap-ig interpolation steps
-    metric: str = "logit-diff"  # or "prob-diff"
-    batch_size: int = 16  # pairs per forward/backward pass
-    top_n: int | None = None  # circuit = the top-n edges ...
-    threshold: float | None = None  # ... or every edge with |score| >= threshold ...
-    target_faithfulness: float = 0.8  # ... or the smallest curve size reaching this
-    curve: bool = True
-    seed: int = 0  # random method
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise CircuitDeskError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
-        if self.metric not in METRICS:
-            raise CircuitDeskError(f"Unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}.")
-        if self.steps < 1:
-            raise CircuitDeskError("EAP-IG needs at least 1 step.")
-        if self.batch_size < 1:
-            raise CircuitDeskError("The batch size must be at least 1.")
-        if self.top_n is not None and self.top_n < 0:
-            raise CircuitDeskError("--top-n must be 0 or more.")
-        if self.top_n is not None and self.threshold is not None:
-            raise CircuitDeskError("Choose the circuit by --top-n or by --threshold, not both.")
-        if self.threshold is not None and self.threshold < 0:
-            raise CircuitDeskError("--threshold is compared with |score|; give a value of 0 or more.")
-        if self.top_n is None and self.threshold is None and not self.curve:
-            raise CircuitDeskError("Without the faithfulness curve, give --top-n or --threshold to choose the circuit.")
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

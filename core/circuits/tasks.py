@@ -34,8 +34,8 @@ import torch
 
 from core.errors import CircuitDeskError
 from core.paths import resources_dir
+from core.settings import TASKS  # the keys and their labels, declared with the settings
 
-TASKS = ("ioi", "greater-than", "induction", "factual")
 MAX_PAIR_FILE_BYTES = 256 * 1024**2
 
 
@@ -266,7 +266,7 @@ def make_task(model, name: str, n_pairs: int = 32, seed: int = 0, prepend_bos: b
     if name == "induction":
         return induction_pairs(model, n_pairs, rng)
     # each maker reads its resource and checks it against the tokenizer once, then draws pairs
-    make = {"ioi": _ioi, "greater-than": _greater_than, "factual": _factual}[name](model)
+    make = TEMPLATE_MAKERS[name](model)
     kept: list[TokenPair] = []
     dropped: list[str] = []
     attempts = 0
@@ -353,6 +353,10 @@ def _factual(model):
                           label)
 
     return make
+
+
+# the template tasks' pair makers; induction draws random tokens instead (every key of TASKS is one or the other)
+TEMPLATE_MAKERS = {"ioi": _ioi, "greater-than": _greater_than, "factual": _factual}
 
 
 def plain_token_ids(model, limit: int = 4000, seed: int = 0) -> list[int]:
