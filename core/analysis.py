@@ -20,16 +20,24 @@ from typing import Any
 from core.errors import CircuitDeskError
 from core.graph import ERROR, FEATURE
 from core.prompt import require_prompt
-from core.runs import add_logit_lens
+from core.runs import add_logit_lens, circuit_command, trace_command
 from core.session import Session, new_manifest
+from core.settings import (
+    ATTRIBUTION_SETTINGS,
+    PAIR_SOURCE_SETTINGS,
+    PREDICT_SETTINGS,
+    TASKS,
+    AttributionSettings,
+    CircuitSettings,
+    PairSource,
+    by_name,
+)
 from core.view import CATEGORIES
 
 ATTRIBUTION, CIRCUIT, PREDICT = "Attribution graph", "Component circuit", "Next-token prediction"
 METHODS = (ATTRIBUTION, CIRCUIT, PREDICT)
 PROMPT_PAIR, PAIR_FILE = "prompt", "file"  # circuit pair sources besides the built-in tasks
 # where a circuit's pairs come from, as the panel lists them
-TASKS = {"ioi": "Indirect object (IOI), generated", "greater-than": "Greater-than, generated",
-         "induction": "Induction, generated", "factual": "Factual recall, generated"}  # MERGE: core.settings.TASKS
 PAIR_SOURCES = {PROMPT_PAIR: "This prompt vs a corrupted one", **TASKS, PAIR_FILE: "Pair file (.jsonl)…"}
 MODEL, PREDICTION, LOGIT_LENS = "model", "prediction", "logit lens"  # a run's partial results, in order
 
@@ -39,17 +47,17 @@ class RunRequest:
     spec: str
     device: str
     prompt: str
-    top_k: int
+    top_k: int = by_name(PREDICT_SETTINGS)["top_k"].initial
     method: str = ATTRIBUTION
     target: str | None = None
     foil: str | None = None
-    max_nodes: int = 1000
+    max_nodes: int = by_name(ATTRIBUTION_SETTINGS)["max_nodes"].initial
     transcoders: str | None = None  # attribution basis: a transcoder folder, or None for MLP neurons
     task: str = PROMPT_PAIR  # component circuits: PROMPT_PAIR, PAIR_FILE or a built-in task
     corrupted: str = ""
     pairs_file: str = ""
-    scoring: str = "eap-ig"
-    n_pairs: int = 32
+    scoring: str = CircuitSettings().method
+    n_pairs: int = by_name(PAIR_SOURCE_SETTINGS)["n_pairs"].initial
 
     def check(self) -> None:
         """What can be checked before a model loads (a clear error instead of a wasted run)."""
@@ -62,6 +70,30 @@ class RunRequest:
                                    "(same number of tokens, the detail that matters changed).")
         if self.task == PAIR_FILE and not self.pairs_file:
             raise CircuitDeskError("No pair file chosen; pick a .jsonl file of prompt pairs.")
+
+    def attribution_settings(self) -> AttributionSettings:
+        return AttributionSettings(target=self.target, foil=self.foil, max_nodes=self.max_nodes,
+                                   transcoders=self.transcoders)
+
+    def circuit_settings(self) -> CircuitSettings:
+        return CircuitSettings(method=self.scoring)
+
+    def pair_source(self) -> PairSource:
+        """Where a circuit run's prompt pairs come from."""
+        if self.task == PROMPT_PAIR:
+            return PairSource(prompt=self.prompt, corrupted=self.corrupted, answer=self.target or None,
+                              counterfactual=self.foil or None)
+        if self.task == PAIR_FILE:
+            return PairSource(pairs_file=self.pairs_file, n_pairs=self.n_pairs)
+        return PairSource(task=self.task, n_pairs=self.n_pairs)
+
+    def command(self) -> str:
+        """The headless command that regenerates the run's graph (provenance for its session)."""
+        if self.method == ATTRIBUTION:
+            return trace_command(self.spec, self.prompt, self.attribution_settings())
+        if self.method == CIRCUIT:
+            return circuit_command(self.spec, self.pair_source(), self.circuit_settings())
+        return ""
 
     def job_name(self) -> str:
         """How the jobs pane lists the run: the method and what it ran on."""

@@ -13,11 +13,9 @@ import logging
 import torch
 
 from core.analysis import (
-    ATTRIBUTION,
     CIRCUIT,
     LOGIT_LENS,
     MODEL,
-    PAIR_FILE,
     PREDICT,
     PREDICTION,
     PROMPT_PAIR,
@@ -26,17 +24,16 @@ from core.analysis import (
     InterventionRequest,
     RunRequest,
 )
-from core.attribution import AttributionSettings, attribute
+from core.attribution import attribute
 from core.attribution.attribute import with_bos
 from core.attribution.targets import resolve_token
-from core.circuits import CircuitSettings, ComponentRunner, find_circuit
+from core.circuits import ComponentRunner, find_circuit
 from core.errors import CircuitDeskError
 from core.graph import ERROR, FEATURE
 from core.interventions import Intervention, intervene
 from core.lens import direction_effects, lens, neuron_effects
 from core.models import load_model
 from core.predict import encode_prompt, predict_ids, predict_next
-from core.runs import PairSource, circuit_command, trace_command
 from core.view import from_attribution, from_circuit
 
 log = logging.getLogger(__name__)
@@ -56,34 +53,7 @@ def run_request(req: RunRequest, model, ctx):
     traced, view, data, prediction = work(loaded, req, ctx.sub(share, 1.0))
     circuit = isinstance(traced, CircuitRun)
     return Analysis(view=view, model=loaded, trace=None if circuit else traced, circuit=traced if circuit else None,
-                    lens=data, prediction=prediction, command=regenerate_command(req))
-
-
-def attribution_settings(req: RunRequest) -> AttributionSettings:
-    return AttributionSettings(target=req.target, foil=req.foil, max_nodes=req.max_nodes, transcoders=req.transcoders)
-
-
-def circuit_settings(req: RunRequest) -> CircuitSettings:
-    return CircuitSettings(method=req.scoring)
-
-
-def pair_source(req: RunRequest) -> PairSource:
-    """Where a circuit run's prompt pairs come from."""
-    if req.task == PROMPT_PAIR:
-        return PairSource(prompt=req.prompt, corrupted=req.corrupted, answer=req.target or None,
-                          counterfactual=req.foil or None)
-    if req.task == PAIR_FILE:
-        return PairSource(pairs_file=req.pairs_file, n_pairs=req.n_pairs)
-    return PairSource(task=req.task, n_pairs=req.n_pairs)
-
-
-def regenerate_command(req: RunRequest) -> str:
-    """The headless command that regenerates a run's graph (provenance for its session file)."""
-    if req.method == ATTRIBUTION:
-        return trace_command(req.spec, req.prompt, attribution_settings(req))
-    if req.method == CIRCUIT:
-        return circuit_command(req.spec, pair_source(req), circuit_settings(req))
-    return ""
+                    lens=data, prediction=prediction, command=req.command())
 
 
 def trace_prompt(model, req: RunRequest, ctx):
@@ -97,7 +67,7 @@ def trace_prompt(model, req: RunRequest, ctx):
     target = resolve_token(model.tokenizer, req.target) if req.target else prediction.top[0].token_id
     data = lens(model, ids, target_id=target, ctx=ctx.sub(0.02, 0.1))
     ctx.partial(LOGIT_LENS, data)
-    result = attribute(model, req.prompt, attribution_settings(req), ctx=ctx.sub(0.1, 1.0))
+    result = attribute(model, req.prompt, req.attribution_settings(), ctx=ctx.sub(0.1, 1.0))
     ctx.check_cancelled()
     if result.targets[0].token_id != target:  # a near tie read differently: the lens follows the graph
         data = lens(model, result.ids, target_id=result.targets[0].token_id)
@@ -109,7 +79,7 @@ def circuit_prompt(model, req: RunRequest, ctx):
     prediction for the first pair's clean prompt. Returns (CircuitRun, view, lens, prediction)."""
     # a prompt pair's default answer is the prompt's prediction
     typed = predict_next(model, req.prompt, req.top_k) if req.task == PROMPT_PAIR else None
-    pairs = pair_source(req).load(model, typed)
+    pairs = req.pair_source().load(model, typed)
     ctx.check_cancelled()
     first = pairs.pairs[0]
     ids = torch.tensor([first.clean])  # the first pair's clean prompt as the circuit reads it
@@ -118,7 +88,7 @@ def circuit_prompt(model, req: RunRequest, ctx):
     ctx.partial(PREDICTION, prediction)
     data = lens(model, ids, target_id=first.answer[0], ctx=ctx.sub(0.0, 0.05))
     ctx.partial(LOGIT_LENS, data)
-    result = find_circuit(model, pairs, circuit_settings(req), ctx=ctx.sub(0.05, 1.0))
+    result = find_circuit(model, pairs, req.circuit_settings(), ctx=ctx.sub(0.05, 1.0))
     outputs = ComponentRunner(model).sources(ids).outputs[:, 0, -1].float().cpu().numpy()
     return CircuitRun(result, ids, outputs, first.answer[0]), from_circuit(result), data, prediction
 

@@ -30,11 +30,24 @@ from core.analysis import ATTRIBUTION, CIRCUIT, METHODS, PAIR_FILE, PAIR_SOURCES
 from core.errors import CircuitDeskError
 from core.models.catalog import DEFAULT_SPEC, add_model_path
 from core.paths import resources_dir
+from core.settings import ATTRIBUTION_SETTINGS, CIRCUIT_SETTINGS, PAIR_SOURCE_SETTINGS, PREDICT_SETTINGS, Setting, by_name
 
 log = logging.getLogger(__name__)
 
 OPEN_FOLDER = "__open_folder__"
 OPEN_GGUF = "__open_gguf__"
+# the settings the panel shows, as declared once in core.settings (labels, ranges, choices, tips)
+_TRACE, _CIRCUIT, _PAIRS, _PREDICT = (by_name(d) for d in (ATTRIBUTION_SETTINGS, CIRCUIT_SETTINGS,
+                                                               PAIR_SOURCE_SETTINGS, PREDICT_SETTINGS))
+
+
+def _spin(setting: Setting) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(int(setting.minimum), int(setting.maximum))
+    box.setSingleStep(int(setting.step or 1))
+    box.setValue(int(setting.initial))
+    box.setToolTip(setting.tooltip or setting.help)
+    return box
 
 
 def demo_prompts() -> list[dict]:
@@ -69,9 +82,7 @@ class ModelPanel(QWidget):
         self.prompt_edit = QPlainTextEdit()
         self.prompt_edit.setPlaceholderText("Type a prompt, e.g. The capital of France is")
         self.prompt_edit.setMinimumHeight(80)
-        self.top_k = QSpinBox()
-        self.top_k.setRange(1, 100)
-        self.top_k.setValue(10)
+        self.top_k = _spin(_PREDICT["top_k"])
         self.method_combo = QComboBox()
         self.method_combo.addItems(list(METHODS))
         self.method_combo.setToolTip(
@@ -84,11 +95,7 @@ class ModelPanel(QWidget):
         self.foil_edit = QLineEdit()
         self.foil_edit.setPlaceholderText("none")
         self.foil_edit.setToolTip("Contrast token: explain target − foil logit difference")
-        self.max_nodes = QSpinBox()
-        self.max_nodes.setRange(10, 20000)
-        self.max_nodes.setSingleStep(100)
-        self.max_nodes.setValue(1000)
-        self.max_nodes.setToolTip("Most feature nodes computed in the graph")
+        self.max_nodes = _spin(_TRACE["max_nodes"])
         self.basis_combo = QComboBox()
         self.basis_combo.addItem("MLP neurons", None)
         self.basis_combo.addItem("Transcoders folder…", OPEN_FOLDER)
@@ -107,13 +114,12 @@ class ModelPanel(QWidget):
         self.pairs_label = QLabel("")
         self.pairs_label.setWordWrap(True)
         self.set_pairs_file("")
+        scoring = _CIRCUIT["method"]
         self.scoring_combo = QComboBox()
-        self.scoring_combo.addItems(["eap-ig", "eap"])
-        self.scoring_combo.setToolTip("Edge scores: EAP-IG (integrated gradients, 5 steps) or EAP (one gradient)")
-        self.n_pairs = QSpinBox()
-        self.n_pairs.setRange(1, 1024)
-        self.n_pairs.setValue(32)
-        self.n_pairs.setToolTip("Prompt pairs to generate (or to read from the file)")
+        self.scoring_combo.addItems(list(scoring.offered))
+        self.scoring_combo.setCurrentText(scoring.initial)
+        self.scoring_combo.setToolTip(scoring.tooltip or scoring.help)
+        self.n_pairs = _spin(_PAIRS["n_pairs"])
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Run the prompt (Ctrl+Enter)")
         self.run_button.setDefault(True)
@@ -130,16 +136,16 @@ class ModelPanel(QWidget):
         form.addRow("Model", self.model_combo)
         form.addRow("Device", self.device_combo)
         form.addRow("Method", self.method_combo)
-        form.addRow("Pairs from", self.task_combo)
-        form.addRow("Corrupted", self.corrupted_edit)
+        form.addRow(_PAIRS["task"].label, self.task_combo)
+        form.addRow(_PAIRS["corrupted"].label, self.corrupted_edit)
         form.addRow("", self.pairs_label)
-        form.addRow("Target", self.target_edit)
-        form.addRow("Foil", self.foil_edit)
-        form.addRow("Basis", self.basis_combo)
-        form.addRow("Max nodes", self.max_nodes)
-        form.addRow("Scoring", self.scoring_combo)
-        form.addRow("Pairs", self.n_pairs)
-        form.addRow("Top-k", self.top_k)
+        form.addRow(_TRACE["target"].label, self.target_edit)
+        form.addRow(_TRACE["foil"].label, self.foil_edit)
+        form.addRow(_TRACE["transcoders"].label, self.basis_combo)
+        form.addRow(_TRACE["max_nodes"].label, self.max_nodes)
+        form.addRow(scoring.label, self.scoring_combo)
+        form.addRow(_PAIRS["n_pairs"].label, self.n_pairs)
+        form.addRow(_PREDICT["top_k"].label, self.top_k)
         self.method_combo.currentTextChanged.connect(lambda _t: self._update_rows())
         self.task_combo.currentIndexChanged.connect(lambda _i: self._update_rows())
         self.task_combo.activated.connect(self._task_chosen)
