@@ -14,9 +14,11 @@ Node tables are built once (``tables``) and every format writes them. Writes are
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 
 from core.errors import CircuitDeskError
@@ -190,8 +192,6 @@ def _slug(text: str) -> str:
 
 # -- writers -------------------------------------------------------------------------------------
 def _write_graphml(out: Path, nodes: list[dict], edges: list[dict], session) -> Path:
-    import networkx as nx
-
     G = nx.MultiDiGraph(kind=session.manifest.get("kind", ""), prompt=session.manifest.get("prompt", ""),
                         model=str(session.manifest.get("model", {}).get("name", "")))
     for n in nodes:
@@ -210,8 +210,6 @@ def _csv_writer(rows: list[dict]):
     """``write(binary_file)`` for ``atomic_write_all``: the rows as a CSV table with a header."""
 
     def write(fh):
-        import io
-
         text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
         w = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["id"])
         w.writeheader()

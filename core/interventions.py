@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from core.attribution.attribute import frozen_patches, frozen_points
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
 
@@ -190,8 +191,6 @@ def intervene(
     ctx: JobContext | None = None,
 ) -> InterventionResult:
     """Run ``ids`` [1, P] with the interventions; compare with the clean run."""
-    from core.attribution.attribute import frozen_patches, frozen_points
-
     ctx = ctx or JobContext()
     start = time.perf_counter()
     if freeze not in FREEZE:

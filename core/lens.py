@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.instrument.hooks import norm_gain
+from core.instrument.norms import norm_gain
 from core.jobs import JobContext
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import signal
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Mapping
 
 import platformdirs
+
+from core.errors import CircuitDeskError
 
 APP = "circuitdesk"
 
@@ -38,8 +43,6 @@ def resources_dir() -> Path:
     """The data folder (demo prompts, task templates, example suite, export schema): ``resources/``
     beside the source tree, inside a frozen bundle, or ``share/circuitdesk/resources`` of the
     environment a wheel was installed into."""
-    import sys
-
     candidates = [Path(__file__).resolve().parent.parent / "resources"]
     if getattr(sys, "frozen", False):
         candidates.insert(0, Path(getattr(sys, "_MEIPASS", Path(sys.executable).parent)) / "resources")
@@ -53,8 +56,6 @@ def resources_dir() -> Path:
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     """The sha256 of a file's bytes, read now (``core.models.fingerprint.sha256_file`` remembers
     model files' digests; a report cites the file as it is)."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -76,8 +77,6 @@ def atomic_write_all(writes: Mapping[Path, Callable]) -> list[Path]:
     are they renamed into place, with Ctrl-C and SIGTERM held back meanwhile (renames within a
     folder need no space, so nothing else can stop them half-way). Any failure before removes
     every temporary file and leaves the old files as they were; OS errors become one sentence."""
-    from core.errors import CircuitDeskError
-
     paths = [Path(p) for p in writes]
     for path in paths:
         folder = path.parent if str(path.parent) else Path(".")
@@ -117,8 +116,6 @@ def _remove(files: list[str]) -> None:
 def _signals_held():
     """Hold Ctrl-C and SIGTERM back until the block ends (then they act as usual): a set of renames
     is not left half done. Only where the OS allows it (POSIX, this thread); elsewhere a no-op."""
-    import signal
-
     held = {signal.SIGINT, signal.SIGTERM}
     try:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, held)

@@ -24,6 +24,7 @@ import numpy as np
 import core
 from core.graph import ERROR, FEATURE, cumulative_share
 from core.paths import file_sha256
+from core.view import CATEGORIES, CATEGORY_COLOURS, GROUP_COLOUR, from_attribution, from_circuit
 
 MAX_FIGURE_EDGES = 3000  # the strongest drawn edges, as in the graph pane
 FIGURE_LABELS = 14  # nodes named in the graph figure (the most influential), besides groups and logits
@@ -213,8 +214,6 @@ def _p(x, digits: int = 3) -> str:
 
 # -- attribution graphs ----------------------------------------------------------------------------
 def _attribution_sections(session) -> list:
-    from core.view import from_attribution
-
     g, m = session.graph, session.manifest
     notes = session.annotations
     stats = m.get("stats") or g.meta.get("stats", {})
@@ -288,8 +287,6 @@ def _drawn_edges_note(d) -> str:
 
 
 def _graph_figure(view, d, labels: dict[int, str], caption: str) -> GraphFigure:
-    from core.view import CATEGORIES, CATEGORY_COLOURS, GROUP_COLOUR
-
     at = {int(node): k for k, node in enumerate(d.nodes)}
     keep = np.argsort(-np.abs(d.weight), kind="stable")[:MAX_FIGURE_EDGES]
     src = np.array([at[int(s)] for s in d.src[keep]], dtype=int)
@@ -409,8 +406,6 @@ def _influence_curve(g, threshold: float) -> LineChart:
 
 # -- component circuits ---------------------------------------------------------------------------
 def _circuit_sections(session) -> list:
-    from core.view import CATEGORIES, from_circuit
-
     c, m = session.circuit, session.manifest
     notes = session.annotations
     s = c.settings
@@ -505,7 +500,7 @@ def _intervention_section(log) -> list:
     out: list = [Heading("Interventions")]
     if not log:
         return out + [Paragraph("No interventions were run in this session.", "note")]
-    from core.interventions import Intervention  # (imports torch; only for sessions with interventions)
+    from core.interventions import Intervention  # deferred: imports torch; only sessions with interventions need it
 
     rows = []
     for entry in log:  # validated by core.annotations

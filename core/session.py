@@ -161,7 +161,7 @@ def _load_payload(manifest: dict, raw: dict[str, bytes], where: str) -> Session:
             raise CircuitDeskError(f"{where} is damaged: {n} is not a valid array ({str(e)[:120]}).") from None
     logit_lens = arrays.pop("logit_lens", None)
     if manifest["kind"] == "circuit":
-        from core.circuits.discover import CircuitResult
+        from core.circuits.discover import CircuitResult  # deferred: imports torch; only circuit sessions need it
 
         try:
             circuit = CircuitResult.from_parts(manifest["circuit"], arrays)

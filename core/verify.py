@@ -23,9 +23,16 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
+from core.attribution import AttributionSettings, attribute
+from core.circuits import CircuitSettings, find_circuit
+from core.circuits.tasks import pairs_from_json
 from core.errors import CircuitDeskError
+from core.graph import graph_scores
 from core.jobs import JobContext
+from core.lens import lens
+from core.models import load_model
 
 TOLERANCE = 1e-4
 
@@ -118,8 +125,6 @@ def compare_fingerprints(recorded: dict, files_now: dict) -> list[str]:
 def verify_session(session, model_spec: str | None = None, device: str | None = None,
                    ctx: JobContext | None = None) -> VerifyReport:
     """Recompute ``session`` and compare (see the module docstring)."""
-    from core.models import load_model
-
     ctx = ctx or JobContext()
     start = time.perf_counter()
     report = VerifyReport(ok=False, edited=None if session.edited is None else list(session.edited))
@@ -156,9 +161,6 @@ def _edges(report: VerifyReport, name: str, stored, new, entry) -> None:
 
 
 def _compare_attribution(session, model, report: VerifyReport, ctx: JobContext) -> None:
-    from core.attribution import AttributionSettings, attribute
-    from core.graph import graph_scores
-
     stored = session.graph
     m = session.manifest
     settings = AttributionSettings(**m.get("settings", {}))  # validated when the session was loaded
@@ -210,11 +212,6 @@ def _compare_attribution(session, model, report: VerifyReport, ctx: JobContext) 
 
 
 def _compare_circuit(session, model, report: VerifyReport, ctx: JobContext) -> None:
-    import torch
-
-    from core.circuits import CircuitSettings, find_circuit
-    from core.circuits.tasks import pairs_from_json
-
     stored = session.circuit
     pairs = pairs_from_json(stored.pairs, str(stored.task.get("task") or "stored"))
     settings = CircuitSettings(**stored.settings)  # validated when the session was loaded
@@ -244,8 +241,6 @@ def _compare_circuit(session, model, report: VerifyReport, ctx: JobContext) -> N
 
 
 def _compare_lens(session, model, report: VerifyReport, ids) -> None:
-    from core.lens import lens
-
     info = session.manifest.get("logit_lens")
     if session.logit_lens is None or info is None:
         return

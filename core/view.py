@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT, Graph, find_threshold, prune
+from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT, Graph, compute_node_influence, find_threshold, prune
 
 CATEGORIES = ("embedding", "feature", "error", "logit", "input", "head", "mlp")
 CATEGORY_COLOURS = {  # node colour by category: the graph pane and the report's figure
@@ -183,8 +183,6 @@ class Drawing:
 # -- attribution graphs ------------------------------------------------------------------------------
 def from_attribution(g: Graph, threshold: float | None = None) -> GraphView:
     """The drawable view of an attribution graph (influence computed if the graph lacks it)."""
-    from core.graph import compute_node_influence
-
     influence = g.influence if g.influence is not None else compute_node_influence(g)
     n = g.n_nodes
     L = g.n_layers

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from core.errors import CircuitDeskError
 
@@ -119,8 +122,6 @@ def _read_config(folder: Path) -> dict:
     for name in ("config.yaml", "config.yml"):
         path = folder / name
         if path.is_file():
-            import yaml
-
             try:
                 data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             except UnicodeDecodeError:
@@ -146,9 +147,6 @@ def _yaml_error(path: Path, e) -> str:
 
 
 def _safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return {k: v.float() for k, v in load_file(str(path)).items()}
     except (SafetensorError, OSError, ValueError) as e:

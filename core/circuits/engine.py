@@ -22,7 +22,7 @@ import torch
 
 from core.circuits.graph import PATHS, ComponentGraph
 from core.circuits.tasks import PairBatch
-from core.instrument.hooks import norm_linear, projected_norm_vjp
+from core.instrument.norms import norm_linear, projected_norm_vjp
 
 MetricFn = Callable[[torch.Tensor, PairBatch], torch.Tensor]  # (logits [b, vocab], batch) -> [b]
 

@@ -32,8 +32,12 @@ from typing import Iterator, Sequence
 
 import torch
 
+from core.attribution.attribute import start_token, with_bos
+from core.attribution.targets import resolve_token
 from core.errors import CircuitDeskError
 from core.paths import resources_dir
+from core.predict import encode_prompt, predict_next
+from core.prompt import require_prompt
 from core.settings import TASKS  # the keys and their labels, declared with the settings
 
 MAX_PAIR_FILE_BYTES = 256 * 1024**2
@@ -132,8 +136,6 @@ class PairSet:
 
 # -- encoding ---------------------------------------------------------------------------------------
 def _answer_ids(model, texts: Sequence[str], what: str, where: str) -> tuple[int, ...]:
-    from core.attribution.targets import resolve_token
-
     if not texts:
         raise CircuitDeskError(f"{where}: the {what} is empty; give one token (or a list of tokens).")
     out = []
@@ -146,9 +148,6 @@ def _answer_ids(model, texts: Sequence[str], what: str, where: str) -> tuple[int
 
 
 def _encode(model, text: str, prepend_bos: bool, where: str, which: str) -> tuple[int, ...]:
-    from core.attribution.attribute import with_bos
-    from core.predict import encode_prompt
-
     if not isinstance(text, str) or not text.strip():
         raise CircuitDeskError(f"{where}: the {which} prompt is empty.")
     try:
@@ -190,9 +189,6 @@ def prompt_pair(model, clean: str, corrupted: str, answer: str | None = None, co
                 prediction=None) -> PairSet:
     """One prompt and its corrupted twin as a one-pair task. The answer and counterfactual default
     to the model's top token on each prompt (``prediction``: the one on ``clean``, if known)."""
-    from core.predict import predict_next
-    from core.prompt import require_prompt
-
     require_prompt(clean)
     require_prompt(corrupted, "The corrupted prompt")
     if answer is None:
@@ -385,8 +381,6 @@ def plain_token_ids(model, limit: int = 4000, seed: int = 0) -> list[int]:
 def induction_pairs(model, n_pairs: int, rng: random.Random, length: int = 10, repeat: int = 6,
                     vocab: Sequence[int] | None = None) -> PairSet:
     """Repeated random tokens (see the module docstring); ``vocab``: token ids to draw from."""
-    from core.attribution.attribute import start_token
-
     ids = list(vocab) if vocab is not None else plain_token_ids(model)
     if len(ids) < length:
         raise CircuitDeskError(f"{model.name}'s vocabulary has too few plain tokens for the induction task.")

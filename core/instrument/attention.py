@@ -43,8 +43,8 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+    from transformers import AttentionInterface  # deferred: transformers (2.5 s) loads with a model only
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask  # deferred: as above
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, instrumented_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, eager_mask)

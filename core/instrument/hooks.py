@@ -7,105 +7,54 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Union
+from typing import Callable, Iterable, Iterator, Mapping, Protocol, Union
 
 import torch
 
 from core.instrument.attention import ATTN_IMPLEMENTATION, register
-
-if TYPE_CHECKING:
-    from core.models.loader import LoadedModel
+from core.instrument.norms import norm_eps, norm_linear
 
 PatchValue = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
-def norm_gain(kind: str, mod, dtype: torch.dtype) -> torch.Tensor | None:
-    """A norm's elementwise weight as applied to the normalized vector: w, or 1 + w for Gemma's
-    ``rms_offset`` norms; None for a LayerNorm without weight."""
-    w = getattr(mod, "weight", None)
-    if w is None:
-        return None
-    w = w.to(dtype)
-    return 1.0 + w if kind == "rms_offset" else w
+class ModuleLayout(Protocol):
+    """Where a model keeps the modules the hooks attach to: submodule paths, relative to the
+    CausalLM, a block, the attention or the MLP module. ``core.models.adapters.Adapter`` is one."""
 
-
-def norm_linear(kind: str, mod, x: torch.Tensor, scale: torch.Tensor, bias: bool = True) -> torch.Tensor:
-    """A norm with its scale held at ``scale``: the linear map x -> (x - mean)·scale·w (+ b)."""
-    wide = torch.promote_types(x.dtype, torch.float32)
-    xf = x.to(wide)
-    if kind == "layer":
-        xf = xf - xf.mean(-1, keepdim=True)
-    y = xf * scale
-    gain = norm_gain(kind, mod, wide)
-    if gain is not None:
-        y = y * gain
-    if kind == "layer" and bias and mod.bias is not None:
-        y = y + mod.bias.to(wide)
-    return y
-
-
-def norm_eps(mod) -> float:
-    """A norm module's epsilon (transformers names it ``variance_epsilon`` or ``eps``)."""
-    eps = getattr(mod, "variance_epsilon", None)
-    return float(eps if eps is not None else getattr(mod, "eps", 1e-6))
-
-
-def norm_vjp(kind: str, mod, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """u · ∂norm(x)/∂x: the gradient at a norm's input from the gradient ``u`` at its output.
-
-    ``x`` [..., d] broadcasts against ``u`` (e.g. x [b, s, 1, d], u [b, s, heads, d] gives every
-    head's gradient at once). Computed in float32, or float64 for float64 inputs.
-    """
-    wide = torch.promote_types(torch.promote_types(x.dtype, u.dtype), torch.float32)
-    x, u = x.to(wide), u.to(wide)
-    gain = norm_gain(kind, mod, wide)
-    v = u if gain is None else u * gain
-    eps = norm_eps(mod)
-    if kind == "layer":
-        xc = x - x.mean(-1, keepdim=True)
-        r = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
-        n = xc * r
-        return r * (v - v.mean(-1, keepdim=True) - n * (v * n).mean(-1, keepdim=True))
-    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return r * v - (r.pow(3) / x.shape[-1]) * x * (v * x).sum(-1, keepdim=True)
-
-
-def projected_norm_vjp(kind: str, mod, x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor,
-                       outputs: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
-    """Adds (W_i ∘ norm)ᵀ g_i to ``out[i]`` for n linear maps y_i = W_i·norm(x) + bias_i.
-
-    x [t, d] is the norm's input, g [n, t, e] the gradients at the maps' outputs, ``outputs``
-    [n, t, e] the maps' outputs y_i in the same pass, out [n, t, d]. ``weight`` [m, e, d] and
-    ``bias`` [m, e] (or None) may be shared by groups of n/m consecutive maps (GQA keys/values).
-    Equal to ``norm_vjp(kind, mod, x, g_i @ W_i)`` for each i: the norm's weight is folded into W
-    and its rank-one correction is read off the outputs already computed, so the only [n, t, d]
-    work is one batched GEMM and one fused update of ``out``.
-    """
-    dtype = out.dtype
-    n, t, e = g.shape
-    m, d = weight.shape[0], x.shape[-1]
-    x, g, outputs, weight = x.to(dtype), g.to(dtype), outputs.to(dtype), weight.to(dtype)
-    gain = norm_gain(kind, mod, dtype)
-    wf = weight if gain is None else weight * gain  # [m, e, d]: the norm's weight folded in
-    eps = norm_eps(mod)
-    wz = outputs if bias is None else outputs - bias.to(dtype).repeat_interleave(n // m, 0).unsqueeze(1)
-    if kind == "layer":  # y = W(w⊙z + b_norm) + bias, z = (x − mean)·r
-        xc = x - x.mean(-1, keepdim=True)
-        r = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)  # [t, 1]
-        z = xc * r
-        if getattr(mod, "bias", None) is not None:
-            wz = wz - (weight @ mod.bias.to(dtype)).repeat_interleave(n // m, 0).unsqueeze(1)
-        mean_v = torch.einsum("nte,ne->nt", g, wf.sum(-1).repeat_interleave(n // m, 0)) / d  # mean of v = W'ᵀ g
-        out.add_((-r.squeeze(-1) * mean_v).unsqueeze(-1))
-        coef = -(g * wz).sum(-1) * (r.squeeze(-1) / d)
-    else:  # y = W(w⊙x·r) + bias, so W'x = (y − bias) / r
-        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        z = x
-        coef = -(g * wz).sum(-1) * (r.squeeze(-1).pow(2) / d)
-    # r · v: maps sharing a weight are consecutive, so each group is one [n/m · t, e] @ [e, d] product
-    out.view(m, -1, d).baddbmm_((g * r).reshape(m, -1, e), wf)
-    out.addcmul_(coef.unsqueeze(-1), z.unsqueeze(0))
-    return out
+    @property
+    def embed(self) -> str: ...
+    @property
+    def pos_embed(self) -> str | None: ...
+    @property
+    def layers(self) -> str: ...
+    @property
+    def attn(self) -> str: ...
+    @property
+    def qkv(self) -> tuple[str, ...]: ...
+    @property
+    def o_proj(self) -> str: ...
+    @property
+    def attn_in_norm(self) -> str: ...
+    @property
+    def attn_out_norm(self) -> str | None: ...
+    @property
+    def mlp_in_norm(self) -> str: ...
+    @property
+    def mlp(self) -> str: ...
+    @property
+    def act(self) -> str: ...
+    @property
+    def down_proj(self) -> str: ...
+    @property
+    def mlp_out_norm(self) -> str | None: ...
+    @property
+    def final_norm(self) -> str: ...
+    @property
+    def norm_kind(self) -> str: ...
+    @property
+    def gated_mlp(self) -> bool: ...
+    @property
+    def conv1d(self) -> bool: ...
 
 
 @dataclass
@@ -146,20 +95,25 @@ class _Session:
 
 
 class Instrumentation:
-    """Named access points on a loaded model; installed once at load, inert between sessions."""
+    """Named access points on a loaded model; installed once at load, inert between sessions.
 
-    def __init__(self, model: "LoadedModel") -> None:
-        self.model = model
+    ``hf``: the transformers CausalLM (its attention is switched to the instrumented one);
+    ``layout``: where its modules are; ``n_heads``: query heads per layer; ``device``: where
+    ``forward`` sends its inputs.
+    """
+
+    def __init__(self, hf, layout: ModuleLayout, n_heads: int, device: torch.device) -> None:
+        self.hf = hf
+        self.device = device
         self._state: _Session | None = None
         self._lock = threading.Lock()
         self.points: list[str] = []
         register()
-        hf = model.hf
         hf.set_attn_implementation(ATTN_IMPLEMENTATION)
-        self._install(hf, model.adapter, model.facts.n_heads)
+        self._install(hf, layout, n_heads)
 
     # -- installation -----------------------------------------------------------------------------
-    def _install(self, hf, a, n_heads: int) -> None:
+    def _install(self, hf, a: ModuleLayout, n_heads: int) -> None:
         self._output_point(hf.get_submodule(a.embed), "embed")
         if a.pos_embed:
             self._output_point(hf.get_submodule(a.pos_embed), "pos_embed")
@@ -194,7 +148,7 @@ class Instrumentation:
         self._output_point(final_norm, "final_norm")
         self._output_point(hf, "logits")
 
-    def _split_qkv(self, l: int, block, attn, a, n_heads: int) -> None:
+    def _split_qkv(self, l: int, block, attn, a: ModuleLayout, n_heads: int) -> None:
         """Per-query-head q/k/v points of layer ``l``.
 
         ``blocks.{l}.attn.{q,k,v}_in`` [b, s, n_heads, d]: the residual stream (before the
@@ -473,5 +427,5 @@ class Instrumentation:
     def forward(self, input_ids: torch.Tensor, **session_options) -> tuple[torch.Tensor, Trace]:
         """One instrumented forward pass: returns (logits, trace)."""
         with self.session(**session_options) as trace:
-            logits = self.model.hf(input_ids=input_ids.to(self.model.device), use_cache=False).logits
+            logits = self.hf(input_ids=input_ids.to(self.device), use_cache=False).logits
         return logits, trace

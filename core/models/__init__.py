@@ -12,7 +12,7 @@ _LAZY = {"DTYPES", "LoadedModel", "ModelFacts", "load_model", "resolve_device", 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        from core.models import loader
+        from core.models import loader  # deferred: imports torch; core.models is on the GUI's start path
 
         return getattr(loader, name)
     raise AttributeError(f"module 'core.models' has no attribute {name!r}")

@@ -9,11 +9,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from safetensors.torch import save_model
 
 from core.errors import CircuitDeskError
+from core.instrument import Instrumentation
 from core.jobs import JobContext
 from core.models.adapters import SUPPORTED_MODEL_TYPES, Adapter, adapter_for
 from core.models.catalog import DEFAULT_NAME, DEFAULT_SPEC, default_gguf_path
@@ -28,9 +30,6 @@ from core.models.validate import (
     weight_files,
 )
 from core.paths import cache_dir
-
-if TYPE_CHECKING:
-    from core.instrument import Instrumentation
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +72,7 @@ class LoadedModel:
     spec: str  # what the user asked for: "default", a folder, a .gguf path
     source: Path  # the file/folder the weights come from (the .gguf for converted models)
     fingerprint: Fingerprint
-    _instrumentation: "Instrumentation | None" = field(default=None, repr=False)
-
-    @property
-    def instrument(self) -> "Instrumentation":
-        """The model's instrumentation (installed at load, inactive until a session starts)."""
-        assert self._instrumentation is not None
-        return self._instrumentation
+    instrument: Instrumentation = field(repr=False)  # installed on ``hf`` at load, inert until a session starts
 
     def summary(self) -> dict:
         """Provenance for reports and ``--json`` outputs."""
@@ -211,7 +204,8 @@ def _load_folder(
     if fingerprint is None:
         fingerprint = fingerprint_folder(folder)
 
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import (  # deferred: transformers (2.5 s) loads with a model only
+        AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast)
 
     _configure_transformers()
     # Our own GGUF conversions hold the exact tokenizer.json written from the GGUF: load it as is
@@ -252,22 +246,20 @@ def _load_folder(
     hf.requires_grad_(False)  # methods take gradients w.r.t. activations, never weights
     hf.to(device)
 
-    loaded = LoadedModel(
+    facts = _facts(hf, adapter, str(model_type))
+    return LoadedModel(
         hf=hf,
         tokenizer=tokenizer,
         adapter=adapter,
-        facts=_facts(hf, adapter, str(model_type)),
+        facts=facts,
         device=device,
         dtype=dtype,
         name=name,
         spec=spec,
         source=source,
         fingerprint=fingerprint,
+        instrument=Instrumentation(hf, adapter, facts.n_heads, device),
     )
-    from core.instrument import Instrumentation
-
-    loaded._instrumentation = Instrumentation(loaded)
-    return loaded
 
 
 def _check_weights_fit(folder: Path, info: dict) -> None:
@@ -330,8 +322,7 @@ def _gguf_cache(gguf: Path, ctx) -> tuple[Path, Fingerprint]:
     ctx.progress(0.05, "Checking the GGUF file")
     check_gguf(gguf)
     ctx.progress(0.1, "Converting GGUF to safetensors (first load only)")
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: as in _load_folder
 
     _configure_transformers()
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -388,8 +379,8 @@ def _configure_transformers() -> None:
     leave it unset, a timeout of 0 makes transformers refuse custom code instead of asking
     "Do you wish to run the custom code? [y/N]", which piped input could answer.
     """
-    from transformers import dynamic_module_utils
-    from transformers.utils import logging as hf_logging
+    from transformers import dynamic_module_utils  # deferred: as in _load_folder
+    from transformers.utils import logging as hf_logging  # deferred: as in _load_folder
 
     dynamic_module_utils.TIME_OUT_REMOTE_CODE = 0
     hf_logging.set_verbosity_error()

@@ -7,6 +7,9 @@ import json
 import struct
 from pathlib import Path
 
+from gguf import GGUFReader
+from safetensors import safe_open
+
 from core.errors import CircuitDeskError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -49,8 +52,6 @@ def check_gguf(path: Path) -> None:
     if magic != GGUF_MAGIC:
         raise CircuitDeskError(f"{path} is not a GGUF file (wrong magic bytes); choose a .gguf model file.")
     try:
-        from gguf import GGUFReader
-
         reader = GGUFReader(str(path))
         size = path.stat().st_size
         for t in reader.tensors:
@@ -89,8 +90,6 @@ def asks_for_code(path: Path) -> bool:
 def tensor_file(folder: Path, key: str) -> Path | None:
     """The weight file holding the tensor ``key`` (or a name it ends with: checkpoints may drop the
     model's prefix), read from the safetensors headers only."""
-    from safetensors import safe_open
-
     for path in weight_files(folder):
         with safe_open(str(path), "pt") as f:
             if any(k == key or key.endswith("." + k) or k.endswith("." + key) for k in f.keys()):

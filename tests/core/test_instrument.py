@@ -165,7 +165,7 @@ def test_unknown_point_fails_loudly(tiny_model):
 
 
 def test_norm_vjp_matches_autograd_through_the_norm(family, tiny_model):
-    from core.instrument.hooks import norm_vjp, projected_norm_vjp
+    from core.instrument.norms import norm_vjp, projected_norm_vjp
 
     m = tiny_model(family)
     norm = m.hf.get_submodule(m.adapter.layers)[1].get_submodule(m.adapter.attn_in_norm)
@@ -200,7 +200,7 @@ def test_norm_vjp_matches_autograd_through_the_norm(family, tiny_model):
 
 def test_per_head_qkv_points_are_inert_and_their_gradient_is_the_split_copy_gradient(family, tiny_model):
     from core.circuits.engine import ComponentRunner
-    from core.instrument.hooks import norm_vjp
+    from core.instrument.norms import norm_vjp
 
     m = tiny_model(family)
     ids = torch.randint(5, m.facts.vocab_size, (1, 9), generator=torch.Generator().manual_seed(1))
