@@ -13,9 +13,9 @@ The runs that produce an ``Analysis`` and act on one live in ``core.analysis_run
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from core.errors import CircuitDeskError
 from core.graph import ERROR, FEATURE
@@ -154,6 +154,9 @@ class Analysis:
     lens: Any = None  # core.lens.LensData for the heatmaps
     prediction: Any = None  # core.predict.Prediction on the analysed sequence
     command: str = ""  # the `circuitdesk` command that regenerates it
+    # reads a node's direct effect on tokens: (analysis, node) -> core.lens.TokenEffects | None; set by
+    # the run that made it (core.analysis_runs.token_effects), None where there is no model
+    effects: Callable[[Any, int], Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def kind(self) -> str | None:
@@ -208,8 +211,6 @@ class Analysis:
 
     def token_effects(self, node: int):
         """Tokens a node promotes and suppresses (``core.lens.TokenEffects``), or None."""
-        if self.model is None or self.view is None:
+        if self.effects is None or self.view is None:
             return None
-        from core.analysis_runs import token_effects  # deferred: torch is loaded once a model is
-
-        return token_effects(self, node)
+        return self.effects(self, node)

@@ -27,7 +27,7 @@ from core.analysis import (
 from core.attribution import attribute
 from core.attribution.attribute import with_bos
 from core.attribution.targets import resolve_token
-from core.circuits import ComponentRunner, find_circuit
+from core.circuits import ComponentRunner, find_circuit, load_pair_source
 from core.errors import CircuitDeskError
 from core.graph import ERROR, FEATURE
 from core.interventions import Intervention, intervene
@@ -53,7 +53,7 @@ def run_request(req: RunRequest, model, ctx):
     traced, view, data, prediction = work(loaded, req, ctx.sub(share, 1.0))
     circuit = isinstance(traced, CircuitRun)
     return Analysis(view=view, model=loaded, trace=None if circuit else traced, circuit=traced if circuit else None,
-                    lens=data, prediction=prediction, command=req.command())
+                    lens=data, prediction=prediction, command=req.command(), effects=token_effects)
 
 
 def trace_prompt(model, req: RunRequest, ctx):
@@ -79,7 +79,7 @@ def circuit_prompt(model, req: RunRequest, ctx):
     prediction for the first pair's clean prompt. Returns (CircuitRun, view, lens, prediction)."""
     # a prompt pair's default answer is the prompt's prediction
     typed = predict_next(model, req.prompt, req.top_k) if req.task == PROMPT_PAIR else None
-    pairs = req.pair_source().load(model, typed)
+    pairs = load_pair_source(req.pair_source(), model, typed)
     ctx.check_cancelled()
     first = pairs.pairs[0]
     ids = torch.tensor([first.clean])  # the first pair's clean prompt as the circuit reads it

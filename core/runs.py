@@ -66,11 +66,11 @@ def circuit_session(model, model_spec: str, source: PairSource, settings, dtype:
     (``pairs``: already loaded from ``source``)."""
     import torch  # deferred: torch loads only when a run starts
 
-    from core.circuits import find_circuit  # deferred: torch loads only when a run starts
+    from core.circuits import find_circuit, load_pair_source  # deferred: torch loads only when a run starts
 
     settings.validate()
     start = time.perf_counter()
-    pairs = pairs if pairs is not None else source.load(model)
+    pairs = pairs if pairs is not None else load_pair_source(source, model)
     result = find_circuit(model, pairs, settings, ctx=ctx)
     result.stats["total_seconds"] = time.perf_counter() - start
     prompt = result.pairs[0]["clean"] if result.pairs else ""

@@ -202,16 +202,6 @@ class PairSource:
         if self.n_pairs is not None and self.n_pairs < 1:
             raise CircuitDeskError("--n-pairs must be at least 1.")
 
-    def load(self, model, prediction=None):
-        """The ``PairSet`` (``prediction``: the model's prediction on ``prompt``, if already known)."""
-        from core.circuits import load_pairs, make_task, prompt_pair  # deferred: core.circuits loads torch
-
-        self.check()
-        if self.task:
-            return make_task(model, self.task, n_pairs=self.n_pairs or TASK_PAIRS, seed=self.seed)
-        if self.pairs_file:
-            return load_pairs(model, self.pairs_file, n_pairs=self.n_pairs)
-        return prompt_pair(model, self.prompt, self.corrupted, self.answer, self.counterfactual, prediction)
 
 
 # -- the declarations -------------------------------------------------------------------------------

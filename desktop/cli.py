@@ -20,7 +20,6 @@ import numpy as np
 import core
 from core.audit import load_suite, run_suite
 from core.errors import CircuitDeskError
-from core.export import export_session
 from core.graph import FEATURE, KIND_NAMES
 from core.jobs import JobContext
 from core.models.catalog import add_model_path, list_models, remove_model_path
@@ -39,7 +38,6 @@ from core.settings import (
     add_arguments,
     settings_from_args,
 )
-from core.verify import TOLERANCE, verify_session
 from desktop.logs import setup_logging
 
 log = logging.getLogger("circuitdesk.cli")
@@ -196,6 +194,8 @@ def _terminate(signum, frame) -> None:
 
 
 def cmd_export(args) -> int:
+    from core.export import export_session  # deferred: networkx loads only for an export, not at GUI start
+
     for path in export_session(load_session(args.session), args.format, args.out):
         print(path)
     return 0
@@ -242,6 +242,8 @@ def cmd_audit(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    from core.verify import TOLERANCE, verify_session  # deferred: torch loads only when a command needs it
+
     session = load_session(args.session)
     report = verify_session(session, model_spec=args.model, device=args.device,
                             ctx=JobContext(StderrProgress(enabled=not args.json)))
@@ -365,6 +367,7 @@ def cmd_trace(args) -> int:
 
 
 def cmd_circuit(args) -> int:
+    from core.circuits import load_pair_source  # deferred: torch loads only when a command needs it
     from core.models import load_model  # deferred: torch loads only when a command needs it
 
     out = check_output_path(args.out, ".cdesk")
@@ -377,7 +380,7 @@ def cmd_circuit(args) -> int:
     start = time.perf_counter()
     ctx = JobContext(StderrProgress(enabled=True))
     model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.05))
-    pairs = source.load(model)
+    pairs = load_pair_source(source, model)
     if settings.method == "exact":
         n = model.facts.n_layers
         print(f"circuitdesk: exact patching runs one pass per edge and batch; this takes long "

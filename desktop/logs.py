@@ -6,6 +6,8 @@ import logging
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
+from core.paths import log_dir
+
 _configured: Path | None = None
 
 
@@ -14,8 +16,6 @@ def setup_logging() -> Path | None:
     global _configured
     if _configured is not None:
         return _configured
-    from core.paths import log_dir
-
     try:
         path = log_dir() / "circuitdesk.log"
         handler = RotatingFileHandler(path, maxBytes=2_000_000, backupCount=3, encoding="utf-8")

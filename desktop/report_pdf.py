@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QMarginsF, QPointF, QRectF, Qt
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QMarginsF, QPointF, QRectF, QSettings, Qt
 from PySide6.QtGui import (QColor, QFont, QFontMetricsF, QGuiApplication, QPageLayout, QPageSize,
                            QPainter, QPdfWriter, QPen, QTextLayout, QTextOption)
 
+from core.errors import CircuitDeskError
 from core.paths import atomic_write
 from core.report import (Contents, Facts, GraphFigure, Heading, Heatmap, LineChart, PageBreak, Paragraph, Report,
                          Table)
@@ -45,8 +46,6 @@ def ensure_gui_app():
 
 def auditor_name() -> str:
     """The auditor's name kept in the GUI's settings (File → Auditor Name…), or ""."""
-    from PySide6.QtCore import QSettings
-
     return str(QSettings("CircuitDesk", "CircuitDesk").value(AUDITOR_KEY, "") or "")
 
 
@@ -55,8 +54,6 @@ def write_pdf(report: Report, path: str | Path, ctx=None) -> Path:
 
     ``ctx`` (a ``core.jobs`` context): cancellation is checked between blocks and pages, and once
     more before the file is written, so a cancelled report leaves nothing behind."""
-    from core.errors import CircuitDeskError
-
     path = Path(path).expanduser()
     if path.suffix.lower() != ".pdf":
         raise CircuitDeskError(f"Reports are PDF files; the name must end in .pdf (got {path.name!r}).")

@@ -32,6 +32,7 @@ import torch
 
 from core.attribution.bases import Encoded, NeuronBasis, TranscoderBasis
 from core.attribution.targets import Target, select_targets, target_bias
+from core.attribution.transcoders import load_transcoders
 from core.errors import CircuitDeskError
 from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT, Graph, graph_scores, prune
 from core.jobs import JobContext
@@ -174,8 +175,6 @@ def frozen_points(model) -> list[str]:
 
 def make_basis(model, settings: AttributionSettings):
     if settings.transcoders:
-        from core.attribution.transcoders import load_transcoders
-
         tc = load_transcoders(settings.transcoders, model.facts.n_layers, model.facts.d_model, device=model.device)
         return TranscoderBasis(model, tc)
     return NeuronBasis(model)

@@ -14,10 +14,19 @@ from core.circuits.discover import (
 )
 from core.circuits.engine import METRICS, ComponentRunner
 from core.circuits.graph import ComponentGraph
-from core.circuits.tasks import TASKS, PairSet, PromptPair, encode_pairs, load_pairs, make_task, prompt_pair
+from core.circuits.tasks import (
+    TASKS,
+    PairSet,
+    PromptPair,
+    encode_pairs,
+    load_pair_source,
+    load_pairs,
+    make_task,
+    prompt_pair,
+)
 
 __all__ = [
     "CURVE_SIZES", "METHODS", "METRICS", "TASKS", "CircuitResult", "CircuitSettings", "ComponentGraph",
     "ComponentRunner", "FaithfulnessCurve", "PairSet", "PromptPair", "choose_circuit", "encode_pairs",
-    "evaluate_circuits", "find_circuit", "load_pairs", "make_task", "prompt_pair", "score_edges",
+    "evaluate_circuits", "find_circuit", "load_pair_source", "load_pairs", "make_task", "prompt_pair", "score_edges",
 ]

@@ -38,7 +38,7 @@ from core.errors import CircuitDeskError
 from core.paths import resources_dir
 from core.predict import encode_prompt, predict_next
 from core.prompt import require_prompt
-from core.settings import TASKS  # the keys and their labels, declared with the settings
+from core.settings import TASK_PAIRS, TASKS, PairSource  # the keys and their labels, declared with the settings
 
 MAX_PAIR_FILE_BYTES = 256 * 1024**2
 
@@ -415,3 +415,14 @@ def pairs_from_json(rows: Sequence[dict], task: str = "stored") -> PairSet:
 def iter_pairs_json(ps: PairSet, tokenizer=None) -> Iterator[dict]:
     for p in ps.pairs:
         yield p.to_json(tokenizer)
+
+
+def load_pair_source(source: PairSource, model, prediction=None) -> PairSet:
+    """The ``PairSet`` of ``source`` (``prediction``: the model's prediction on its prompt, if
+    already known)."""
+    source.check()
+    if source.task:
+        return make_task(model, source.task, n_pairs=source.n_pairs or TASK_PAIRS, seed=source.seed)
+    if source.pairs_file:
+        return load_pairs(model, source.pairs_file, n_pairs=source.n_pairs)
+    return prompt_pair(model, source.prompt, source.corrupted, source.answer, source.counterfactual, prediction)

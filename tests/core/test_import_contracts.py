@@ -20,20 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("core", "desktop")
 
-# Files that may still hold function-local imports without a ``# deferred: <why>`` comment: their
-# owners are moving them to the convention. Empty this set when they have.
-PENDING = {
-    # core/: files edited by other engineers right now
-    "core/attribution/attribute.py",
-    "core/audit.py",
-    "core/manifest.py",
-    "core/runs.py",
-    # desktop/: being rewritten
-    "desktop/app.py",
-    "desktop/cli.py",
-    "desktop/logs.py",
-    "desktop/report_pdf.py",
-}
+# Files that may still hold function-local imports without a ``# deferred: <why>`` comment (none).
+PENDING: set[str] = set()
 
 # Import edges (importer, imported) left out of the cycle check until desktop/ is restructured.
 # Empty this set when it has.
