@@ -196,3 +196,35 @@ def test_pinned_subgraph_draws_every_edge_among_the_pinned_nodes():
     assert set(d.nodes.tolist()) == only
     expect = {(int(a), int(b)) for a, b in zip(g.src, g.dst) if int(a) in only and int(b) in only}
     assert {(int(a), int(b)) for a, b in zip(d.src, d.dst)} == expect
+
+
+def test_an_analysis_and_its_annotations_are_shown_in_one_change_and_given_back():
+    """Opening a session is one change, whatever it restores; the intervention log is part of the
+    annotations, grows with each result and is what a save writes."""
+    from core.analysis import Analysis
+    from core.annotations import Annotations, Group
+
+    class Result:  # an InterventionResult as far as the state is concerned
+        def __init__(self, n):
+            self.n = n
+
+        def to_json(self):
+            return {"n": self.n}
+
+    state = WorkbenchState()
+    pane = Recorder(state, "graph")
+    v = from_attribution(toy_graph(), threshold=0.8)
+    nodes = [int(i) for i in v.visible_nodes()[:3]]
+    notes = Annotations(groups=(Group("pair", tuple(nodes[:2])),), pinned=(nodes[2],), labels={nodes[0]: "subject"},
+                        findings="it reads the subject", threshold=0.5, interventions=({"n": 0},))
+    analysis = Analysis(view=v)
+    state.show(analysis, annotations=notes)
+    assert pane.changes == [VIEW] and state.analysis is analysis and state.view is v
+    assert state.threshold == 0.5 and v.threshold == 0.5 and v.pinned == {nodes[2]}
+    state.set_intervention(Result(1))
+    assert state.intervention.n == 1 and state.interventions == ({"n": 0}, {"n": 1})
+    back = state.annotations()
+    assert back.interventions == ({"n": 0}, {"n": 1}) and back.groups == notes.groups
+    assert back.labels == notes.labels and back.findings == notes.findings and back.threshold == 0.5
+    state.show(None)  # nothing on show: nothing restored, no threshold to save
+    assert state.view is None and state.interventions == () and state.annotations().threshold is None
