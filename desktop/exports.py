@@ -6,18 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyqtgraph.exporters import ImageExporter
 from PySide6.QtCore import QObject, QRect, QRectF, QSettings, Signal
 from PySide6.QtGui import QPainter
 from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import QFileDialog, QGraphicsItem, QGraphicsPathItem, QInputDialog, QMainWindow
 
-from core.report import build_report
 from core.selection import WorkbenchState
 from core.session import load_session
 from desktop.documents import Documents
 from desktop.jobs import JobRunner
-from desktop.report_pdf import AUDITOR_KEY, write_pdf
 from desktop.status import StatusBar
 
 
@@ -51,6 +48,8 @@ class Exports(QObject):
             if suffix == ".svg":
                 render_svg(widget.plot, str(tmp), title=f"Circuit Desk {pane}")
             else:
+                from pyqtgraph.exporters import ImageExporter  # deferred: off the window's start-up path
+
                 exporter = ImageExporter(plot)
                 exporter.parameters()["width"] = int(plot.sceneBoundingRect().width() * 2)
                 exporter.export(str(tmp))
@@ -65,6 +64,8 @@ class Exports(QObject):
         return True
 
     def ask_auditor(self) -> None:
+        from desktop.report_pdf import AUDITOR_KEY  # deferred: the report modules load when first used
+
         name, ok = QInputDialog.getText(self.window, "Auditor name", "Name printed on the cover of audit reports:",
                                         text=str(self.settings.value(AUDITOR_KEY, "") or ""))
         if ok:
@@ -73,6 +74,9 @@ class Exports(QObject):
     def report(self, path: str | None = None) -> bool:
         """Write the PDF audit report (Ctrl+R) of the session file, saving the session first: the
         report cites the file by its sha256, so it must hold exactly what is on show."""
+        from core.report import build_report  # deferred: the report modules load when first used
+        from desktop.report_pdf import AUDITOR_KEY, write_pdf  # deferred: as above
+
         docs = self.documents
         if self.state.view is None:
             self.status.show_error("Nothing to report yet: run a trace or a circuit first.")
