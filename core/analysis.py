@@ -20,8 +20,8 @@ from typing import Any, Callable
 from core.errors import CircuitDeskError
 from core.graph import ERROR, FEATURE
 from core.prompt import require_prompt
-from core.runs import add_logit_lens, circuit_command, trace_command
-from core.session import Session, new_manifest
+from core.runs import add_logit_lens, circuit_command, circuit_result_session, graph_session, trace_command
+from core.session import Session
 from core.settings import (
     ATTRIBUTION_SETTINGS,
     PAIR_SOURCE_SETTINGS,
@@ -65,11 +65,9 @@ class RunRequest:
             require_prompt(self.prompt)
         if self.method != CIRCUIT:
             return
-        if self.task == PROMPT_PAIR and not self.corrupted.strip():
-            raise CircuitDeskError("The corrupted prompt is empty; type the prompt to compare with "
-                                   "(same number of tokens, the detail that matters changed).")
         if self.task == PAIR_FILE and not self.pairs_file:
             raise CircuitDeskError("No pair file chosen; pick a .jsonl file of prompt pairs.")
+        self.pair_source().check()
 
     def attribution_settings(self) -> AttributionSettings:
         return AttributionSettings(target=self.target, foil=self.foil, max_nodes=self.max_nodes,
@@ -196,15 +194,10 @@ class Analysis:
             raise CircuitDeskError("Nothing to save yet: run a trace or a circuit first.")
         summary = self.model.summary()
         if self.circuit is not None:
-            r = self.circuit.result
-            prompt = r.pairs[0]["clean"] if r.pairs else ""
-            session = Session(new_manifest("circuit", summary, prompt, r.settings, task=r.task, stats=r.stats,
-                                           command=self.command), annotations=annotations, circuit=r)
+            session = circuit_result_session(summary, self.circuit.result, self.command)
         else:
-            t = self.trace
-            manifest = new_manifest("attribution", summary, t.prompt, t.graph.meta.get("settings", {}),
-                                    targets=[x.to_json() for x in t.targets], stats=t.stats, command=self.command)
-            session = Session(manifest, t.graph, annotations)
+            session = graph_session(summary, self.trace, self.trace.stats, self.command)
+        session.annotations = annotations
         if self.lens is not None:  # the heatmap's logit lens, for the report
             add_logit_lens(session, self.model, None, self.lens.target_id, lens_data=self.lens)
         return session

@@ -53,9 +53,7 @@ def attribution_session(model, model_spec: str, prompt: str, settings, dtype: st
     result = attribute(model, prompt, settings, ctx=ctx)
     stats = dict(result.stats, attribution_seconds=round(result.stats["seconds"], 3),
                  seconds=round(time.perf_counter() - start, 3))
-    session = Session(new_manifest("attribution", model.summary(), prompt, settings.to_json(),
-                                   targets=[t.to_json() for t in result.targets], stats=stats,
-                                   command=trace_command(model_spec, prompt, settings, dtype, out)), result.graph)
+    session = graph_session(model.summary(), result, stats, trace_command(model_spec, prompt, settings, dtype, out))
     add_logit_lens(session, model, result.ids, result.targets[0].token_id)
     return session, result
 
@@ -73,14 +71,27 @@ def circuit_session(model, model_spec: str, source: PairSource, settings, dtype:
     pairs = pairs if pairs is not None else load_pair_source(source, model)
     result = find_circuit(model, pairs, settings, ctx=ctx)
     result.stats["total_seconds"] = time.perf_counter() - start
-    prompt = result.pairs[0]["clean"] if result.pairs else ""
-    manifest = new_manifest("circuit", model.summary(), prompt, settings.to_json(), task=result.task,
-                            stats=result.stats,
-                            command=circuit_command(model_spec, source, settings, len(pairs), dtype, out))
-    session = Session(manifest, circuit=result)
+    session = circuit_result_session(model.summary(), result,
+                                     circuit_command(model_spec, source, settings, len(pairs), dtype, out))
     first = pairs.pairs[0]
     add_logit_lens(session, model, torch.tensor([first.clean]), first.answer[0])
     return session, result, pairs
+
+
+def graph_session(model_summary: dict, result, stats: dict, command: str) -> Session:
+    """An attribution graph (``AttributionResult``) as a session: the manifest records the model,
+    the prompt, the settings it ran with, its targets, ``stats`` and the regenerate ``command``."""
+    manifest = new_manifest("attribution", model_summary, result.prompt, result.graph.meta.get("settings", {}),
+                            targets=[t.to_json() for t in result.targets], stats=stats, command=command)
+    return Session(manifest, result.graph)
+
+
+def circuit_result_session(model_summary: dict, result, command: str) -> Session:
+    """A component circuit (``CircuitResult``) as a session; its prompt is the first pair's clean one."""
+    prompt = result.pairs[0]["clean"] if result.pairs else ""
+    manifest = new_manifest("circuit", model_summary, prompt, result.settings, task=result.task, stats=result.stats,
+                            command=command)
+    return Session(manifest, circuit=result)
 
 
 def add_logit_lens(session, model, ids, target_id: int, lens_data=None) -> None:

@@ -107,7 +107,7 @@ class MainWindow(QMainWindow):
         self.runs.tab_wanted.connect(self._show_tab)
         self.findings.notice.connect(self.status.say)
         self.documents.about_to_save.connect(self.findings.commit)
-        self.documents.changed.connect(self.actions.update)
+        self.documents.recovery_changed.connect(self.actions.update)
         self.status.running_changed.connect(self.panel.set_running)
         self.status.running_changed.connect(lambda _running: self.actions.update())
         self.panel.settings_changed.connect(self.actions.update)

@@ -31,7 +31,7 @@ NAME = "documents"
 
 class Documents(QObject):
     about_to_save = Signal()  # panes holding uncommitted edits commit them now
-    changed = Signal()  # the file, the unsaved flag or the recovery offer changed
+    recovery_changed = Signal()  # the offer to recover unsaved work was taken up
 
     def __init__(self, window: QMainWindow, state: WorkbenchState, runner: JobRunner, status: StatusBar,
                  settings: QSettings, recent_menu: QMenu) -> None:
@@ -161,7 +161,7 @@ class Documents(QObject):
         self.session_path = None
         self._set_dirty(True)
         self.recoverable = False
-        self.changed.emit()
+        self.recovery_changed.emit()
         return True
 
     def closed_cleanly(self) -> None:
@@ -189,4 +189,3 @@ class Documents(QObject):
         name = Path(self.session_path).name if self.session_path else "untitled"
         title = f"Circuit Desk {core.__version__}"
         self.window.setWindowTitle(f"{name}{' *' if dirty else ''} — {title}" if self.state.view is not None else title)
-        self.changed.emit()
