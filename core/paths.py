@@ -39,6 +39,14 @@ def config_dir() -> Path:
     return Path(override) if override else Path(platformdirs.user_config_dir(APP))
 
 
+def data_dir() -> Path:
+    """User data dir (feature atlases); ``CIRCUITDESK_DATA_DIR`` overrides it."""
+    override = os.environ.get("CIRCUITDESK_DATA_DIR")
+    path = Path(override) if override else Path(platformdirs.user_data_dir(APP))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def resources_dir() -> Path:
     """The data folder (demo prompts, task templates, example suite, export schema): ``resources/``
     beside the source tree, inside a frozen bundle, or ``share/circuitdesk/resources`` of the

@@ -210,6 +210,35 @@ class PairSource:
 
 
 
+@dataclass(frozen=True)
+class AtlasSettings:
+    """Settings of a feature atlas build (``core.atlas.build_atlas``)."""
+
+    context: int = 64  # tokens per window, the start token included
+    top_k: int = 20  # top windows kept per feature (and per sign, for signed neurons)
+    tokens: int = 250_000  # at most this many corpus tokens are read
+    batch_size: int = 16  # windows per forward pass
+    sample_tokens: int = 40_000  # no corpus given: tokens sampled from the model itself
+    seed: int = 0  # the sampled corpus
+    max_size_gb: float = 4.0  # refuse a build whose atlas would be larger
+    transcoders: str | None = None  # folder; None = neuron basis
+
+    def validate(self) -> None:
+        if not 2 <= self.context <= 4096:
+            raise CircuitDeskError(f"--context must be between 2 and 4096 tokens (got {self.context}).")
+        for name, low in (("top_k", 1), ("tokens", 1), ("batch_size", 1), ("sample_tokens", 1)):
+            if getattr(self, name) < low:
+                flag = "--" + name.replace("_", "-")
+                raise CircuitDeskError(f"{flag} must be at least {low} (got {getattr(self, name)}).")
+        if self.top_k > 1000:
+            raise CircuitDeskError(f"--top-k must be at most 1000 (got {self.top_k}).")
+        if not self.max_size_gb > 0:
+            raise CircuitDeskError(f"--max-size-gb must be positive (got {self.max_size_gb}).")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 # -- the declarations -------------------------------------------------------------------------------
 ATTRIBUTION_SETTINGS = declare(
     AttributionSettings,
@@ -276,6 +305,25 @@ CIRCUIT_SETTINGS = declare(
     Setting("curve", "compute the faithfulness curve"),
 )
 
+ATLAS_SETTINGS = declare(
+    AtlasSettings,
+    Setting("transcoders", "atlas of the transcoder features in this folder (default: MLP neurons)", "--transcoders",
+            label="Transcoders", metavar="DIR"),
+    Setting("context", "tokens per window, the start token included (default 64)", "--context", label="Window",
+            tooltip="Tokens per example window", minimum=8, maximum=1024, step=8),
+    Setting("top_k", "top windows kept per feature (default 20)", "--top-k", label="Examples",
+            tooltip="Top-activating windows kept per feature", minimum=1, maximum=200),
+    Setting("tokens", "read at most this many corpus tokens (default 250000)", "--tokens", label="Tokens",
+            tooltip="At most this many corpus tokens are read", minimum=1000, maximum=100_000_000, step=10_000),
+    Setting("batch_size", "windows per forward pass (default 16)", "--batch-size"),
+    Setting("sample_tokens", "without --corpus: tokens sampled from the model itself (default 40000)",
+            "--sample-tokens", label="Sampled tokens", tooltip="Without a corpus: tokens sampled from the model",
+            minimum=1000, maximum=10_000_000, step=10_000),
+    Setting("seed", "seed of the sampled corpus (default 0)", "--seed"),
+    Setting("max_size_gb", "refuse a build whose atlas would be larger than this many GB (default 4)",
+            "--max-size-gb"),
+)
+
 PREDICT_SETTINGS = (
     Setting("top_k", "next tokens to list (default 10)", "--top-k", label="Top-k", minimum=1, maximum=100,
             stored=False, type=int, default=10),
@@ -283,6 +331,7 @@ PREDICT_SETTINGS = (
 
 DECLARATIONS: dict[type, tuple[Setting, ...]] = {
     AttributionSettings: ATTRIBUTION_SETTINGS, CircuitSettings: CIRCUIT_SETTINGS, PairSource: PAIR_SOURCE_SETTINGS,
+    AtlasSettings: ATLAS_SETTINGS,
 }
 
 

@@ -28,10 +28,12 @@ from core.report import build_report
 from core.runs import attribution_session, circuit_session
 from core.session import load_session, save_session
 from core.settings import (
+    ATLAS_SETTINGS,
     ATTRIBUTION_SETTINGS,
     CIRCUIT_SETTINGS,
     PAIR_SOURCE_SETTINGS,
     PREDICT_SETTINGS,
+    AtlasSettings,
     AttributionSettings,
     CircuitSettings,
     PairSource,
@@ -128,6 +130,33 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--no-pdf", action="store_true", help="write sessions and summary.json only (faster)")
     audit.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
+    atlas = sub.add_parser("atlas", help="feature atlas: what each neuron / transcoder feature responds to",
+                           description="Build a feature atlas from a local corpus (top-activating windows, density, "
+                                       "histograms and a label per feature), or show one feature's dashboard.")
+    atlas_sub = atlas.add_subparsers(dest="atlas_command", metavar="ACTION", required=True)
+    build = atlas_sub.add_parser(
+        "build", help="build (or resume) an atlas",
+        description="Scan a corpus once with the model and keep, for every feature, its top-activating windows, "
+                    "density and activation histogram. Without --corpus, text sampled from the model itself (fixed "
+                    "seed) and the bundled prompts are used. Stopped (Ctrl-C) or crashed builds resume when the same "
+                    "command is run again.")
+    build.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
+    build.add_argument("--corpus", nargs="+", action="extend", metavar="FILE_OR_FOLDER",
+                       help="text files (.txt, .md: one document each), .jsonl (a \"text\" field per line), .csv/.tsv "
+                            "(a column per row), or folders of them")
+    build.add_argument("--column", default="text", help="the text column of .csv/.tsv files (default: text)")
+    add_arguments(build, ATLAS_SETTINGS)
+    build.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    build.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    build.add_argument("--out", required=True, metavar="ATLAS_DIR", help="folder to build the atlas in")
+    build.add_argument("--overwrite", action="store_true", help="replace a finished atlas or another unfinished build there")
+    build.add_argument("--json", action="store_true", help="print one JSON object")
+    show = atlas_sub.add_parser("show", help="print a feature's dashboard, or what an atlas holds")
+    show.add_argument("atlas", metavar="ATLAS_DIR", help="the atlas folder")
+    show.add_argument("--feature", metavar="L/N", help="the feature, e.g. L12/N340 (layer 12, neuron 340)")
+    show.add_argument("--examples", type=int, default=10, help="top examples to print (default 10)")
+    show.add_argument("--json", action="store_true", help="print one JSON object")
+
     verify = sub.add_parser("verify", help="recompute a session with the model on disk and compare (exit 0: it matches)")
     verify.add_argument("session", metavar="FILE.cdesk", help="session file written by trace or circuit")
     verify.add_argument("--model", help="the model to check against (default: the one the session names)")
@@ -169,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return {"models": cmd_models, "predict": cmd_predict, "trace": cmd_trace, "circuit": cmd_circuit,
-                "export": cmd_export, "report": cmd_report, "audit": cmd_audit,
+                "export": cmd_export, "report": cmd_report, "audit": cmd_audit, "atlas": cmd_atlas,
                 "verify": cmd_verify}[command](args)
     except CircuitDeskError as err:
         log.info("user error: %s", err)
@@ -238,6 +267,81 @@ def cmd_audit(args) -> int:
     if summary["cases_failed"]:
         print(f"circuitdesk: {summary['cases_failed']} of {n} cases failed (reasons in summary.json).", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_atlas(args) -> int:
+    return cmd_atlas_build(args) if args.atlas_command == "build" else cmd_atlas_show(args)
+
+
+def cmd_atlas_build(args) -> int:
+    from core.atlas.build import build_atlas  # deferred: torch loads only when a command needs it
+    from core.jobs import Cancelled  # deferred: with the build
+    from core.models import load_model  # deferred: torch loads only when a command needs it
+
+    settings = settings_from_args(AtlasSettings, args)
+    settings.validate()
+
+    def estimate(name, value) -> None:
+        if name == "estimate":
+            print(f"atlas: about {value['bytes'] / 1e6:,.0f} MB for {value['tokens']:,} corpus tokens in "
+                  f"{value['windows']:,} windows", file=sys.stderr)
+
+    ctx = JobContext(StderrProgress(enabled=True), on_partial=estimate)
+
+    def stop(signum, frame) -> None:  # the first Ctrl-C / SIGTERM stops at the next batch, with a checkpoint
+        if ctx.cancelled:
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        print("\ncircuitdesk: stopping after this batch (again to stop at once)...", file=sys.stderr)
+        ctx.cancel()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.02))
+        result = build_atlas(model, args.out, settings, corpus=args.corpus, column=args.column,
+                             overwrite=args.overwrite, ctx=ctx.sub(0.02, 1.0))
+    except Cancelled:
+        print(f"circuitdesk: stopped; the build is saved in {args.out}: run the same command again to resume it.",
+              file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if args.json:
+        print(json.dumps({**result.to_json(), "model": model.summary()}, indent=1))
+        return 0
+    m = result.meta
+    resumed = f", resumed at window {result.resumed_from:,}" if result.resumed_from else ""
+    print(f"wrote {result.path}: {sum(m['features_per_layer']):,} {m['basis']['name']} over {m['tokens_seen']:,} "
+          f"tokens, {m['size_bytes'] / 1e6:,.1f} MB, {m['tokens_per_second'] or 0:,.0f} tokens/s, "
+          f"{result.seconds:.1f} s{resumed}")
+    print(f"corpus: {m['corpus']['description']}")
+    unit = "N" if m["basis"]["name"] == "neurons" else "F"
+    print(f"show a feature: circuitdesk atlas show {result.path} --feature L{len(m['features_per_layer']) // 2}/{unit}0")
+    return 0
+
+
+def cmd_atlas_show(args) -> int:
+    from core.atlas.store import Atlas, parse_feature  # deferred: the atlas reader only for this command
+
+    atlas = Atlas.open(args.atlas)
+    if args.examples < 0:
+        raise CircuitDeskError(f"--examples must be 0 or more (got {args.examples}).")
+    if args.feature:
+        card = atlas.card(*parse_feature(args.feature), examples=args.examples)
+        print(json.dumps(card.to_json(), indent=1, ensure_ascii=False) if args.json else card.to_text(args.examples))
+        return 0
+    m = atlas.meta
+    if args.json:
+        print(json.dumps(m, indent=1, ensure_ascii=False))
+        return 0
+    print(f"atlas {atlas.path}")
+    print(f"  model {m['model']['name']} (sha256 {m['model']['sha256'][:16]}…), basis {atlas.basis}, "
+          f"{atlas.n_layers} layers × {max(atlas.features_per_layer, default=0):,} features")
+    print(f"  corpus: {atlas.corpus_text}; {m['tokens_seen']:,} tokens counted")
+    print(f"  top {atlas.top_k} windows of {atlas.context} tokens per feature"
+          + (" and sign" if atlas.signed else "") + f"; {m['size_bytes'] / 1e6:,.1f} MB; built {m['created']}")
+    print(f"  show a feature: circuitdesk atlas show {atlas.path} --feature L0/{atlas.unit}0")
     return 0
 
 

@@ -15,6 +15,7 @@ from tiny_models import FAMILIES, make_tiny_model  # noqa: E402
 def _isolated_logs(tmp_path_factory):
     os.environ["CIRCUITDESK_LOG_DIR"] = str(tmp_path_factory.mktemp("logs"))
     os.environ["CIRCUITDESK_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))  # remembered model paths
+    os.environ["CIRCUITDESK_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))  # feature atlases
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ read with safetensors and ``numpy.load(allow_pickle=False)``; nothing is unpickl
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from core.errors import CircuitDeskError
+from core.models.fingerprint import sha256_file
 
 # circuit-tracer / TransformerLens hook names -> our access points (per block)
 INPUT_HOOKS = {
@@ -104,9 +106,19 @@ class TranscoderSet:
                     setattr(t, name, v.to(device))
         return self
 
+    @property
+    def sha256(self) -> str:
+        """One digest over the files' sha256s (remembered per file): the set's identity, which a
+        feature atlas of these transcoders is keyed by."""
+        h = hashlib.sha256()
+        for f in sorted(str(f) for f in self.files):
+            h.update(sha256_file(Path(f)).encode())
+        return h.hexdigest()
+
     def describe(self) -> dict:
         return {
             "source": self.source,
+            "sha256": self.sha256,
             "kind": self.kind,
             "activation": self.activation,
             "k": self.k,

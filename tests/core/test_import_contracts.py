@@ -216,6 +216,7 @@ def test_instrumentation_does_not_know_the_model_loader():
 
 
 TORCH_FREE = ["core.settings", "core.selection", "core.view", "core.annotations", "core.session", "core.grouping",
+              "core.atlas.store",
               "core.heatmap_scale"]
 
 
