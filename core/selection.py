@@ -24,6 +24,7 @@ HOVER = "hover"
 THRESHOLD = "threshold"  # the pruning threshold (or the drawing cap) moved: the visible subgraph changed
 ANNOTATION = "annotation"  # pins, groups or labels changed
 INTERVENTION = "intervention"  # an intervention result arrived for the selection
+ATLAS = "atlas"  # the feature atlas that describes the graph's nodes changed (or there is none)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class WorkbenchState:
     findings: str = ""  # free-text findings about the analysis on show
     intervention: Any = None  # the latest core.interventions.InterventionResult for the selection
     interventions: tuple[dict, ...] = ()  # every intervention on the analysis on show (saved with it)
+    atlas: Any = None  # the core.atlas.store.Atlas of the graph's model and basis, or None
+    atlas_note: str = ""  # why there is none, or which it is, in one sentence (for the status line)
     _observers: list[Observer] = field(default_factory=list, repr=False)
     _delivering: bool = field(default=False, repr=False)
 
@@ -242,6 +245,14 @@ class WorkbenchState:
         else:
             self.notes.pop(int(node), None)
         self._emit(ANNOTATION, source)
+        return True
+
+    def set_atlas(self, atlas, note: str = "", source: str = "") -> bool:
+        """The feature atlas that describes the nodes on show (None: none matches; ``note`` says why)."""
+        if not self._writable() or (atlas is self.atlas and note == self.atlas_note):
+            return False
+        self.atlas, self.atlas_note = atlas, note
+        self._emit(ATLAS, source)
         return True
 
     def set_findings(self, text: str, source: str = "") -> bool:
