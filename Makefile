@@ -22,6 +22,7 @@ benchmark: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/load_and_predict.py
 	$(PY) benchmarks/attribution.py
 	$(PY) benchmarks/circuits.py
+	$(PY) benchmarks/atlas.py
 
 # Air-gapped delivery (packaging/README.md): every wheel, hashed, with install.sh.
 # Options: make wheelhouse WHEELHOUSE_ARGS="--platform win_amd64 --python-version 3.11"

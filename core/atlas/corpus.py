@@ -174,28 +174,31 @@ def sample_text(model, n_tokens: int, seed: int, ctx: JobContext) -> list[str]:
     batch = 16
     with torch.no_grad():
         for start in range(0, len(rows), batch):
-            ctx.progress(start / len(rows), f"Sampling the default corpus from the model ({start}/{len(rows)} texts)")
             torch.manual_seed(seed * 100_003 + start)
             out = model.hf.generate(
                 input_ids=ids[start:start + batch].to(model.device),
                 attention_mask=mask[start:start + batch].to(model.device),
                 do_sample=True, temperature=1.0, top_k=SAMPLE_TOP_K, top_p=1.0, max_new_tokens=new, min_new_tokens=1,
-                pad_token_id=pad, stopping_criteria=_stop_on_cancel(ctx),
+                pad_token_id=pad, stopping_criteria=_report_each_step(ctx, start, len(rows), width, new),
             )
-            ctx.check_cancelled()
             for row, seq in zip(rows[start:start + batch], out[:, width:].tolist()):
                 texts.append(row + tok.decode(seq, skip_special_tokens=True))
     return texts
 
 
-def _stop_on_cancel(ctx: JobContext):
+def _report_each_step(ctx: JobContext, start: int, total: int, width: int, new: int):
+    """A stopping criterion that never stops generation but reports progress at every step (and
+    so raises ``Cancelled`` there when the job is cancelled)."""
     from transformers import StoppingCriteria, StoppingCriteriaList  # deferred: only when sampling
 
-    class Stop(StoppingCriteria):
+    class Report(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), ctx.cancelled, dtype=torch.bool, device=input_ids.device)
+            step = input_ids.shape[1] - width
+            done = start * new + step * min(total - start, input_ids.shape[0])
+            ctx.progress(done / (total * new), "Sampling the default corpus from the model")
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
-    return StoppingCriteriaList([Stop()])
+    return StoppingCriteriaList([Report()])
 
 
 def bundled_prompts(model, seed: int) -> list[str]:

@@ -360,3 +360,21 @@ def test_card_text_and_search(tiny_model, tmp_path):
     with pytest.raises(CircuitDeskError, match="has no feature"):
         atlas.card(7, 0)
     assert math.isfinite(card.max)
+
+
+def test_cancel_while_sampling_the_default_corpus_leaves_no_corpus(tiny_model, tmp_path, monkeypatch):
+    m = tiny_model("llama")
+    monkeypatch.setenv("CIRCUITDESK_CACHE_DIR", str(tmp_path / "cache"))
+    steps = []
+
+    def on_progress(p):
+        if p.message.startswith("Sampling"):
+            steps.append(p.fraction)
+            if len(steps) == 3:
+                ctx.cancel()
+
+    ctx = JobContext(on_progress, min_interval=0.0, min_step=0.0)
+    with pytest.raises(Cancelled):
+        build_atlas(m, tmp_path / "a", AtlasSettings(context=T, top_k=2, sample_tokens=6400), ctx=ctx)
+    assert steps == sorted(steps) and len(steps) == 3  # reported at every generated token, stopped at once
+    assert not list((tmp_path / "cache" / "atlas-corpora").glob("*.jsonl"))
