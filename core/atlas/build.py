@@ -12,7 +12,8 @@ transcoder features of a folder) update, per feature:
 
 The start token's position is not counted (as in attribution graphs, where its features are not
 nodes) and padding never is. Memory is what the top-k, counts and histograms take (features × k ×
-context), whatever the corpus size. The state is checkpointed every ``CHECKPOINT_SECONDS`` and on
+context), whatever the corpus size. The state is checkpointed every ``CHECKPOINT_SECONDS`` (or
+less often where writing it takes more than a twentieth of that) and on
 cancel; running the same build again resumes from the last checkpoint and gives the identical
 atlas (batches are fixed by window number). Nothing is pickled: state and atlas are safetensors
 and JSON.
@@ -61,6 +62,7 @@ from core.paths import atomic_write, file_sha256
 from core.settings import AtlasSettings
 
 CHECKPOINT_SECONDS = 30.0
+CHECKPOINT_SHARE = 0.05
 _HIGH_HALF = 1 if sys.byteorder == "little" else 0  # which int16 of a float32 holds its top 16 bits
 _STATE_FILE = "state.safetensors"
 _PLAN_FILE = "plan.json"
@@ -156,19 +158,23 @@ class _LayerStats:
         t = self.t
         X.masked_fill_(~valid[..., None], 0.0)  # uncounted positions: 0, which no statistic counts
         high = X.view(torch.int16)[..., _HIGH_HALF::2].int()  # each float's top 16 bits: the table's index
-        t["hist"] += torch.bincount((table[high] + self._offsets).flatten(), minlength=self.F * self.SLOTS)
+        batch = torch.bincount((table[high] + self._offsets).flatten(), minlength=self.F * self.SLOTS)
+        t["hist"] += batch
+        # zeros at counted positions: the spare slot's count less the uncounted positions (NaNs aside)
+        zeros = batch.view(self.F, self.SLOTS)[:, -1] - int((~valid).sum())
         wmax, wmin = X.amax(1), X.amin(1)  # [B, F]: exact where > 0 (resp. < 0); a 0 may be padding
-        self._extreme(t["max"], wmax.amax(0), X, valid, torch.amax, torch.maximum, -math.inf)
-        self._extreme(t["min"], wmin.amin(0), X, valid, torch.amin, torch.minimum, math.inf)
+        self._extreme(t["max"], wmax.amax(0), zeros, X, valid, torch.amax, torch.maximum, -math.inf)
+        self._extreme(t["min"], wmin.amin(0), zeros, X, valid, torch.amin, torch.minimum, math.inf)
         self._top("top", wmax, X, windows)
         if len(self.sides) == 2:
             self._top("bottom", wmin.neg(), X, windows)
 
     @staticmethod
-    def _extreme(running, batch, X, valid, reduce, combine, fill) -> None:
-        """Fold the batch's max (or min) into ``running``; where the zero-padded batch value is 0,
-        recompute it over the counted positions only (a feature never positive, resp. negative)."""
-        unsure = (batch == 0).nonzero().squeeze(1)
+    def _extreme(running, batch, zeros, X, valid, reduce, combine, fill) -> None:
+        """Fold the batch's max (or min) into ``running``. Where the zero-padded batch value is 0 and
+        no counted position is 0 (``zeros``), the 0 came from padding: recompute it over the counted
+        positions only (a feature never positive, resp. never negative, in this batch)."""
+        unsure = ((batch == 0) & (zeros <= 0)).nonzero().squeeze(1)
         if unsure.numel():
             cols = X[:, :, unsure].masked_fill(~valid[..., None], fill)
             batch[unsure] = reduce(cols.flatten(0, 1), 0)
@@ -386,6 +392,7 @@ def _scan(model, features: _Features, stats, windows, tokens, first, settings: A
     total_tokens = int(windows[:, 4].sum())
     done_tokens = int(windows[:min(next_batch * B, W), 4].sum())
     run_start, run_tokens, last_save = time.perf_counter(), 0, time.perf_counter()
+    interval = CHECKPOINT_SECONDS
     shown_percent = -1
     message = "Scanning the corpus"
     b = next_batch
@@ -412,10 +419,13 @@ def _scan(model, features: _Features, stats, windows, tokens, first, settings: A
             seen += n
             done_tokens += n
             run_tokens += n
-            if time.perf_counter() - last_save > CHECKPOINT_SECONDS:
+            if time.perf_counter() - last_save > interval:
                 seconds += time.perf_counter() - last_save
-                last_save = time.perf_counter()
+                t = time.perf_counter()
                 _save_state(build, stats, b + 1, seen, seconds)
+                last_save = time.perf_counter()
+                # a big model's state takes a while to write: spend at most CHECKPOINT_SHARE of the time on it
+                interval = max(CHECKPOINT_SECONDS, (last_save - t) / CHECKPOINT_SHARE)
         b = n_batches
     except Cancelled:
         # raised by ``progress`` before batch ``b`` touched anything: the checkpoint resumes there (an
@@ -513,7 +523,8 @@ def _labels(acts: np.ndarray, windows: np.ndarray, table: np.ndarray, vocab: dic
     uniq, inverse = np.unique(f_idx * V + ids[keep], return_inverse=True)
     weight = np.bincount(inverse, weights=a[keep])
     feature, token = uniq // V, uniq % V
-    order = np.lexsort((-weight, feature))  # by feature, heaviest token first
+    # by feature, heaviest token first: one sort of feature + a fraction below 1 falling with the weight
+    order = np.argsort(feature + 0.5 / (1.0 + weight / weight.max()), kind="stable")
     feature, token, weight = feature[order], token[order], weight[order]
     starts = np.searchsorted(feature, np.arange(F))
     ends = np.searchsorted(feature, np.arange(F), side="right")

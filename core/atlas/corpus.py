@@ -47,6 +47,8 @@ SAMPLE_PROMPTS = (
 )
 SAMPLES_PER_PROMPT = 2
 SAMPLE_TOP_K = 50
+SAMPLE_BATCH = 32  # texts generated together (decoding is bound by reading the weights: bigger is faster)
+SAMPLER_VERSION = 1  # in the cached file's name: a change to the sampling gives a new file
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def default_corpus(model, sample_tokens: int, seed: int, ctx: JobContext | None 
     ctx = ctx or JobContext()
     folder = cache_dir() / "atlas-corpora"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{model.fingerprint.sha256[:16]}-seed{seed}-{sample_tokens}.jsonl"
+    path = folder / f"{model.fingerprint.sha256[:16]}-v{SAMPLER_VERSION}-seed{seed}-{sample_tokens}.jsonl"
     if path.is_file():
         ctx.progress(1.0, "Sampled corpus found in the cache")
         return path
@@ -171,7 +173,7 @@ def sample_text(model, n_tokens: int, seed: int, ctx: JobContext) -> list[str]:
         ids[i, width - len(e):] = torch.tensor(e)
         mask[i, width - len(e):] = 1
     texts: list[str] = []
-    batch = 16
+    batch = SAMPLE_BATCH
     with torch.no_grad():
         for start in range(0, len(rows), batch):
             torch.manual_seed(seed * 100_003 + start)

@@ -177,7 +177,8 @@ def test_resume_after_cancel_and_after_a_crash_gives_the_identical_atlas(tiny_mo
     assert not (tmp_path / "resumed" / "build").exists()
 
     # a crash (an exception inside a batch) resumes from the last periodic checkpoint
-    monkeypatch.setattr(atlas_build, "CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(atlas_build, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every batch
+    monkeypatch.setattr(atlas_build, "CHECKPOINT_SHARE", math.inf)
     real, calls = atlas_build._LayerStats.update, []
 
     def crash_later(self, *args):
@@ -360,6 +361,33 @@ def test_card_text_and_search(tiny_model, tmp_path):
     with pytest.raises(CircuitDeskError, match="has no feature"):
         atlas.card(7, 0)
     assert math.isfinite(card.max)
+
+
+def test_labels_are_the_activation_weighted_tokens_of_the_examples(tiny_model, tmp_path):
+    from core.atlas.store import LABEL_FLOOR, auto_label
+
+    m = tiny_model("llama")
+    write_corpus(tmp_path / "corpus.jsonl", n_docs=20)
+    atlas = Atlas.open(build_atlas(m, tmp_path / "a", AtlasSettings(context=T, top_k=K),
+                                   corpus=[str(tmp_path / "corpus.jsonl")]).path)
+    checked = 0
+    for layer in range(m.facts.n_layers):
+        for f in range(m.facts.d_mlp):
+            card = atlas.card(layer, f)
+            for sign, examples, label in ((1, card.top, card.label), (-1, card.bottom, card.label_negative)):
+                peak = max((float((e.activations * sign).max()) for e in examples), default=0.0)
+                weights: dict[str, float] = {}
+                for e in examples:
+                    for token, a in zip(e.tokens, e.activations * sign):
+                        if a > 0 and a >= LABEL_FLOOR * peak:
+                            weights[token] = weights.get(token, 0.0) + float(a)
+                # the fp16 examples and the float sums may order near-equal weights apart: compare the first token
+                expected = auto_label(weights)
+                assert label.split(" · ")[0] == expected.split(" · ")[0] or not expected
+                checked += bool(expected)
+    assert checked > m.facts.d_mlp
+    assert auto_label({" Paris": 3.0, "France": 2.0, " the": 0.5, "\n": 1.0}) == "Paris · France · ⏎"
+    assert auto_label({}) == ""
 
 
 def test_cancel_while_sampling_the_default_corpus_leaves_no_corpus(tiny_model, tmp_path, monkeypatch):
