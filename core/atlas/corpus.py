@@ -146,16 +146,20 @@ def default_corpus(model, sample_tokens: int, seed: int, ctx: JobContext | None 
     if path.is_file():
         ctx.progress(1.0, "Sampled corpus found in the cache")
         return path
-    docs = [{"text": t, "kind": "sampled"} for t in sample_text(model, sample_tokens, seed, ctx)]
+    docs = [{"text": t, "kind": "sampled"} for t in sample_text(model, sample_tokens, seed, ctx, parts=path)]
     docs += [{"text": t, "kind": "bundled prompt"} for t in bundled_prompts(model, seed)]
     atomic_write(path, lambda fh: fh.write("".join(json.dumps(d, ensure_ascii=False) + "\n"
                                                    for d in docs).encode("utf-8")))
+    for part in folder.glob(path.name + ".part*"):
+        part.unlink(missing_ok=True)
     return path
 
 
-def sample_text(model, n_tokens: int, seed: int, ctx: JobContext) -> list[str]:
+def sample_text(model, n_tokens: int, seed: int, ctx: JobContext, parts: Path | None = None) -> list[str]:
     """About ``n_tokens`` tokens the model writes after ``SAMPLE_PROMPTS`` (deterministic for a
-    seed on one device): all prompts at once, left-padded, ``SAMPLES_PER_PROMPT`` each."""
+    seed on one device): all prompts, left-padded, ``SAMPLES_PER_PROMPT`` each, ``SAMPLE_BATCH``
+    at a time. With ``parts``, each batch's texts are kept beside that path as soon as they are
+    written, so a cancelled or crashed build resumes its sampling at the batch it stopped in."""
     tok = model.tokenizer
     rows = [p for p in SAMPLE_PROMPTS for _ in range(SAMPLES_PER_PROMPT)]
     new = max(1, math.ceil(n_tokens / len(rows)))
@@ -176,6 +180,13 @@ def sample_text(model, n_tokens: int, seed: int, ctx: JobContext) -> list[str]:
     batch = SAMPLE_BATCH
     with torch.no_grad():
         for start in range(0, len(rows), batch):
+            part = None if parts is None else parts.with_name(f"{parts.name}.part{start}")
+            if part is not None and part.is_file():
+                try:
+                    texts += json.loads(part.read_text(encoding="utf-8"))
+                    continue
+                except (OSError, ValueError):  # a damaged part is sampled again
+                    pass
             torch.manual_seed(seed * 100_003 + start)
             out = model.hf.generate(
                 input_ids=ids[start:start + batch].to(model.device),
@@ -183,8 +194,11 @@ def sample_text(model, n_tokens: int, seed: int, ctx: JobContext) -> list[str]:
                 do_sample=True, temperature=1.0, top_k=SAMPLE_TOP_K, top_p=1.0, max_new_tokens=new, min_new_tokens=1,
                 pad_token_id=pad, stopping_criteria=_report_each_step(ctx, start, len(rows), width, new),
             )
-            for row, seq in zip(rows[start:start + batch], out[:, width:].tolist()):
-                texts.append(row + tok.decode(seq, skip_special_tokens=True))
+            done = [row + tok.decode(seq, skip_special_tokens=True)
+                    for row, seq in zip(rows[start:start + batch], out[:, width:].tolist())]
+            if part is not None:
+                atomic_write(part, lambda fh: fh.write(json.dumps(done, ensure_ascii=False).encode("utf-8")))
+            texts += done
     return texts
 
 

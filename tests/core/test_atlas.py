@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -205,8 +206,6 @@ def test_damaged_unfinished_and_foreign_atlases_are_refused_in_one_sentence(tiny
         with pytest.raises(CircuitDeskError, match=match) as e:
             Atlas.open(folder)
         assert "\n" not in str(e.value) and str(e.value).endswith(".")
-
-    import shutil
 
     for name, damage, match in [
         ("truncated", lambda f: f.write_bytes(f.read_bytes()[:-100]), "not the size"),
@@ -406,3 +405,30 @@ def test_cancel_while_sampling_the_default_corpus_leaves_no_corpus(tiny_model, t
         build_atlas(m, tmp_path / "a", AtlasSettings(context=T, top_k=2, sample_tokens=6400), ctx=ctx)
     assert steps == sorted(steps) and len(steps) == 3  # reported at every generated token, stopped at once
     assert not list((tmp_path / "cache" / "atlas-corpora").glob("*.jsonl"))
+
+
+def test_sampling_resumes_at_the_batch_it_stopped_in(tiny_model, tmp_path, monkeypatch):
+    from core.atlas import corpus as corpora
+
+    m = tiny_model("llama")
+    monkeypatch.setenv("CIRCUITDESK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(corpora, "SAMPLE_BATCH", 16)
+    whole = corpora.default_corpus(m, 640, seed=3).read_bytes()
+    shutil.rmtree(tmp_path / "cache")
+    batches = []
+
+    def on_progress(p):
+        batches.append(p.fraction)
+        if p.fraction > 0.6:  # in the third of four batches
+            ctx.cancel()
+
+    ctx = JobContext(on_progress, min_interval=0.0, min_step=0.0)
+    with pytest.raises(Cancelled):
+        corpora.default_corpus(m, 640, seed=3, ctx=ctx)
+    parts = sorted((tmp_path / "cache" / "atlas-corpora").glob("*.part*"))
+    assert [p.name.rsplit(".part", 1)[1] for p in parts] == ["0", "16"]  # two batches kept
+    generated = []
+    real = m.hf.generate
+    monkeypatch.setattr(m.hf, "generate", lambda *a, **k: generated.append(1) or real(*a, **k))
+    assert corpora.default_corpus(m, 640, seed=3).read_bytes() == whole  # the same text as in one go
+    assert len(generated) == 2 and not list((tmp_path / "cache" / "atlas-corpora").glob("*.part*"))
