@@ -306,6 +306,8 @@ def _plan(model, key, settings: AtlasSettings, corpus, column, content, features
         record = {"kind": "model-sampled", "seed": settings.seed, "sample_tokens": settings.sample_tokens,
                   "prompts": list(corpora.SAMPLE_PROMPTS)}
     records = [corpora.source_record(f, "file" if corpus else "model-sampled") for f in files]
+    if not corpus:  # examples name their source: say what it is rather than the cache file's name
+        records[0]["name"] = f"model-sampled text (seed {settings.seed})"
     windows, total = corpora.tokenize_corpus(model, files, records, content, settings.tokens, build, column,
                                              ctx.sub(0.8 if not corpus else 0.0, 1.0))
     np.save(build / "windows.npy", windows, allow_pickle=False)
@@ -482,6 +484,9 @@ def _finish(model, out: Path, features: _Features, stats, windows, tokens, first
         labels.pop("bottom")
     tmp = out / (FEATURES_FILE + ".tmp")
     save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the writer makes it private; an atlas is shared like any saved file
     os.replace(tmp, out / FEATURES_FILE)
     atomic_write(out / LABELS_FILE, lambda fh: fh.write(json.dumps(labels, ensure_ascii=False).encode("utf-8")))
     atomic_write(out / VOCAB_FILE, lambda fh: fh.write(json.dumps({str(k): v for k, v in vocab.items()},

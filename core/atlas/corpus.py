@@ -48,7 +48,7 @@ SAMPLE_PROMPTS = (
 SAMPLES_PER_PROMPT = 2
 SAMPLE_TOP_K = 50
 SAMPLE_BATCH = 32  # texts generated together (decoding is bound by reading the weights: bigger is faster)
-SAMPLER_VERSION = 1  # in the cached file's name: a change to the sampling gives a new file
+SAMPLER_VERSION = 2  # in the cached file's name: a change to the sampling gives a new file
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def sample_text(model, n_tokens: int, seed: int, ctx: JobContext, parts: Path | 
             out = model.hf.generate(
                 input_ids=ids[start:start + batch].to(model.device),
                 attention_mask=mask[start:start + batch].to(model.device),
-                do_sample=True, temperature=1.0, top_k=SAMPLE_TOP_K, top_p=1.0, max_new_tokens=new, min_new_tokens=1,
+                do_sample=True, temperature=1.0, top_k=SAMPLE_TOP_K, top_p=1.0, max_new_tokens=new, min_new_tokens=new,
                 pad_token_id=pad, stopping_criteria=_report_each_step(ctx, start, len(rows), width, new),
             )
             done = [row + tok.decode(seq, skip_special_tokens=True)
