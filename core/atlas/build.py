@@ -514,19 +514,28 @@ def _finish(model, out: Path, features: _Features, stats, windows, tokens, first
 
 def _labels(acts: np.ndarray, windows: np.ndarray, table: np.ndarray, vocab: dict[int, str], sign: int) -> list[str]:
     """Each feature's automatic label from its examples (``acts`` [F, k, T] ranked, ``windows``
-    [F, k] rows of ``table``): the activation (of that sign) on each token, over ``LABEL_FLOOR`` of
-    the feature's peak, summed by token (``auto_label``). Vectorized over the layer."""
-    F = acts.shape[0]
+    [F, k] rows of ``table``): for each token, its highest activation (of that sign) in each
+    example, over ``LABEL_FLOOR`` of the feature's peak, summed over the examples (so a token
+    repeated within one window counts once; ``auto_label``). Vectorized over the layer."""
+    F, k = acts.shape[:2]
     a = acts.astype(np.float32) * sign
     ids = np.where((windows >= 0)[..., None], table[np.maximum(windows, 0)] if len(table) else -1, -1)
     peak = a.max(axis=(1, 2), initial=0.0)
     keep = (a > 0) & (a >= LABEL_FLOOR * peak[:, None, None]) & (ids >= 0)
-    f_idx = np.nonzero(keep)[0].astype(np.int64)
+    f_idx, slot, _ = (x.astype(np.int64) for x in np.nonzero(keep))
     if f_idx.size == 0:
         return [""] * F
     V = int(ids.max()) + 1
-    uniq, inverse = np.unique(f_idx * V + ids[keep], return_inverse=True)
-    weight = np.bincount(inverse, weights=a[keep])
+    # the highest activation of each (feature, example, token) ...
+    per_example = (f_idx * k + slot) * V + ids[keep]
+    order = np.argsort(per_example, kind="stable")
+    per_example, values = per_example[order], a[keep][order]
+    starts = np.flatnonzero(np.r_[True, per_example[1:] != per_example[:-1]])
+    best = np.maximum.reduceat(values, starts)
+    first = per_example[starts]
+    # ... summed over the feature's examples
+    uniq, inverse = np.unique((first // (k * V)) * V + first % V, return_inverse=True)
+    weight = np.bincount(inverse, weights=best)
     feature, token = uniq // V, uniq % V
     # by feature, heaviest token first: one sort of feature + a fraction below 1 falling with the weight
     order = np.argsort(feature + 0.5 / (1.0 + weight / weight.max()), kind="stable")

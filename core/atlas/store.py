@@ -234,7 +234,8 @@ def highlighted(e: Example, sign: int = 1, width: int = 100) -> str:
 
 
 def auto_label(weights: dict[str, float]) -> str:
-    """A short label from activation-weighted token frequencies: the heaviest tokens (at most
+    """A short label from activation-weighted token frequencies (a token's weight: its highest
+    activation in each top example, summed over the examples): the heaviest tokens (at most
     ``LABEL_TOKENS``, each with at least ``LABEL_SHARE`` of the first one's weight)."""
     ranked = sorted(((w, t) for t, w in weights.items() if w > 0), key=lambda x: (-x[0], x[1]))
     if not ranked:
