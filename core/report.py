@@ -445,7 +445,9 @@ def _attribution_tables(g, labels: dict[int, str], atlas: Atlas | None = None) -
         node_rows.append((str(r + 1), g.label(i), label, f"{g.activation[i]:.3g}", f"{infl[i]:.4f}",
                           "yes" if mask[i] else "no"))
     label_note = (" Label: the auditor's, else (grey, italic) the feature atlas' automatic label: the tokens the "
-                  "feature fires on most." if atlas is not None else "")
+                  "feature fires on most" + (" (for a neuron negative on this prompt, most negatively)"
+                                             if atlas is not None and atlas.signed else "") + "."
+                  if atlas is not None else "")
     emask = g.edge_mask if g.edge_mask is not None else np.ones(g.n_edges, bool)
     edges = np.flatnonzero(emask)
     edges = edges[np.argsort(-np.abs(g.weight[edges]), kind="stable")][:TOP_ROWS]

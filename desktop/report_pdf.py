@@ -349,12 +349,13 @@ class _Renderer:
             p.setPen(GREY)
             p.drawText(QPointF(x + self.w - right_w, y + fm.ascent()), right)
         pieces = [_Piece(fm.lineSpacing(), head, gap=10 * PT, keep_with_next=True)]
+        side = ", negative side" if block.sign < 0 else ""
         if block.label:
             text = f"Label: {block.label}"
             if block.atlas_label and block.atlas_label != block.label:
-                text += f"   (atlas: {block.atlas_label})"
+                text += f"   (atlas{side}: {block.atlas_label})"
         else:
-            text = f"Atlas label: {block.atlas_label}" if block.atlas_label else "No label"
+            text = f"Atlas label{side}: {block.atlas_label}" if block.atlas_label else "No label"
         pieces += self.text_pieces(text, self.body, gap=1 * PT)
         if block.stats:
             pieces += self.text_pieces(block.stats + ("; its most negative windows:" if block.sign < 0 else ""),
