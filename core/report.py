@@ -638,7 +638,7 @@ def _atlas_appendix(atlas: Atlas | None) -> list:
             Table(("Corpus source", "Bytes", "Tokens", "sha256"),
                   tuple((str(s.get("name", "?")), f"{int(s.get('bytes', 0)):,}", f"{int(s.get('tokens', 0)):,}",
                          str(s.get("sha256", "?"))) for s in corpus.get("sources", [])),
-                  widths=(1.5, 0.8, 0.7, 5.0), numeric=(False, True, True, False),
+                  widths=(1.3, 0.7, 0.6, 5.4), numeric=(False, True, True, False),
                   caption="Every file the atlas was built from, as recorded when it was built.")]
     return out
 

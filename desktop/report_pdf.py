@@ -379,7 +379,7 @@ class _Renderer:
         extreme = max((abs(a) for a in e.activations), default=0.0) or 1.0
         runs: list[tuple[str, float, bool]] = []  # (text, activation, bold)
         if e.cut_before:
-            runs.append(("… ", 0.0, False))
+            runs.append(("…", 0.0, False))
         for k, (token, act) in enumerate(zip(e.tokens, e.activations)):
             runs.append((visible_token(token), act, k == e.peak))
         if e.cut_after:
