@@ -26,7 +26,9 @@ missing pair file, an unknown setting) is recorded with its reason and the suite
 
 Rendering PDFs needs Qt, so ``run_suite`` takes the renderer as an argument (``desktop`` passes
 ``report_pdf.render_pdf``, report → PDF bytes); without one, sessions and ``summary.json`` are
-still written. ``summary.json`` and ``summary.pdf`` are written together or not at all.
+still written. ``summary.json`` and ``summary.pdf`` are written together or not at all. An
+attribution case's report uses the feature atlas of its model and basis found in the atlas folder,
+as ``circuitdesk report`` does.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from core.atlas.store import graph_basis_key
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
 from core.paths import atomic_write, atomic_write_all
-from core.report import build_report, build_summary
+from core.report import build_report, build_summary, report_atlas
 from core.runs import attribution_session, circuit_session
 from core.settings import (
     ATTRIBUTION_SETTINGS,
@@ -177,6 +180,7 @@ def run_suite(suite: Suite, out_dir: str | Path, ctx: JobContext | None = None,
     model_spec = _resolve(suite.folder, suite.model) if suite.model != "default" else "default"
     model = load_model(model_spec, device=suite.device, dtype=suite.dtype, ctx=ctx.sub(0.0, 0.05, "Loading the model"))
     outcomes: list[CaseOutcome] = []
+    atlases: dict = {}  # (model sha256, basis) -> the atlas its reports use (found once per suite)
     for k in range(n):
         case = suite.case(k)
         ctx.check_cancelled()
@@ -190,7 +194,8 @@ def run_suite(suite: Suite, out_dir: str | Path, ctx: JobContext | None = None,
             outcome.session = session_path.name
             if render is not None:
                 pdf = out / f"{outcome.name}.pdf"
-                data = render(build_report(session, session_path, auditor=suite.auditor))
+                data = render(build_report(session, session_path, auditor=suite.auditor,
+                                           atlas=_atlas_for(session, atlases)))
                 atomic_write(pdf, lambda fh: fh.write(data))
                 outcome.report = pdf.name
             outcome.status = "ok"
@@ -219,6 +224,18 @@ def run_suite(suite: Suite, out_dir: str | Path, ctx: JobContext | None = None,
     atomic_write_all(files)  # a pair from one run, never a new JSON beside an old PDF
     ctx.progress(1.0, "Done")
     return summary
+
+
+def _atlas_for(session, atlases: dict):
+    """The feature atlas of a case's report, found automatically (as ``circuitdesk report`` does)
+    and opened once per model and basis."""
+    if session.graph is None:
+        return None
+    key = (session.manifest["model"]["sha256"], graph_basis_key(session.graph.meta))
+    if key not in atlases:
+        atlases[key], note = report_atlas(session)
+        log.info("audit reports: %s", note)
+    return atlases[key]
 
 
 def _model_facts(model) -> dict:

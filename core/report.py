@@ -3,9 +3,11 @@
 ``build_report(session, path)`` turns a saved session into a ``Report``; ``build_summary`` turns a
 batch audit's results into one. Nothing here draws: ``desktop.report_pdf`` lays the blocks out on
 pages and paints them with QPainter (vector graphics, running header, page numbers, contents).
-The report is a function of the session file alone (plus the auditor's name and the date), so
-the GUI and ``circuitdesk report`` give the same document, and a reviewer can tie every page to
-the file by its sha256.
+The report is a function of the session file alone (plus the auditor's name, the date and, for
+attribution graphs, the feature atlas that describes its nodes), so the GUI and ``circuitdesk
+report`` give the same document, and a reviewer can tie every page to the file by its sha256 (and
+the atlas by its own, in the appendix). An atlas is only ever used for the model and basis it was
+built for (``report_atlas`` finds one; ``build_report`` refuses another).
 
 Figures carry numbers, not pictures: ``GraphFigure`` holds node positions, colours and the edges
 to draw (the same layout and palette as the graph pane, ``core.view``), ``Heatmap`` a matrix and
@@ -15,6 +17,7 @@ its colour scale, ``LineChart`` a few series.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 import core
+from core.atlas.store import Atlas, Example, atlas_home, find_atlas, graph_basis_key
+from core.errors import CircuitDeskError
 from core.graph import ERROR, FEATURE, cumulative_share
 from core.paths import file_sha256
 from core.view import CATEGORIES, CATEGORY_COLOURS, GROUP_COLOUR, from_attribution, from_circuit
@@ -29,6 +34,10 @@ from core.view import CATEGORIES, CATEGORY_COLOURS, GROUP_COLOUR, from_attributi
 MAX_FIGURE_EDGES = 3000  # the strongest drawn edges, as in the graph pane
 FIGURE_LABELS = 14  # nodes named in the graph figure (the most influential), besides groups and logits
 TOP_ROWS = 25  # rows of the top nodes / top edges tables
+ATLAS_NODES = 8  # feature nodes shown with their atlas examples (the most influential)
+ATLAS_EXAMPLES = 3  # examples per feature node
+SNIPPET_TOKENS = 40  # an example is elided to this many tokens around its peak ...
+SNIPPET_AFTER = 8  # ... with at most this many after the peak (the context that matters comes before it)
 
 
 # -- blocks -------------------------------------------------------------------------------------------
@@ -58,6 +67,7 @@ class Table:
     widths: tuple[float, ...] = ()  # relative column widths; equal when empty
     numeric: tuple[bool, ...] = ()  # right-aligned columns
     caption: str = ""
+    muted: frozenset = frozenset()  # (row, column) cells drawn grey and italic (e.g. automatic labels)
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,36 @@ class LineChart:
 
 
 @dataclass(frozen=True)
+class Snippet:
+    """A top-activating window of a feature, elided around its peak, for the renderer to shade
+    token by token (``activations[k]`` belongs to ``tokens[k]``)."""
+
+    tokens: tuple[str, ...]
+    activations: tuple[float, ...]
+    peak: int  # index of the window's extreme token in ``tokens``
+    value: float  # the window's extreme activation (negative for the most negative windows)
+    where: str  # the corpus file, document and token where the window starts
+    cut_before: bool = False  # tokens before the first one shown were left out
+    cut_after: bool = False
+
+
+@dataclass(frozen=True)
+class FeatureExamples:
+    """One feature node of the graph and what its feature responds to in the atlas' corpus."""
+
+    node: str  # the graph's name of the node, e.g. "L12 N340 @5 ' Paris'"
+    feature: str  # the atlas' name of the feature, e.g. "L12/N340"
+    label: str  # the auditor's label ("" when none)
+    atlas_label: str  # the atlas' automatic label of the side shown ("" when none)
+    stats: str  # density and extreme, in words
+    sign: int  # +1: its top windows; -1: its most negative ones (its activation here is negative)
+    influence: float
+    activation: float
+    examples: tuple[Snippet, ...]
+    note: str = ""  # said instead of examples when there are none
+
+
+@dataclass(frozen=True)
 class Contents:
     """The table of contents (filled in by the renderer, which knows the page numbers)."""
 
@@ -125,9 +165,20 @@ class Report:
 
 
 # -- building ------------------------------------------------------------------------------------------
-def build_report(session, path: str | Path, auditor: str = "", now: float | None = None) -> Report:
-    """The audit report of the session saved at ``path`` (its sha256 is cited throughout)."""
+def build_report(session, path: str | Path, auditor: str = "", now: float | None = None,
+                 atlas: Atlas | None = None) -> Report:
+    """The audit report of the session saved at ``path`` (its sha256 is cited throughout).
+
+    ``atlas``: the feature atlas that describes an attribution graph's nodes (labels and top
+    examples of the most influential ones; see ``report_atlas``); one built for another model or
+    basis is refused with one sentence. Component circuits have no feature nodes and ignore it."""
     path = Path(path)
+    if session.graph is None:
+        atlas = None
+    elif atlas is not None:
+        reason = atlas_mismatch(session, atlas)
+        if reason:
+            raise CircuitDeskError(reason)
     m = session.manifest
     model = m.get("model", {})
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(now if now is not None else time.time()))
@@ -136,12 +187,13 @@ def build_report(session, path: str | Path, auditor: str = "", now: float | None
     kind = "Attribution graph" if session.graph is not None else "Component circuit"
     blocks: list = [_cover_facts(session, path, digest, auditor, when), Contents(), PageBreak()]
     if session.graph is not None:
-        blocks += _attribution_sections(session)
+        blocks += _attribution_sections(session, atlas)
+        blocks += _atlas_section(session, atlas)
     else:
         blocks += _circuit_sections(session)
     blocks += _intervention_section(session.annotations.interventions)
     blocks += _annotation_section(session)
-    blocks += _appendix(session, path, digest)
+    blocks += _appendix(session, path, digest, atlas)
     return Report(
         title=f"Circuit audit report: {kind.lower()}",
         subtitle=m.get("prompt", ""),
@@ -228,7 +280,7 @@ def _start_and_candidates(settings: dict, stats: dict) -> str:
     return text
 
 
-def _attribution_sections(session) -> list:
+def _attribution_sections(session, atlas: Atlas | None = None) -> list:
     g, m = session.graph, session.manifest
     notes = session.annotations
     stats = m.get("stats") or g.meta.get("stats", {})
@@ -268,7 +320,7 @@ def _attribution_sections(session) -> list:
                                            "embeddings, blue: features, red: error nodes, green: logits, teal "
                                            "squares: groups.")]
     out += [Heading("Activation heatmaps")] + _lens_heatmap(session) + _attribution_heatmaps(g)
-    out += [Heading("Top nodes and edges")] + _attribution_tables(g, labels)
+    out += [Heading("Top nodes and edges")] + _attribution_tables(g, labels, atlas)
     scores = (
         ("Replacement score (full graph)", _p(stats.get("replacement_score"))),
         ("Completeness score (full graph)", _p(stats.get("completeness_score"))),
@@ -378,25 +430,34 @@ def _lens_heatmap(session) -> list:
                             f"embeddings) is read through the final norm and unembedding, on {where}.")]
 
 
-def _attribution_tables(g, labels: dict[int, str]) -> list:
+def _attribution_tables(g, labels: dict[int, str], atlas: Atlas | None = None) -> list:
     infl = g.influence if g.influence is not None else np.zeros(g.n_nodes)
     mask = g.node_mask if g.node_mask is not None else np.ones(g.n_nodes, bool)
     cand = np.flatnonzero((g.kind == FEATURE) | (g.kind == ERROR))
     order = cand[np.argsort(-infl[cand], kind="stable")][:TOP_ROWS]
-    node_rows = tuple(
-        (str(r + 1), g.label(int(i)), labels.get(int(i), ""), f"{g.activation[i]:.3g}", f"{infl[i]:.4f}",
-         "yes" if mask[i] else "no")
-        for r, i in enumerate(order))
+    node_rows, automatic = [], set()
+    for r, i in enumerate(int(i) for i in order):
+        label = labels.get(i, "")
+        if not label and atlas is not None and g.kind[i] == FEATURE:
+            label = atlas.label(int(g.layer[i]), int(g.index[i]), _side(g, i, atlas))
+            if label:
+                automatic.add((r, 2))
+        node_rows.append((str(r + 1), g.label(i), label, f"{g.activation[i]:.3g}", f"{infl[i]:.4f}",
+                          "yes" if mask[i] else "no"))
+    label_note = (" Label: the auditor's, else (grey, italic) the feature atlas' automatic label: the tokens the "
+                  "feature fires on most" + (" (for a neuron negative on this prompt, most negatively)"
+                                             if atlas is not None and atlas.signed else "") + "."
+                  if atlas is not None else "")
     emask = g.edge_mask if g.edge_mask is not None else np.ones(g.n_edges, bool)
     edges = np.flatnonzero(emask)
     edges = edges[np.argsort(-np.abs(g.weight[edges]), kind="stable")][:TOP_ROWS]
     edge_rows = tuple((str(r + 1), g.label(int(g.src[e])), g.label(int(g.dst[e])), f"{g.weight[e]:+.4f}")
                       for r, e in enumerate(edges))
     return [Heading("Most influential nodes", 2),
-            Table(("#", "Node", "Label", "Activation", "Influence", "Pruned graph"), node_rows,
-                  widths=(0.5, 3.2, 2.4, 1.3, 1.3, 1.2), numeric=(True, False, False, True, True, False),
+            Table(("#", "Node", "Label", "Activation", "Influence", "Pruned graph"), tuple(node_rows),
+                  widths=(0.5, 3.2, 2.6, 1.2, 1.2, 1.1), numeric=(True, False, False, True, True, False),
                   caption="Feature and error nodes by influence on the logits (the indirect, normalised effect "
-                          "through every path)."),
+                          "through every path)." + label_note, muted=frozenset(automatic)),
             Heading("Strongest edges", 2),
             Table(("#", "From", "To", "Weight"), edge_rows, widths=(0.5, 4, 4, 1.4),
                   numeric=(True, False, False, True),
@@ -418,6 +479,168 @@ def _influence_curve(g, threshold: float) -> LineChart:
                      y_label="share of influence", log_x=len(v) > 20, marker=marker,
                      caption="The pruning curve: how much of the influence on the logits the top nodes hold. "
                              "The node threshold keeps nodes until this share is reached.")
+
+
+# -- the feature atlas ------------------------------------------------------------------------------
+def atlas_mismatch(session, atlas: Atlas) -> str | None:
+    """Why ``atlas`` cannot describe the nodes of the session's graph (None: it can)."""
+    model = (session.manifest.get("model") or {}).get("sha256") or ""
+    basis = graph_basis_key(session.graph.meta)
+    if basis is None:
+        return ("The graph's transcoders were not fingerprinted (a session of an earlier version), so no feature "
+                f"atlas can be matched to it; the atlas {atlas.path} is not used.")
+    return atlas.mismatch(model, basis)
+
+
+def report_atlas(session, path: str | Path | None = None, folders=()) -> tuple[Atlas | None, str]:
+    """The feature atlas for the session's report, with one sentence saying which it is or why there
+    is none. ``path``: that atlas (a damaged one, or one of another model or basis, is refused with
+    one sentence: ``CircuitDeskError``); else the newest atlas of the graph's model and basis among
+    ``folders`` and the atlas folder (one found damaged is passed over, and said so)."""
+    if session.graph is None:
+        if path is not None:
+            raise CircuitDeskError("A component circuit has no feature nodes for an atlas to describe; "
+                                   "--atlas is for attribution graphs.")
+        return None, "a component circuit has no feature nodes; no atlas is used"
+    if path is not None:
+        atlas = Atlas.open(path)
+        reason = atlas_mismatch(session, atlas)
+        if reason:
+            raise CircuitDeskError(reason)
+        return atlas, f"using the atlas {atlas.path} ({atlas.corpus_text})"
+    model = (session.manifest.get("model") or {}).get("sha256") or ""
+    basis = graph_basis_key(session.graph.meta)
+    if basis is None:
+        return None, ("the graph's transcoders were not fingerprinted (a session of an earlier version), so no "
+                      "atlas can be matched to it")
+    found, passed = find_atlas(model, basis, folders)
+    others = f" ({len(passed)} other{'s' * (len(passed) != 1)} passed over)" if passed else ""
+    if found is None:
+        return None, f"no atlas found for this model and basis{others}; build one with: {atlas_build_command(session)}"
+    try:
+        atlas = Atlas.open(found)
+    except CircuitDeskError as e:
+        return None, f"{str(e).rstrip('.')}; the report is made without an atlas"
+    return atlas, f"using the atlas {atlas.path} ({atlas.corpus_text}){others}"
+
+
+def atlas_build_command(session) -> str:
+    """The command that builds the atlas the session's graph needs, into the folder searched first."""
+    model = session.manifest.get("model") or {}
+    spec = str(model.get("spec") or model.get("source") or "MODEL")
+    settings = session.manifest.get("settings") or session.graph.meta.get("settings") or {}
+    transcoders = settings.get("transcoders")
+    name = (Path(spec).name or "model") + ("-transcoders" if transcoders else "-neurons")
+    return (f"circuitdesk atlas build --model {shlex.quote(spec)}"
+            + (f" --transcoders {shlex.quote(str(transcoders))}" if transcoders else "")
+            + f" --out {shlex.quote(str(atlas_home() / name))}")
+
+
+def _side(g, i: int, atlas: Atlas) -> int:
+    """Which side of a feature describes node ``i``: its most negative windows (-1) where the
+    atlas keeps them (signed neurons) and the node's activation on this prompt is negative."""
+    return -1 if atlas.signed and float(g.activation[i]) < 0 else 1
+
+
+def snippet(e: Example, keep: int = SNIPPET_TOKENS, after: int = SNIPPET_AFTER) -> Snippet:
+    """``e`` elided to at most ``keep`` tokens around its peak: up to ``after`` tokens after it,
+    the rest before it (more after where the window starts close to the peak)."""
+    n = len(e.tokens)
+    end = min(n, e.at + 1 + after)
+    start = max(0, end - keep)
+    end = min(n, start + keep)
+    return Snippet(tokens=tuple(e.tokens[start:end]),
+                   activations=tuple(float(a) for a in e.activations[start:end]),
+                   peak=e.at - start, value=float(e.value), where=e.where,
+                   cut_before=start > 0, cut_after=end < n)
+
+
+def top_feature_nodes(g, n: int = ATLAS_NODES) -> list[int]:
+    """The ``n`` most influential feature nodes, one per feature (a neuron active at several
+    positions is shown once, at its most influential one)."""
+    infl = g.influence if g.influence is not None else np.zeros(g.n_nodes)
+    feats = np.flatnonzero(g.kind == FEATURE)
+    out, seen = [], set()
+    for i in feats[np.argsort(-infl[feats], kind="stable")]:
+        key = (int(g.layer[i]), int(g.index[i]))
+        if key not in seen:
+            seen.add(key)
+            out.append(int(i))
+            if len(out) == n:
+                break
+    return out
+
+
+def feature_examples(g, i: int, atlas: Atlas, user_label: str = "") -> FeatureExamples:
+    """Node ``i`` of the graph ``g`` with its atlas card: labels, density and its top examples."""
+    layer, index = int(g.layer[i]), int(g.index[i])
+    infl = float(g.influence[i]) if g.influence is not None else 0.0
+    common = dict(node=g.label(i), feature=f"L{layer}/{atlas.unit}{index}", label=user_label,
+                  influence=infl, activation=float(g.activation[i]))
+    if not atlas.has(layer, index):  # the model matches, so only a damaged atlas gets here
+        return FeatureExamples(**common, atlas_label="", stats="", sign=1, examples=(),
+                               note="The atlas has no such feature.")
+    sign = _side(g, i, atlas)
+    card = atlas.card(layer, index)
+    if sign > 0:
+        stats = f"density {card.density:.3%} of {card.tokens_seen:,} corpus tokens · max {card.max:.3g}"
+        examples = card.top
+    else:
+        stats = (f"negative on {card.density_negative:.3%} of {card.tokens_seen:,} corpus tokens · min "
+                 f"{card.min:.3g} (positive on {card.density:.3%}, max {card.max:.3g})")
+        examples = card.bottom
+    shown = tuple(snippet(e) for e in examples[:ATLAS_EXAMPLES])
+    note = "" if shown else ("The feature was never " + ("negative" if sign < 0 else "active")
+                             + " on the atlas' corpus: there are no examples.")
+    return FeatureExamples(**common, atlas_label=card.label_negative if sign < 0 else card.label, stats=stats,
+                           sign=sign, examples=shown, note=note)
+
+
+def _atlas_section(session, atlas: Atlas | None) -> list:
+    out: list = [Heading("What the top nodes respond to")]
+    if atlas is None:
+        return out + [Paragraph("No feature atlas of this model and basis was used, so the nodes are described "
+                                "by their graph alone; this command builds one, which later reports find "
+                                f"automatically: {atlas_build_command(session)}")]
+    g, labels = session.graph, session.annotations.labels
+    nodes = top_feature_nodes(g)
+    signed = (" For a neuron whose activation on this prompt is negative, its most negative windows are shown "
+              "instead." if atlas.signed else "")
+    out.append(Paragraph(
+        f"For the {len(nodes)} most influential feature nodes (one per feature), the windows of the atlas' corpus "
+        f"where the feature is most active: {atlas.corpus_text}. Each token is shaded by its activation relative "
+        f"to the example's peak (orange: positive, blue: negative); the peak token is bold. The auditor's label "
+        f"comes first; the atlas' automatic label names the tokens the feature fires on most, weighted by "
+        f"activation. It says what the feature responds to in that corpus, not what it does in this graph."
+        + signed))
+    out += [feature_examples(g, i, atlas, labels.get(i, "")) for i in nodes]
+    if not nodes:
+        out.append(Paragraph("The graph has no feature nodes.", "note"))
+    return out
+
+
+def _atlas_appendix(atlas: Atlas | None) -> list:
+    out: list = [Heading("Feature atlas", 2)]
+    if atlas is None:
+        return out + [Paragraph("No feature atlas was used for this report.", "note")]
+    m = atlas.meta
+    model = m.get("model") or {}
+    corpus = m.get("corpus") or {}
+    out += [Facts((("Folder", str(atlas.path)), ("Created", str(m.get("created", "?"))),
+                   ("Built by", f"Circuit Desk {m.get('tool_version', '?')}"),
+                   ("Model", f"{model.get('name', '?')}, sha256 {model.get('sha256', '?')}"),
+                   ("Basis", f"{atlas.basis}; {atlas.n_layers} layers × {max(atlas.features_per_layer, default=0):,} "
+                             f"features" + (", both signs kept" if atlas.signed else "")),
+                   ("Corpus", atlas.corpus_text),
+                   ("Tokens counted", f"{int(m.get('tokens_seen', 0)):,}"),
+                   ("Settings", ", ".join(f"{k} {_fmt(v)}" for k, v in (m.get("settings") or {}).items())),
+                   ("Features file sha256", str(m.get("features_sha256", "?"))))),
+            Table(("Corpus source", "Bytes", "Tokens", "sha256"),
+                  tuple((str(s.get("name", "?")), f"{int(s.get('bytes', 0)):,}", f"{int(s.get('tokens', 0)):,}",
+                         str(s.get("sha256", "?"))) for s in corpus.get("sources", [])),
+                  widths=(1.3, 0.7, 0.6, 5.4), numeric=(False, True, True, False),
+                  caption="Every file the atlas was built from, as recorded when it was built.")]
+    return out
 
 
 # -- component circuits ---------------------------------------------------------------------------
@@ -565,7 +788,7 @@ def _labeller(session):
     return lambda i: names[i]
 
 
-def _appendix(session, path: Path, digest: str) -> list:
+def _appendix(session, path: Path, digest: str, atlas: Atlas | None = None) -> list:
     m = session.manifest
     command = m.get("command") or ""
     settings = {k: v for k, v in m.items() if k not in ("graph", "circuit")}
@@ -590,6 +813,7 @@ def _appendix(session, path: Path, digest: str) -> list:
         Paragraph(f"circuitdesk verify {path.name}", "mono"),
         Heading("Model files", 2),
         Table(("File", "sha256"), tuple((k, v) for k, v in files.items()), widths=(2, 4)),
+        *(_atlas_appendix(atlas) if session.graph is not None else []),
         Heading("Full settings", 2),
         Paragraph(compact_json(settings), "mono"),
     ]

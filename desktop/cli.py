@@ -24,7 +24,7 @@ from core.graph import FEATURE, KIND_NAMES
 from core.jobs import JobContext
 from core.models.catalog import add_model_path, list_models, remove_model_path
 from core.prompt import require_prompt
-from core.report import build_report
+from core.report import build_report, report_atlas
 from core.runs import attribution_session, circuit_session
 from core.session import load_session, save_session
 from core.settings import (
@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("session", metavar="FILE.cdesk", help="session file written by trace, circuit or the GUI")
     report.add_argument("--out", required=True, metavar="FILE.pdf", help="report to write")
     report.add_argument("--auditor", help="name on the cover (default: the one set in the GUI, File → Auditor Name…)")
+    which_atlas = report.add_mutually_exclusive_group()
+    which_atlas.add_argument("--atlas", metavar="ATLAS_DIR",
+                             help="feature atlas that labels the top nodes and shows their top examples (default: "
+                                  "the newest atlas of the session's model and basis in the atlas folder)")
+    which_atlas.add_argument("--no-atlas", action="store_true", help="make the report without a feature atlas")
 
     audit = sub.add_parser("audit", help="batch audit: every case of a suite → session + PDF report, plus a summary",
                            description="Run every case of a TOML suite (see the README, and "
@@ -237,7 +242,11 @@ def cmd_report(args) -> int:
     session = load_session(args.session)
     auditor = args.auditor if args.auditor is not None else auditor_name()
     start = time.perf_counter()
-    report = build_report(session, args.session, auditor=auditor)
+    atlas = None
+    if not args.no_atlas:
+        atlas, note = report_atlas(session, args.atlas)
+        print(f"atlas: {note}", file=sys.stderr)
+    report = build_report(session, args.session, auditor=auditor, atlas=atlas)
     write_pdf(report, out)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} kB, {time.perf_counter() - start:.1f} s)")
     return 0

@@ -95,10 +95,11 @@ class Exports(QObject):
         if not path.lower().endswith(".pdf"):
             path += ".pdf"
         session_path, auditor = docs.session_path, str(self.settings.value(AUDITOR_KEY, "") or "")
+        atlas = self.state.atlas  # the atlas that describes the graph on show (None: the report says there is none)
 
         def job(ctx):
             ctx.progress(0.1, "Building the report")
-            report = build_report(load_session(session_path), session_path, auditor=auditor)
+            report = build_report(load_session(session_path), session_path, auditor=auditor, atlas=atlas)
             ctx.check_cancelled()
             ctx.progress(0.5, "Drawing the pages")
             return write_pdf(report, path, ctx=ctx)

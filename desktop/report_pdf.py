@@ -24,14 +24,18 @@ from PySide6.QtGui import (QColor, QFont, QFontMetricsF, QGuiApplication, QPageL
 
 from core.errors import CircuitDeskError
 from core.paths import atomic_write
-from core.report import (Contents, Facts, GraphFigure, Heading, Heatmap, LineChart, PageBreak, Paragraph, Report,
-                         Table)
+from core.report import (Contents, Facts, FeatureExamples, GraphFigure, Heading, Heatmap, LineChart, PageBreak,
+                         Paragraph, Report, Snippet, Table)
 from desktop.report_figures import DPI, GREY, HEADER_BG, INK, PT, RULE, FigurePainter
 
 MARGIN_MM = 16
 SANS = ["DejaVu Sans", "Noto Sans", "Liberation Sans", "Helvetica", "Arial"]
 MONO = ["DejaVu Sans Mono", "Noto Sans Mono", "Liberation Mono", "Courier New"]
 AUDITOR_KEY = "report/auditor"
+WARM, COOL = QColor("#f97316"), QColor("#3b82f6")  # a token's shade: positive / negative activation
+TOKEN_GAP = 0.7  # points between two tokens' backgrounds (where one token ends and the next begins)
+SHADE_MAX = 0.8  # the peak token's shade: this share of the colour over white (the text stays legible)
+VISIBLE = {"\n": "⏎", "\r": "␍", "\t": "⇥"}  # whitespace a reader must see in an example
 
 
 def ensure_gui_app():
@@ -95,6 +99,48 @@ def _font(families, size: float, bold: bool = False, italic: bool = False) -> QF
     for tag in ("liga", "clig"):  # "ff" in a sha256 must stay two letters for search and copy
         f.setFeature(QFont.Tag(tag), 0)
     return f
+
+
+def visible_token(token: str) -> str:
+    """A token as printed in an example: line breaks and tabs as symbols, an empty token as ∅."""
+    text = "".join(VISIBLE.get(c, c if c.isprintable() or c == " " else "�") for c in token)
+    return text or "∅"
+
+
+def shade(share: float) -> QColor | None:
+    """The background of a token whose activation is ``share`` of its example's extreme (in
+    [-1, 1]): warm for positive, cool for negative, none where it is about zero."""
+    t = min(abs(share), 1.0) * SHADE_MAX
+    if t < 0.02:
+        return None
+    base = WARM if share > 0 else COOL
+    return QColor.fromRgbF(1 - t * (1 - base.redF()), 1 - t * (1 - base.greenF()), 1 - t * (1 - base.blueF()))
+
+
+def flow(widths: list[float], width: float, gap: float = 0.0) -> list[tuple[int, float, float]]:
+    """Place runs of the given widths left to right on lines of ``width``, ``gap`` apart: (line, x,
+    w) each. A run starts a new line when it would cross the right edge (runs are at most ``width``
+    wide, see ``_split_to_fit``), so nothing is drawn beyond it."""
+    out, line, x = [], 0, 0.0
+    for w in widths:
+        if x > 0 and x + w > width:
+            line, x = line + 1, 0.0
+        out.append((line, x, w))
+        x += w + gap
+    return out
+
+
+def _split_to_fit(text: str, fm: QFontMetricsF, width: float) -> list[str]:
+    """``text`` cut into pieces no wider than ``width`` (one piece unless a token is longer than a line)."""
+    if fm.horizontalAdvance(text) <= width:
+        return [text]
+    out, cur = [], ""
+    for c in text:
+        if cur and fm.horizontalAdvance(cur + c) > width:
+            out.append(cur)
+            cur = ""
+        cur += c
+    return out + ([cur] if cur else [])
 
 
 @dataclass
@@ -212,7 +258,10 @@ class _Renderer:
             elif isinstance(block, Facts):
                 out += self.table_pieces(("", ""), block.rows, (1.6, 4.4), (), "", header=False)
             elif isinstance(block, Table):
-                out += self.table_pieces(block.columns, block.rows, block.widths, block.numeric, block.caption)
+                out += self.table_pieces(block.columns, block.rows, block.widths, block.numeric, block.caption,
+                                         muted=block.muted)
+            elif isinstance(block, FeatureExamples):
+                out += self.feature_pieces(block)
             elif isinstance(block, GraphFigure):
                 out += self.figure(block, self.figures.graph_height(block), self.figures.paint_graph, block.caption)
             elif isinstance(block, Heatmap):
@@ -225,7 +274,8 @@ class _Renderer:
                 out.append(_Piece(0.0, lambda p, x, y: None, new_page=True))
         return out
 
-    def table_pieces(self, columns, rows, widths, numeric, caption: str, header: bool = True) -> list[_Piece]:
+    def table_pieces(self, columns, rows, widths, numeric, caption: str, header: bool = True,
+                     muted=frozenset()) -> list[_Piece]:
         n = len(columns)
         widths = widths if len(widths) == n else (1.0,) * n
         total = sum(widths)
@@ -238,11 +288,15 @@ class _Renderer:
         # between them ("Influence" | "Pruned graph"), so the left one starts further in
         lead = [pad * (3 if i and right[i - 1] and not right[i] else 1) for i in range(n)]
 
-        def row_piece(cells, bold_cols, fill: QColor | None, gap: float = 0.0) -> _Piece:
+        muted_font = _font(SANS, 8, italic=True)
+
+        def font_of(i, bold_cols, muted_cols):
+            return self.table_bold if i in bold_cols else muted_font if i in muted_cols else self.table
+
+        def row_piece(cells, bold_cols, fill: QColor | None, gap: float = 0.0, muted_cols=()) -> _Piece:
             wrapped = []
             for i, cell in enumerate(cells):
-                font = self.table_bold if i in bold_cols else self.table
-                wrapped.append(self.lines(str(cell), font, col_w[i] - lead[i] - pad)[:40])
+                wrapped.append(self.lines(str(cell), font_of(i, bold_cols, muted_cols), col_w[i] - lead[i] - pad)[:40])
             height = max(len(w) for w in wrapped) * lh + 2 * pad
 
             def paint(p, x, y):
@@ -252,8 +306,8 @@ class _Renderer:
                 p.drawLine(QPointF(x, y + height), QPointF(x + self.w, y + height))
                 cx = x
                 for i, lines in enumerate(wrapped):
-                    p.setFont(self.table_bold if i in bold_cols else self.table)
-                    p.setPen(INK)
+                    p.setFont(font_of(i, bold_cols, muted_cols))
+                    p.setPen(GREY if i in muted_cols else INK)
                     for k, line in enumerate(lines):
                         base = y + pad + k * lh + fm.ascent()
                         if right[i]:
@@ -269,7 +323,8 @@ class _Renderer:
             head.keep_with_next = True
             pieces.append(head)
         for k, r in enumerate(rows):
-            piece = row_piece(r, {0} if not header else set(), None, gap=0.0 if (header or k) else 5 * PT)
+            piece = row_piece(r, {0} if not header else set(), None, gap=0.0 if (header or k) else 5 * PT,
+                              muted_cols={c for (row, c) in muted if row == k})
             piece.repeat = head
             pieces.append(piece)
         if header and not rows:
@@ -277,6 +332,85 @@ class _Renderer:
         if caption:
             pieces += self.text_pieces(caption, self.caption, GREY, gap=2 * PT)
         return pieces
+
+    def feature_pieces(self, block: FeatureExamples) -> list[_Piece]:
+        """A feature node: its name, labels and statistics, then each example as shaded tokens."""
+        name_font = _font(SANS, 9.5, bold=True)
+        fm, small = self.metrics(name_font), self.metrics(self.small)
+        right = f"influence {block.influence:.4f} · activation {block.activation:.3g}"
+        right_w = small.horizontalAdvance(right)
+        name = fm.elidedText(block.node, Qt.TextElideMode.ElideRight, self.w - right_w - 8 * PT)
+
+        def head(p, x, y):
+            p.setFont(name_font)
+            p.setPen(INK)
+            p.drawText(QPointF(x, y + fm.ascent()), name)
+            p.setFont(self.small)
+            p.setPen(GREY)
+            p.drawText(QPointF(x + self.w - right_w, y + fm.ascent()), right)
+        pieces = [_Piece(fm.lineSpacing(), head, gap=10 * PT, keep_with_next=True)]
+        side = ", negative side" if block.sign < 0 else ""
+        if block.label:
+            text = f"Label: {block.label}"
+            if block.atlas_label and block.atlas_label != block.label:
+                text += f"   (atlas{side}: {block.atlas_label})"
+        else:
+            text = f"Atlas label{side}: {block.atlas_label}" if block.atlas_label else "No label"
+        pieces += self.text_pieces(text, self.body, gap=1 * PT)
+        if block.stats:
+            pieces += self.text_pieces(block.stats + ("; its most negative windows:" if block.sign < 0 else ""),
+                                       self.caption, GREY)
+        for piece in pieces:
+            piece.keep_with_next = True
+        if not block.examples:
+            pieces += self.text_pieces(block.note or "No examples.", self.caption, GREY, gap=2 * PT)
+        for k, example in enumerate(block.examples):
+            pieces.append(self.snippet_piece(example, gap=(3 if k == 0 else 2.5) * PT))
+        return pieces
+
+    def snippet_piece(self, e: Snippet, gap: float) -> _Piece:
+        """One example: its peak value in a left column, its tokens flowed over the lines to the right
+        (each on a background shaded by its activation, the peak bold), its source below in grey."""
+        font, bold = _font(SANS, 8.5), _font(SANS, 8.5, bold=True)
+        fm, fb, small = self.metrics(font), self.metrics(bold), self.metrics(self.small)
+        value = f"{e.value:+.3g}"
+        indent = self.metrics(self.mono).horizontalAdvance("+0.00e+00") + 3 * PT
+        width = self.w - indent
+        extreme = max((abs(a) for a in e.activations), default=0.0) or 1.0
+        runs: list[tuple[str, float, bool]] = []  # (text, activation, bold)
+        if e.cut_before:
+            runs.append(("…", 0.0, False))
+        for k, (token, act) in enumerate(zip(e.tokens, e.activations)):
+            runs.append((visible_token(token), act, k == e.peak))
+        if e.cut_after:
+            runs.append((" …", 0.0, False))
+        pieces: list[tuple[str, float, bool, float]] = []
+        for text, act, strong in runs:
+            metrics = fb if strong else fm
+            for chunk in _split_to_fit(text, metrics, width):
+                pieces.append((chunk, act, strong, metrics.horizontalAdvance(chunk)))
+        placed = flow([w for *_, w in pieces], width, gap=TOKEN_GAP * PT)
+        lh = max(fm.lineSpacing(), fb.lineSpacing()) + 1.2 * PT
+        n_lines = (placed[-1][0] + 1) if placed else 1
+        height = n_lines * lh + small.lineSpacing() + 1 * PT
+        where = small.elidedText(e.where, Qt.TextElideMode.ElideMiddle, width)
+
+        def paint(p, x, y):
+            p.setFont(self.mono)
+            p.setPen(GREY)
+            p.drawText(QPointF(x, y + fm.ascent() + 0.6 * PT), value)
+            for (text, act, strong, w), (line, tx, _) in zip(pieces, placed):
+                top = y + line * lh
+                fill = shade(act / extreme)
+                if fill is not None:
+                    p.fillRect(QRectF(x + indent + tx, top, w, lh - 0.6 * PT), fill)
+                p.setFont(bold if strong else font)
+                p.setPen(INK)
+                p.drawText(QPointF(x + indent + tx, top + 0.6 * PT + fm.ascent()), text)
+            p.setFont(self.small)
+            p.setPen(GREY)
+            p.drawText(QPointF(x + indent, y + n_lines * lh + small.ascent()), where)
+        return _Piece(height, paint, gap=gap)
 
     def figure(self, block, height: float, paint_fn, caption: str) -> list[_Piece]:
         def paint(p, x, y):
