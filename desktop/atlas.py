@@ -418,13 +418,23 @@ class AtlasController(QObject):
             done(cached)
             return
 
+        view = self.state.view
+        features = sorted({view.feature_of(i) for i in view.feature_nodes()}) if view is not None else []
+
         def job(ctx):
             meta = read_meta(path)  # foreign or unfinished: one sentence before any hashing
             reason = mismatch_reason(meta, path, *key)
             if reason:
                 raise CircuitDeskError(reason)
             ctx.check_cancelled()
-            return Atlas.open(path.resolve())
+            atlas = Atlas.open(path.resolve())
+            # read the graph's features here, while the atlas is the worker's alone: the inspector
+            # and Find then never wait for the disk
+            for f in features:
+                ctx.check_cancelled()
+                if atlas.has(*f):
+                    atlas.text_of(*f)
+            return atlas
 
         if not loud:
             self._show_note(f"Opening the feature atlas {path.name}…")

@@ -76,6 +76,11 @@ def _num(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
 
 
+def _share(x: float) -> str:
+    """A density in words: 19.0%, 0.042%, 0%."""
+    return f"{x:.1%}" if x >= 0.01 or x == 0 else f"{x * 100:.2g}%"
+
+
 class HistogramView(QWidget):
     """The activation histogram of one side of a feature (counts over the atlas's log bins), with
     the node's own activation marked."""
@@ -237,14 +242,14 @@ class FeatureCardView(QWidget):
         label = c.label if positive else c.label_negative
         density = c.density if positive else c.density_negative
         extreme = c.max if positive else c.min
-        word = "positive" if c.signed else "active"
+        word = ("positive" if positive else "negative") if c.signed else "active"
         lines = [f"Atlas label: <b>{escape(label)}</b>" if label else
                  f"Atlas label: <i>none (never {word} on the corpus)</i>",
-                 f"{c.name} · {word} on {density:.3%} of {c.tokens_seen:,} tokens · "
+                 f"{c.name} · {word} on {_share(density)} of {c.tokens_seen:,} tokens · "
                  + (f"max {_num(c.max)}" if positive else f"min {_num(c.min)}")]
         if c.signed:
-            other = (f"negative on {c.density_negative:.3%}, min {_num(c.min)}" if positive else
-                     f"positive on {c.density:.3%}, max {_num(c.max)}")
+            other = (f"negative on {_share(c.density_negative)}, min {_num(c.min)}" if positive else
+                     f"positive on {_share(c.density)}, max {_num(c.max)}")
             lines[-1] += f" ({other})"
         if self.activation is not None:
             lines.append(f"here {_num(self.activation)}"

@@ -11,19 +11,21 @@ import html
 import json
 import random
 import re
+import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFileDialog
 
 from core.atlas import build as atlas_build
 from core.atlas.build import build_atlas
-from core.atlas.store import Atlas
+from core.atlas.store import Example
 from core.settings import AtlasSettings
 from desktop.atlas import FOLDERS_KEY, NO_ATLAS
-from desktop.feature_card import COOL, EXAMPLES, MAX_ALPHA, WARM
+from desktop.feature_card import AFTER, BEFORE, COOL, EXAMPLES, MAX_ALPHA, WARM, example_html
 from tiny_models import WORDS
 
 SETTINGS = AtlasSettings(context=8, top_k=12)  # 12 examples per side: the inspector shows 10
@@ -76,7 +78,7 @@ def rgba(style: str) -> tuple[tuple[int, int, int], float]:
 
 
 # ---------------------------------------------------------------------------------------------
-def test_the_atlas_of_the_graphs_model_is_found_and_another_models_never_used(workbench, qtbot, atlases):
+def test_the_atlas_of_the_graphs_model_is_found_and_another_models_never_used(workbench, qtbot, atlases, tmp_path):
     # the user named two folders: one holds the gpt2 atlas only, the other the llama one
     w = with_atlas(workbench, qtbot, atlases, folders=[atlases["gpt2"].parent, atlases["named"]])
     sha = w.runs.model.fingerprint.sha256
@@ -91,8 +93,18 @@ def test_the_atlas_of_the_graphs_model_is_found_and_another_models_never_used(wo
     qtbot.waitUntil(lambda: other.state.atlas_note == NO_ATLAS, timeout=30_000)
     assert other.state.atlas is None and other.atlas.note == NO_ATLAS
 
+    # a session saved from the first window, opened in a window that knows the llama atlas's folder
+    session = tmp_path / "traced.cdesk"
+    assert w.documents.save(str(session))
+    reader = workbench.window("reader.ini")
+    reader.settings.setValue(FOLDERS_KEY, [str(atlases["named"])])
+    assert reader.documents.open(str(session))
+    qtbot.waitUntil(lambda: reader.state.atlas is not None, timeout=30_000)
+    assert reader.state.atlas.path == atlases["llama"].resolve()
 
-def test_open_feature_atlas_refuses_another_models_atlas_in_one_sentence(workbench, qtbot, atlases, monkeypatch):
+
+def test_open_feature_atlas_refuses_another_models_or_a_damaged_atlas_in_one_sentence(workbench, qtbot, atlases,
+                                                                                     monkeypatch, tmp_path):
     w = workbench.graph()
     qtbot.waitUntil(lambda: w.state.atlas_note == NO_ATLAS, timeout=30_000)
     notes, labels = dict(w.state.notes), w.graph_pane.drawn_labels()
@@ -105,6 +117,21 @@ def test_open_feature_atlas_refuses_another_models_atlas_in_one_sentence(workben
     assert w.state.atlas is None and w.state.atlas_note == NO_ATLAS  # nothing else changed
     assert w.state.notes == notes and w.graph_pane.drawn_labels() == labels
     assert not w.settings.value(FOLDERS_KEY)
+    w.status.error_box.close()
+
+    # a damaged copy of the right atlas (one byte of its features flipped): refused in one sentence too
+    damaged = tmp_path / "damaged"
+    shutil.copytree(atlases["llama"], damaged)
+    features = damaged / "features.safetensors"
+    data = bytearray(features.read_bytes())
+    data[-1] ^= 0xFF
+    features.write_bytes(bytes(data))
+    answer["folder"] = str(damaged)
+    w.actions["tools.open_atlas"].trigger()
+    qtbot.waitUntil(lambda: w.status.error_box is not None, timeout=30_000)
+    assert w.status.error_box.text() == (f"The atlas {damaged} is damaged: features.safetensors does not match its "
+                                         f"recorded sha256; build it again.")
+    assert w.state.atlas is None and w.state.atlas_note == NO_ATLAS
     w.status.error_box.close()
 
     answer["folder"] = str(atlases["llama"])  # the right one: used, and its folder remembered
@@ -148,6 +175,8 @@ def test_build_dialog_builds_cancel_then_build_again_resumes(workbench, qtbot, a
     qtbot.mouseClick(d.build_button, Qt.MouseButton.LeftButton)
     assert not d.isVisible() and w.runner.busy
     qtbot.waitUntil(scanning.is_set, timeout=60_000)
+    qtbot.waitUntil(lambda: w.atlas.note.startswith("Building a feature atlas of about "), timeout=10_000)
+    assert "MB from " in w.atlas.note and " tokens (" in w.atlas.note  # the size estimate, as it arrived
     with qtbot.waitSignal(w.status.job_finished, timeout=60_000):
         qtbot.mouseClick(w.status.cancel_button, Qt.MouseButton.LeftButton)
         gate.set()
@@ -263,3 +292,24 @@ def test_find_matches_example_text_and_selects_the_nodes(workbench, qtbot, atlas
     assert set(seen) == expected and len(seen) == len(set(seen))
     qtbot.keyClick(find, Qt.Key.Key_Return)  # round again
     assert w.state.selected == (seen[0],)
+
+
+def test_long_examples_are_elided_around_the_peak():
+    """A 400-token window: the peak token and the tokens that fit around it are shown, in order,
+    with "…" for what is left out on either side."""
+    tokens = tuple(f" w{i}" for i in range(400))
+    acts = np.zeros(400, np.float32)
+    acts[250], acts[249], acts[251] = 4.0, 2.0, -1.0
+    e = Example(tokens, acts, 4.0, 250, "notes.txt", 0, 0)
+    text = example_html(e)
+    shown = token_spans(text)
+    words = [t for t, _, _ in shown]
+    first, last = tokens.index(words[0]), tokens.index(words[-1])
+    assert words == list(tokens[first:last + 1]) and first < 250 < last
+    assert sum(map(len, tokens[first:250])) <= BEFORE < sum(map(len, tokens[first - 1:250]))
+    assert sum(map(len, tokens[251:last + 1])) <= AFTER < sum(map(len, tokens[251:last + 2]))
+    assert text.startswith("…") and text.endswith("…")
+    (peak,) = [(t, style) for t, style, bold in shown if bold]
+    assert peak[0] == " w250" and rgba(peak[1]) == (WARM, pytest.approx(MAX_ALPHA))
+    assert [rgba(style)[0] if style else None for t, style, _ in shown if t in (" w249", " w251", " w252")] == [
+        WARM, COOL, None]  # half the peak: warm; negative: cool; zero: unshaded
