@@ -156,7 +156,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("tools.open_atlas", "&Open Feature Atlas…", "&Tools", lambda w: w.atlas.open_dialog(), "Ctrl+Alt+A",
                "Describe the graph's features with the atlas in a folder (built for the graph's model and basis)",
                attribution_shown),
-    ActionSpec("tools.build_atlas", "&Build Feature Atlas…", "&Tools", lambda w: w.atlas.build_dialog(), "Ctrl+Shift+B",
+    ActionSpec("tools.build_atlas", "&Build Feature Atlas…", "&Tools", lambda w: w.atlas.build_dialog(),
+               "Ctrl+Shift+B",
                "Build the atlas of what each neuron (or transcoder feature) of the panel's model responds to, "
                "from a corpus or from text the model writes itself", idle),
     # Help

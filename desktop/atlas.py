@@ -38,7 +38,16 @@ from PySide6.QtWidgets import (
 )
 
 from core.analysis import MODEL
-from core.atlas.store import BUILD_DIR, META_FILE, Atlas, atlas_home, find_atlas, graph_basis_key, mismatch_reason, read_meta
+from core.atlas.store import (
+    BUILD_DIR,
+    META_FILE,
+    Atlas,
+    atlas_home,
+    find_atlas,
+    graph_basis_key,
+    mismatch_reason,
+    read_meta,
+)
 from core.errors import CircuitDeskError
 from core.models.catalog import DEFAULT_SPEC
 from core.selection import ATLAS, VIEW, Change, WorkbenchState
@@ -376,8 +385,8 @@ class AtlasController(QObject):
             log.info("atlases passed over: %s", passed)
         if path is None:
             self.state.set_atlas(None, NO_ATLAS, source=NAME)
-            self.note_label.setToolTip("\n".join(["Atlases are looked for in " + ", ".join(
-                [str(atlas_home())] + self.folders()), *passed]))
+            self.note_label.setToolTip("\n".join([NO_ATLAS, "Looked in " + ", ".join([str(atlas_home())]
+                                                                                      + self.folders()), *passed]))
             return
         self.use(path, key)
 
@@ -458,7 +467,8 @@ class AtlasController(QObject):
         spec, device, transcoders = self.panel.spec, self.panel.device_combo.currentText(), self.panel.transcoders
         # the last build of this model, when it was cancelled: offered as it was (building resumes it)
         offer = self.last_build or BuildRequest.from_json(self.settings.value(LAST_BUILD_KEY))
-        resumable = (offer is not None and (offer.spec, offer.device, offer.settings.transcoders) == (spec, device, transcoders)
+        resumable = (offer is not None
+                     and (offer.spec, offer.device, offer.settings.transcoders) == (spec, device, transcoders)
                      and (Path(offer.out) / BUILD_DIR).is_dir() and not (Path(offer.out) / META_FILE).exists())
         if self.dialog is not None:
             self.dialog.deleteLater()

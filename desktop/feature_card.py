@@ -257,15 +257,16 @@ class FeatureCardView(QWidget):
                             if extreme and np.isfinite(extreme) and self.activation * sign > 0 else ""))
         qs = c.quantiles(sign)
         if qs:
-            lines.append("quantiles of |nonzero|: " + " · ".join(
+            lines.append("quantiles of nonzero |activation| (bins): " + " · ".join(
                 f"q{int(round(q * 100))} {_num(lo)}–{_num(hi)}" for q, (lo, hi) in qs.items()))
         self.summary.setText("<br>".join(lines))
         marker = abs(self.activation) if self.activation is not None and self.activation * sign > 0 else None
         self.histogram.set_counts(c.hist_positive if positive else c.hist_negative, marker, positive)
         self.histogram.show()
         examples = (c.top if positive else c.bottom)[:EXAMPLES]
-        self.examples_title.setText(f"<b>Top examples</b> ({len(examples)} of the {'most positive' if c.signed and positive else 'most negative' if c.signed else 'most active'} windows)"
-                                    if examples else "No examples: the feature never fired on this side.")
+        which = ("most positive" if positive else "most negative") if c.signed else "most active"
+        self.examples_title.setText(f"<b>Top examples</b> ({len(examples)} of the {which} windows)" if examples
+                                    else "No examples: the feature never fired on this side.")
         self.examples_title.show()
         self._set_examples(examples)
         self.corpus.setText(f"Built from {c.corpus}.")

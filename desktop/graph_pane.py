@@ -535,7 +535,8 @@ class GraphPane(QWidget):
             names = [v.labels[n] for n in group.nodes]
             more = f", … ({len(names) - 6} more)" if len(names) > 6 else ""
             return f"⟨{group.label}⟩ supernode of {len(names)} nodes\n" + ", ".join(names[:6]) + more
-        parts = [v.node_title(i, self.state.notes, self.state.atlas), f"{CATEGORIES[v.category[i]]} · layer {v.layer[i]} · column {v.column[i]}"]
+        parts = [v.node_title(i, self.state.notes, self.state.atlas),
+                 f"{CATEGORIES[v.category[i]]} · layer {v.layer[i]} · column {v.column[i]}"]
         if v.values is not None and np.isfinite(v.values[i]):
             parts.append(("activation" if v.kind == "attribution" else "node score") + f" {v.values[i]:.4g}")
         parts.append(f"relative influence {v.size[i]:.3f}")

@@ -181,7 +181,8 @@ def test_build_dialog_builds_cancel_then_build_again_resumes(workbench, qtbot, a
         qtbot.mouseClick(w.status.cancel_button, Qt.MouseButton.LeftButton)
         gate.set()
     assert w.jobs.states()[0] == "cancelled"
-    assert w.status.label.text() == "Atlas build cancelled; Tools → Build Feature Atlas… into the same folder resumes it."
+    assert w.status.label.text() == ("Atlas build cancelled; Tools → Build Feature Atlas… into the same folder "
+                                     "resumes it.")
     assert (out / "build").is_dir() and not (out / "atlas.json").exists() and w.state.atlas is None
 
     monkeypatch.setattr(atlas_build._LayerStats, "update", real_update)
@@ -313,3 +314,28 @@ def test_long_examples_are_elided_around_the_peak():
     assert peak[0] == " w250" and rgba(peak[1]) == (WARM, pytest.approx(MAX_ALPHA))
     assert [rgba(style)[0] if style else None for t, style, _ in shown if t in (" w249", " w251", " w252")] == [
         WARM, COOL, None]  # half the peak: warm; negative: cool; zero: unshaded
+
+
+def test_a_build_loads_the_panels_model_when_none_is_loaded(workbench, qtbot, atlases, monkeypatch, tmp_path):
+    w = workbench.window()
+    w.runs.model, w.runs.model_key = None, None  # nothing run yet: the build loads the panel's model itself
+    out = tmp_path / "fresh"
+    monkeypatch.setattr(QFileDialog, "getOpenFileNames", lambda *a, **k: ([str(atlases["corpus"])], ""))
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(out))
+    w.actions["tools.build_atlas"].trigger()
+    d = w.atlas.dialog
+    qtbot.waitUntil(d.isVisible)
+    assert d.out_edit.text().endswith(f"{Path(workbench.spec).name}-neurons")  # the default: model and basis
+    d.spins["context"].setValue(8)
+    d.spins["top_k"].setValue(12)
+    qtbot.mouseClick(d.add_files_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(d.browse_button, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(w.status.job_finished, timeout=120_000):
+        qtbot.mouseClick(d.build_button, Qt.MouseButton.LeftButton)
+    assert w.status.last_error is None, w.status.last_error
+    assert w.status.label.text() == f"Atlas written to {out}."
+    assert w.runs.model_key == (workbench.spec, "cpu")  # kept for the next run
+    assert w.runs.model.fingerprint.sha256[:16] in w.panel.model_info.text()
+    built = json.loads((out / "atlas.json").read_text())
+    assert built["features_sha256"] == json.loads((atlases["llama"] / "atlas.json").read_text())["features_sha256"]
+    assert w.settings.value(FOLDERS_KEY) in ([str(out.resolve())], str(out.resolve()))  # found from now on
