@@ -79,6 +79,9 @@ class MainWindow(QMainWindow):
         self.inspector_dock = self._dock("Inspector", "inspectorDock", self.inspector, right, 320)
         self.findings_dock = self._dock("Findings", "findingsDock", self.findings, bottom)
         self.jobs_dock = self._dock("Jobs", "jobsDock", self.jobs, bottom)
+        # the inspector runs the window's full height (a feature's atlas card is tall); the heatmap
+        # sits under the graph whose columns it shares
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.tabifyDockWidget(self.heatmap_dock, self.jobs_dock)
         self.tabifyDockWidget(self.heatmap_dock, self.findings_dock)
         self.heatmap_dock.raise_()

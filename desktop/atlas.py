@@ -66,7 +66,7 @@ SAMPLED_CORPUS = "text sampled from the model itself (fixed seed) and the bundle
 # what Add Files… offers: the formats core.atlas.corpus reads (TEXT_SUFFIXES; not imported: it loads torch)
 CORPUS_FILTER = "Text corpora (*.txt *.text *.md *.rst *.jsonl *.csv *.tsv);;All files (*)"
 DIALOG_SETTINGS = ("context", "top_k", "tokens", "sample_tokens")  # the build dialog's fields (ATLAS_SETTINGS)
-NOTE_WIDTH = 560  # the status bar's atlas line is elided to this many pixels
+NOTE_WIDTH = 680  # the status bar's atlas line is elided to this many pixels (in full in its tooltip)
 
 
 def graph_key(analysis) -> tuple[str, str] | None:
@@ -81,8 +81,14 @@ def graph_key(analysis) -> tuple[str, str] | None:
 
 
 def atlas_note(atlas: Atlas) -> str:
-    """The status bar's line for an atlas in use: which one, and what it was built from."""
-    return f"Feature atlas {atlas.path.name}: {atlas.corpus_text}"
+    """The status bar's line for an atlas in use: which one, and what it was built from (in short;
+    the inspector's card says it in full)."""
+    corpus = atlas.meta["corpus"]
+    if corpus.get("kind") == "model-sampled":
+        words = f"text sampled from the model and the bundled prompts, {int(corpus.get('tokens', 0)):,} tokens"
+    else:
+        words = atlas.corpus_text
+    return f"Feature atlas {atlas.path.name}: {words}"
 
 
 def _stamp(path: Path) -> tuple:
@@ -535,7 +541,7 @@ class AtlasController(QObject):
     def _show_note(self, text: str) -> None:
         self._full_note = text
         fm = self.note_label.fontMetrics()
-        self.note_label.setText(fm.elidedText(text, Qt.TextElideMode.ElideMiddle, NOTE_WIDTH))
+        self.note_label.setText(fm.elidedText(text, Qt.TextElideMode.ElideRight, NOTE_WIDTH))
         tip = text if self.state.atlas is None else f"{text}\n{self.state.atlas.path}"
         self.note_label.setToolTip(tip)
         self.note_label.setVisible(bool(text))
