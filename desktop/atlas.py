@@ -19,7 +19,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QCoreApplication, QObject, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QDialog,
@@ -349,6 +349,9 @@ class AtlasController(QObject):
         self._full_note = ""
         state.subscribe(self.on_change)
         status.job_finished.connect(self._job_finished)
+        app = QCoreApplication.instance()
+        if app is not None:  # quitting without closing the window (--quit-after-trace): stop the opener first
+            app.aboutToQuit.connect(self.shutdown)
 
     # -- the graph on show ---------------------------------------------------------------------------
     def on_change(self, change: Change) -> None:
