@@ -227,14 +227,68 @@ class GraphView:
                        np.array([int(i) in names for i in drawn], bool), names, src, dst, weight, rep,
                        link_src, link_dst, link_weight)
 
-    def find(self, text: str) -> list[int]:
-        """Nodes whose label contains ``text`` (case-insensitive), visible ones first."""
+    def find(self, text: str, atlas=None) -> list[int]:
+        """Nodes whose label contains ``text`` (case-insensitive), visible ones first; with an
+        ``atlas`` (``core.atlas.store.Atlas``), also the feature nodes whose atlas label or example
+        text contains it."""
         text = text.strip().lower()
         if not text:
             return []
-        hits = [i for i, lab in enumerate(self.labels) if text in lab.lower()]
+        hits = {i for i, lab in enumerate(self.labels) if text in lab.lower()}
+        if atlas is not None:
+            nodes_of: dict[tuple[int, int], list[int]] = {}
+            for i in self.feature_nodes():
+                nodes_of.setdefault(self.feature_of(i), []).append(i)
+            for f in atlas.search(text, nodes_of):
+                hits.update(nodes_of[f])
         vis = self.node_mask
-        return sorted(hits, key=lambda i: (not vis[i], -self.size[i]))
+        return sorted(hits, key=lambda i: (not vis[i], -self.size[i], i))
+
+    # -- features and the atlas that describes them ------------------------------------------------------
+    def feature_nodes(self) -> list[int]:
+        """An attribution graph's feature nodes (neurons or transcoder features)."""
+        g = self.source
+        if self.kind != "attribution" or not isinstance(g, Graph):
+            return []
+        return np.flatnonzero(g.kind == FEATURE).tolist()
+
+    def feature_of(self, node: int) -> tuple[int, int] | None:
+        """(layer, index) of a feature node of an attribution graph (None for any other node)."""
+        g = self.source
+        if self.kind != "attribution" or not isinstance(g, Graph) or int(g.kind[node]) != FEATURE:
+            return None
+        return int(g.layer[node]), int(g.index[node])
+
+    def feature_sign(self, node: int) -> int:
+        """-1 where the node's activation on this prompt is negative, else 1 (the side of a signed
+        neuron that its atlas label and examples describe)."""
+        return -1 if self.values is not None and float(self.values[node]) < 0 else 1
+
+    def atlas_label(self, node: int, atlas) -> str:
+        """The atlas's automatic label of a feature node ("" without an atlas or a label)."""
+        f = self.feature_of(node)
+        if atlas is None or f is None:
+            return ""
+        return atlas.label(*f, self.feature_sign(node))
+
+    def atlas_name(self, node: int, atlas) -> str:
+        """A feature node's name on the canvas from its atlas label, e.g. ``L12/N345: Paris · France``
+        ("" where the atlas has no label for it)."""
+        label = self.atlas_label(node, atlas)
+        if not label:
+            return ""
+        layer, index = self.feature_of(node)
+        unit = "N" if self.source.meta.get("basis", "neurons") == "neurons" else "F"
+        return f"L{layer}/{unit}{index}: {label}"
+
+    def node_title(self, node: int, notes: dict[int, str] | None = None, atlas=None) -> str:
+        """A node's first tooltip line: its label, then the user's label in quotes, or else its
+        atlas label (the user's own label always wins)."""
+        note = (notes or {}).get(node)
+        if note:
+            return f"{self.labels[node]}  “{note}”"
+        label = self.atlas_label(node, atlas)
+        return f"{self.labels[node]}  — atlas: {label}" if label else self.labels[node]
 
     # -- canvas labels and scores ----------------------------------------------------------------------
     def short_label(self, node: int) -> str:
@@ -248,12 +302,13 @@ class GraphView:
         return self.labels[node]
 
     def canvas_labels(self, d: "Drawing", notes: dict[int, str] | None = None, k: int = LABELLED_NODES,
-                      focus: "Focus | None" = None) -> list[tuple[int, str, str]]:
+                      focus: "Focus | None" = None, atlas=None) -> list[tuple[int, str, str]]:
         """The labels drawn on the canvas, most important first, as (node, text, role): every drawn
         logit (role "logit", most probable first); with a ``focus``, the focused nodes ("focus") and their
         ``k`` most strongly linked neighbours ("neighbour"); then the ``k`` most influential other
         drawn nodes and every drawn node the user labelled ("node"). The user's label replaces the
-        default text. Supernodes carry their own label and are left out."""
+        default text; else a feature's ``atlas`` label does (``atlas_name``). Supernodes carry their
+        own label and are left out."""
         notes = notes or {}
         single = d.nodes[~d.is_group]
         logit = CATEGORIES.index("logit")
@@ -267,7 +322,7 @@ class GraphView:
                 i = int(i)
                 if i not in seen and i in single_set:
                     seen.add(i)
-                    out.append((i, notes.get(i) or self.short_label(i), role))
+                    out.append((i, notes.get(i) or self.atlas_name(i, atlas) or self.short_label(i), role))
 
         single_set = set(single.tolist())
         add(logits, "logit")

@@ -22,7 +22,7 @@ from core.models.catalog import DEFAULT_SPEC
 
 DEMO_PROMPT = "The capital of France is"
 DEMO_CORRUPTED = "The capital of Italy is"  # for a component circuit of the demo prompt
-MENUS = ("&File", "&Run", "&Graph", "&View", "&Help")
+MENUS = ("&File", "&Run", "&Graph", "&Tools", "&View", "&Help")
 RECENT = "Open &Recent"  # the File menu's submenu of recent sessions (filled by the documents)
 
 Handler = Callable[[QMainWindow], object]
@@ -152,6 +152,14 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("graph.intervene", "Run &Intervention", "&Graph", lambda w: w.inspector.request_intervention(),
                "Ctrl+I", "Run the inspector's edit on the selected node",
                lambda w: w.inspector.run_button.isEnabled() and idle(w), section=2),
+    # Tools
+    ActionSpec("tools.open_atlas", "&Open Feature Atlas…", "&Tools", lambda w: w.atlas.open_dialog(), "Ctrl+Alt+A",
+               "Describe the graph's features with the atlas in a folder (built for the graph's model and basis)",
+               attribution_shown),
+    ActionSpec("tools.build_atlas", "&Build Feature Atlas…", "&Tools", lambda w: w.atlas.build_dialog(),
+               "Ctrl+Shift+B",
+               "Build the atlas of what each neuron (or transcoder feature) of the panel's model responds to, "
+               "from a corpus or from text the model writes itself", idle),
     # Help
     ActionSpec("help.about", "&About Circuit Desk", "&Help", about),
 )

@@ -7,7 +7,8 @@ in its own module:
   ``desktop.findings``, ``desktop.jobs_pane``, ``desktop.suggestions`` (suggested groups) — the
   panes read ``core.selection.WorkbenchState``;
 * ``desktop.documents`` (save, open, autosave, recovery, recent, title), ``desktop.exports``
-  (images, PDF report), ``desktop.status`` (progress, cancel, errors);
+  (images, PDF report), ``desktop.status`` (progress, cancel, errors), ``desktop.atlas`` (the
+  feature atlas of the graph on show: found, opened, built);
 * ``desktop.actions``: every menu command as a declaration; menus and enablement derive from it.
 
 Start-up imports only Qt and torch-free parts of core, so the window shows before torch loads;
@@ -26,6 +27,7 @@ from core.analysis import ATTRIBUTION, CIRCUIT, PREDICT
 from core.models.catalog import DEFAULT_SPEC, list_models
 from core.selection import HOVER, VIEW, WorkbenchState
 from desktop.actions import DEMO_CORRUPTED, DEMO_PROMPT, Actions
+from desktop.atlas import AtlasController
 from desktop.documents import Documents
 from desktop.exports import Exports
 from desktop.findings import FindingsPane
@@ -77,6 +79,9 @@ class MainWindow(QMainWindow):
         self.inspector_dock = self._dock("Inspector", "inspectorDock", self.inspector, right, 320)
         self.findings_dock = self._dock("Findings", "findingsDock", self.findings, bottom)
         self.jobs_dock = self._dock("Jobs", "jobsDock", self.jobs, bottom)
+        # the inspector runs the window's full height (a feature's atlas card is tall); the heatmap
+        # sits under the graph whose columns it shares
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.tabifyDockWidget(self.heatmap_dock, self.jobs_dock)
         self.tabifyDockWidget(self.heatmap_dock, self.findings_dock)
         self.heatmap_dock.raise_()
@@ -88,6 +93,7 @@ class MainWindow(QMainWindow):
         self.status = StatusBar(self, self.runner)
         self.runs = RunController(self.state, self.panel, self.predictions, self.runner, self.status)
         self.documents = Documents(self, self.state, self.runner, self.status, self.settings, self.actions.recent_menu)
+        self.atlas = AtlasController(self, self.state, self.runner, self.status, self.settings, self.runs, self.panel)
         self.exports = Exports(self, self.state, {"graph": self.graph_pane, "heatmap": self.heatmap}, self.documents,
                                self.runner, self.status, self.settings)
         self.start_page = StartPage([
@@ -166,6 +172,7 @@ class MainWindow(QMainWindow):
         if self.runner.busy:
             self.status.say("Cancelling the running job…")
         self.runner.shutdown()
+        self.atlas.shutdown()
         super().closeEvent(event)
 
 

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.selection import ANNOTATION, HOVER, INTERVENTION, SELECTION, THRESHOLD, VIEW, Change, WorkbenchState
+from core.selection import ANNOTATION, ATLAS, HOVER, INTERVENTION, SELECTION, THRESHOLD, VIEW, Change, WorkbenchState
 from core.view import CATEGORIES, CATEGORY_COLOURS, GROUP_COLOUR, NEGATIVE, POSITIVE, nearest_segment, place_labels
 
 NAME = "graph"
@@ -172,6 +172,8 @@ class GraphPane(QWidget):
         self.find_edit = QLineEdit()
         self.find_edit.setPlaceholderText("Find node (Ctrl+F)…")
         self.find_edit.setClearButtonEnabled(True)
+        self.find_edit.setToolTip("Find a node by its label or yours; with a feature atlas, also by a feature's atlas "
+                                  "label or the text of its top examples (Enter: the next match)")
         self.find_edit.returnPressed.connect(self.find_next)
         self._find_hits: list[int] = []
         self._find_at = -1
@@ -277,6 +279,8 @@ class GraphPane(QWidget):
             self._draw_all()
         elif change.what == SELECTION:
             self._draw_focus()
+        elif change.what == ATLAS:  # feature nodes without your label take their atlas label
+            self._draw_labels()
         self.refreshed.emit(change.what)
 
     def _set_enabled(self, on: bool) -> None:
@@ -442,7 +446,8 @@ class GraphPane(QWidget):
             self.plot.removeItem(t)
         self.node_labels = []
         v, d = self.state.view, self.drawn
-        self._label_specs = [] if v is None or d is None else v.canvas_labels(d, self.state.notes, focus=self.focus)
+        self._label_specs = [] if v is None or d is None else v.canvas_labels(d, self.state.notes, focus=self.focus,
+                                                                                   atlas=self.state.atlas)
         near = set(self.focus.neighbours.tolist()) if self.focus is not None else None
         for node, text, role in self._label_specs:
             colour = "#14532d" if role == "logit" else "#111111"
@@ -530,8 +535,8 @@ class GraphPane(QWidget):
             names = [v.labels[n] for n in group.nodes]
             more = f", … ({len(names) - 6} more)" if len(names) > 6 else ""
             return f"⟨{group.label}⟩ supernode of {len(names)} nodes\n" + ", ".join(names[:6]) + more
-        note = self.state.notes.get(i)
-        parts = [v.labels[i] + (f"  “{note}”" if note else ""), f"{CATEGORIES[v.category[i]]} · layer {v.layer[i]} · column {v.column[i]}"]
+        parts = [v.node_title(i, self.state.notes, self.state.atlas),
+                 f"{CATEGORIES[v.category[i]]} · layer {v.layer[i]} · column {v.column[i]}"]
         if v.values is not None and np.isfinite(v.values[i]):
             parts.append(("activation" if v.kind == "attribution" else "node score") + f" {v.values[i]:.4g}")
         parts.append(f"relative influence {v.size[i]:.3f}")
@@ -644,7 +649,8 @@ class GraphPane(QWidget):
             return
         text = self.find_edit.text().strip().lower()
         noted = [n for n, note in sorted(self.state.notes.items()) if text and text in note.lower()]
-        hits = noted + [n for n in v.find(text) if n not in noted]  # your labels first
+        # your labels first, then node labels and (with an atlas) atlas labels and example text
+        hits = noted + [n for n in v.find(text, self.state.atlas) if n not in noted]
         if hits != self._find_hits:
             self._find_hits, self._find_at = hits, -1
         if not hits:

@@ -1,4 +1,5 @@
-"""The inspector: the selected node's facts, the tokens it promotes and suppresses, its strongest
+"""The inspector: the selected node's facts, what a feature responds to (its feature atlas card:
+label, density, histogram, top examples), the tokens it promotes and suppresses, its strongest
 edges (click to follow), and intervention controls with the before/after result."""
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from PySide6.QtWidgets import (
 
 from core.analysis import InterventionRequest
 from core.annotations import MAX_LABEL
-from core.selection import INTERVENTION, SELECTION, THRESHOLD, VIEW, Change, WorkbenchState
+from core.errors import CircuitDeskError
+from core.selection import ANNOTATION, ATLAS, INTERVENTION, SELECTION, THRESHOLD, VIEW, Change, WorkbenchState
 from core.view import CATEGORIES
+from desktop.feature_card import EXAMPLES, FeatureCardView
 
 NAME = "inspector"
+NO_ATLAS_HINT = "No feature atlas for this model: Tools → Build Feature Atlas… shows what each neuron responds to."
 
 
 def _html(text: str) -> str:
@@ -56,6 +60,7 @@ class Inspector(QScrollArea):
         self.note_edit.setPlaceholderText("Your label for this node (Enter to keep it)")
         self.note_edit.setToolTip("Saved with the session, shown in the graph's tooltip and used by Find")
         self.note_edit.editingFinished.connect(self._note_edited)
+        self.card = FeatureCardView()  # the feature's atlas card (hidden for other nodes)
         self.tokens = QTableWidget(0, 2)
         self.tokens.setHorizontalHeaderLabels(["Promotes", "Suppresses"])
         self.tokens.verticalHeader().setVisible(False)
@@ -100,6 +105,7 @@ class Inspector(QScrollArea):
         layout = QVBoxLayout(body)
         layout.addWidget(self.facts)
         layout.addWidget(self.note_edit)
+        layout.addWidget(self.card)
         layout.addWidget(QLabel("<b>Direct effect on tokens</b>"))
         layout.addWidget(self.tokens)
         edges = QHBoxLayout()
@@ -120,11 +126,17 @@ class Inspector(QScrollArea):
 
     # -- state -> view ----------------------------------------------------------------------------
     def on_change(self, change: Change) -> None:
-        if change.what not in (VIEW, SELECTION, THRESHOLD, INTERVENTION):
+        if change.what not in (VIEW, SELECTION, THRESHOLD, INTERVENTION, ATLAS, ANNOTATION):
             return
         self.refresh_counts[change.what] = self.refresh_counts.get(change.what, 0) + 1
         if change.what == INTERVENTION:
             self._show_intervention()
+        elif change.what in (ANNOTATION, ATLAS):  # a label, pin or group, or the atlas: name and card
+            node = self.node()
+            if node is not None:
+                self._show_facts(node)
+                if change.what == ATLAS:
+                    self._show_card(node)
         else:
             self._show_node()
         self.refreshed.emit(change.what)
@@ -160,8 +172,10 @@ class Inspector(QScrollArea):
         self._clear()
         if v is None:
             self.facts.setText("Run a trace to inspect its nodes.")
+            self.card.show_message("")
             return
         if node is None:
+            self.card.show_message("")
             n = len(self.state.selected)
             self.facts.setText(f"{n} nodes selected." if n else "Select a node in the graph or a cell in the heatmap.")
             return
@@ -169,18 +183,8 @@ class Inspector(QScrollArea):
         self.note_edit.setText(self.state.notes.get(node, ""))
         self.note_edit.blockSignals(False)
         self.note_edit.setEnabled(True)
-        kind = CATEGORIES[v.category[node]]
-        lines = [f"<b>{_html(v.labels[node])}</b>", f"{kind} · layer {v.layer[node]} · "
-                 + ("position" if v.kind == "attribution" else "column") + f" {v.column[node]}"]
-        if v.values is not None and np.isfinite(v.values[node]):
-            lines.append(("activation" if v.kind == "attribution" else "node score") + f" {v.values[node]:.5g}")
-        lines.append(f"relative influence {v.size[node]:.4f}")
-        if node in self.state.pinned:
-            lines.append("pinned")
-        group = self.state.group_of(node)
-        if group:
-            lines.append(f"group ⟨{_html(group.label)}⟩")
-        self.facts.setText("<br>".join(lines))
+        self._show_facts(node)
+        self._show_card(node)
         effects = self.state.analysis.token_effects(node)
         if effects is not None:
             k = max(len(effects.promoted), len(effects.suppressed))
@@ -208,6 +212,46 @@ class Inspector(QScrollArea):
                                   "Where the edit applies: the node's own token position, or every position")
         if not self.state.analysis.can_intervene:
             self.result.setText("Interventions need the model: run the prompt again to intervene here.")
+
+    def _show_facts(self, node: int) -> None:
+        """The node's name (your label, else its atlas label, else its own) and facts."""
+        v = self.state.view
+        kind = CATEGORIES[v.category[node]]
+        name = self.state.notes.get(node) or v.atlas_label(node, self.state.atlas)
+        lines = [f"<b>{_html(name)}</b>"] if name else []
+        lines += [f"<b>{_html(v.labels[node])}</b>" if not name else _html(v.labels[node]),
+                  f"{kind} · layer {v.layer[node]} · " + ("position" if v.kind == "attribution" else "column")
+                  + f" {v.column[node]}"]
+        if v.values is not None and np.isfinite(v.values[node]):
+            lines.append(("activation" if v.kind == "attribution" else "node score") + f" {v.values[node]:.5g}")
+        lines.append(f"relative influence {v.size[node]:.4f}")
+        if node in self.state.pinned:
+            lines.append("pinned")
+        group = self.state.group_of(node)
+        if group:
+            lines.append(f"group ⟨{_html(group.label)}⟩")
+        self.facts.setText("<br>".join(lines))
+
+    def _show_card(self, node: int) -> None:
+        """The feature's atlas card; one line on how to get one where there is no atlas."""
+        v, atlas = self.state.view, self.state.atlas
+        feature = v.feature_of(node)
+        if feature is None:
+            self.card.show_message("")
+            return
+        if atlas is None:
+            self.card.show_message(self.state.atlas_note or NO_ATLAS_HINT)
+            return
+        if not atlas.has(*feature):
+            self.card.show_message(f"The feature atlas has no L{feature[0]}/{atlas.unit}{feature[1]}.")
+            return
+        try:
+            card = atlas.card(*feature, examples=EXAMPLES)
+        except (CircuitDeskError, OSError) as err:
+            self.card.show_message(str(err))
+            return
+        value = float(v.values[node]) if v.values is not None and np.isfinite(v.values[node]) else None
+        self.card.show_card(card, value)
 
     def _reveal_result(self) -> None:
         """Scroll so the whole intervention result shows. Its wrapped height is known only once

@@ -90,7 +90,29 @@ class World:
         self.workbench, self.qtbot, self.monkeypatch, self.tmp_path = workbench, qtbot, monkeypatch, tmp_path
         self._count = 0
         self._session: Path | None = None
+        self._atlas: Path | None = None
         self.windows = []
+
+    @property
+    def atlas(self) -> Path:
+        """A feature atlas of the tiny llama model (built once, outside the folders searched)."""
+        if self._atlas is None:
+            from core.atlas.build import build_atlas
+            from core.settings import AtlasSettings
+
+            corpus = self.corpus
+            self._atlas = build_atlas(self.workbench._model(), self.tmp_path / "atlas-of-tiny",
+                                      AtlasSettings(context=8, top_k=3), corpus=[str(corpus)]).path
+        return self._atlas
+
+    @property
+    def corpus(self) -> Path:
+        """A small corpus of the tiny model's words."""
+        path = self.tmp_path / "corpus.txt"
+        if not path.exists():
+            path.write_text("the cat and the dog went to the store . when mary and john went to paris , "
+                            "john gave a drink to mary . the capital of france is paris .\n" * 3)
+        return path
 
     def next_number(self) -> int:
         self._count += 1
@@ -400,6 +422,34 @@ def check_dock_toggle(t: Trial) -> None:
     assert dock.isHidden() != hidden
 
 
+def check_open_atlas(t: Trial) -> None:
+    w = t.w
+    w.state.set_atlas(None, "")  # opened by the previous firing
+    calls = t.answer(QFileDialog, "getExistingDirectory", lambda *a: str(t.world.atlas))
+    t.fire()
+    assert len(calls) == 1
+    t.qtbot.waitUntil(lambda: w.state.atlas is not None, timeout=30_000)
+    assert w.state.atlas.path == t.world.atlas.resolve() and w.status.error_box is None
+
+
+def check_build_atlas(t: Trial) -> None:
+    w, out = t.w, t.file("atlas", "")
+    t.answer(QFileDialog, "getOpenFileNames", lambda *a: ([str(t.world.corpus)], ""))
+    t.answer(QFileDialog, "getExistingDirectory", lambda *a: str(out))
+    t.fire()
+    d = w.atlas.dialog
+    t.qtbot.waitUntil(d.isVisible)
+    d.spins["context"].setValue(8)
+    d.add_files_button.click()
+    d.browse_button.click()
+    with t.qtbot.waitSignal(w.status.job_finished, timeout=120_000):
+        d.build_button.click()
+    assert w.status.last_error is None, w.status.last_error
+    assert (out / "atlas.json").is_file() and w.jobs.states()[0] == "done"
+    if t.state in (GRAPH, OPENED):  # a graph of the tiny model is on show: the new atlas describes it
+        t.qtbot.waitUntil(lambda: w.state.atlas is not None and w.state.atlas.path == out.resolve(), timeout=30_000)
+
+
 def check_about(t: Trial) -> None:
     import core
 
@@ -444,6 +494,8 @@ CASES = {
     "Graph/Suggest Groups…": Case(frozenset({GRAPH, OPENED}), check_suggest_groups),  # attribution graphs only
     "Graph/Clear Selection": Case(SHOWING, check_clear_selection),
     "Graph/Run Intervention": Case(RAN, check_intervention, prepare=select_intervenable),
+    "Tools/Open Feature Atlas…": Case(frozenset({GRAPH, OPENED}), check_open_atlas),  # attribution graphs only
+    "Tools/Build Feature Atlas…": Case(ALL, check_build_atlas),
     "View/Model & prompt": Case(ALL, check_dock_toggle),
     "View/Heatmap": Case(ALL, check_dock_toggle),
     "View/Inspector": Case(ALL, check_dock_toggle),

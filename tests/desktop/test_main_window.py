@@ -36,7 +36,7 @@ def test_window_opens_with_panels_menus_and_demo_prompt(window):
     assert window.panel.spec == "default"
     assert window.panel.prompt_edit.toPlainText() == "The capital of France is"
     menus = [a.text() for a in window.menuBar().actions()]
-    assert menus == ["&File", "&Run", "&Graph", "&View", "&Help"]
+    assert menus == ["&File", "&Run", "&Graph", "&Tools", "&View", "&Help"]
     assert window.actions["run.run"].shortcut().toString() == "Ctrl+Return"
     assert window.actions["file.open_model_folder"].shortcut().toString() == "Ctrl+O"
 
