@@ -33,7 +33,6 @@ from PySide6.QtWidgets import (
     QListWidget,
     QMainWindow,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
 )
 
@@ -51,8 +50,9 @@ from core.atlas.store import (
 from core.errors import CircuitDeskError
 from core.models.catalog import DEFAULT_SPEC
 from core.selection import ATLAS, VIEW, Change, WorkbenchState
-from core.settings import ATLAS_SETTINGS, AtlasSettings, Setting, by_name
+from core.settings import ATLAS_SETTINGS, AtlasSettings, by_name
 from desktop.jobs import JobRunner
+from desktop.panel import setting_spin_box
 from desktop.status import StatusBar
 
 log = logging.getLogger(__name__)
@@ -157,16 +157,6 @@ def default_out(spec: str, transcoders: str | None) -> Path:
 
 
 # -- the dialog -------------------------------------------------------------------------------------
-def _spin(setting: Setting) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(int(setting.minimum), int(setting.maximum))
-    box.setSingleStep(int(setting.step or 1))
-    box.setValue(int(setting.initial))
-    box.setToolTip(setting.tooltip or setting.help)
-    box.setGroupSeparatorShown(True)
-    return box
-
-
 class AtlasBuildDialog(QDialog):
     """Tools → Build Feature Atlas…: the settings (declared in ``core.settings.ATLAS_SETTINGS``),
     the corpus (files and folders; none: text sampled from the model) and the output folder.
@@ -180,7 +170,7 @@ class AtlasBuildDialog(QDialog):
         self.setWindowTitle("Build Feature Atlas")
         self.spec, self.device, self.transcoders = spec, device, transcoders
         declared = by_name(ATLAS_SETTINGS)
-        self.spins = {name: _spin(declared[name]) for name in DIALOG_SETTINGS}
+        self.spins = {name: setting_spin_box(declared[name]) for name in DIALOG_SETTINGS}
         form = QFormLayout()
         model = QLabel(model_text)
         model.setToolTip(spec)

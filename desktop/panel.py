@@ -41,12 +41,14 @@ _TRACE, _CIRCUIT, _PAIRS, _PREDICT = (by_name(d) for d in (ATTRIBUTION_SETTINGS,
                                                                PAIR_SOURCE_SETTINGS, PREDICT_SETTINGS))
 
 
-def _spin(setting: Setting) -> QSpinBox:
+def setting_spin_box(setting: Setting) -> QSpinBox:
+    """A spin box for a declared integer setting: its range, step, starting value and tooltip."""
     box = QSpinBox()
     box.setRange(int(setting.minimum), int(setting.maximum))
     box.setSingleStep(int(setting.step or 1))
     box.setValue(int(setting.initial))
     box.setToolTip(setting.tooltip or setting.help)
+    box.setGroupSeparatorShown(setting.maximum is not None and setting.maximum >= 10_000)
     return box
 
 
@@ -82,7 +84,7 @@ class ModelPanel(QWidget):
         self.prompt_edit = QPlainTextEdit()
         self.prompt_edit.setPlaceholderText("Type a prompt, e.g. The capital of France is")
         self.prompt_edit.setMinimumHeight(80)
-        self.top_k = _spin(_PREDICT["top_k"])
+        self.top_k = setting_spin_box(_PREDICT["top_k"])
         self.method_combo = QComboBox()
         self.method_combo.addItems(list(METHODS))
         self.method_combo.setToolTip(
@@ -95,7 +97,7 @@ class ModelPanel(QWidget):
         self.foil_edit = QLineEdit()
         self.foil_edit.setPlaceholderText("none")
         self.foil_edit.setToolTip("Contrast token: explain target − foil logit difference")
-        self.max_nodes = _spin(_TRACE["max_nodes"])
+        self.max_nodes = setting_spin_box(_TRACE["max_nodes"])
         self.basis_combo = QComboBox()
         self.basis_combo.addItem("MLP neurons", None)
         self.basis_combo.addItem("Transcoders folder…", OPEN_FOLDER)
@@ -119,7 +121,7 @@ class ModelPanel(QWidget):
         self.scoring_combo.addItems(list(scoring.offered))
         self.scoring_combo.setCurrentText(scoring.initial)
         self.scoring_combo.setToolTip(scoring.tooltip or scoring.help)
-        self.n_pairs = _spin(_PAIRS["n_pairs"])
+        self.n_pairs = setting_spin_box(_PAIRS["n_pairs"])
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Run the prompt (Ctrl+Enter)")
         self.run_button.setDefault(True)
