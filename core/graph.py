@@ -52,14 +52,18 @@ class Graph:
     def nodes_of(self, kind: int) -> np.ndarray:
         return np.flatnonzero(self.kind == kind)
 
+    @property
+    def feature_unit(self) -> str:
+        """How a feature is named: "N" (an MLP neuron) or "F" (a transcoder feature)."""
+        return "N" if self.meta.get("basis", "neurons") == "neurons" else "F"
+
     def label(self, i: int) -> str:
         k, l, p, idx = int(self.kind[i]), int(self.layer[i]), int(self.pos[i]), int(self.index[i])
         tok = self.tokens[p] if 0 <= p < len(self.tokens) else "?"
         if k == EMBEDDING:
             return f"Emb {tok!r}@{p}"
         if k == FEATURE:
-            unit = "N" if self.meta.get("basis", "neurons") == "neurons" else "F"
-            return f"L{l} {unit}{idx} @{p} {tok!r}"
+            return f"L{l} {self.feature_unit}{idx} @{p} {tok!r}"
         if k == ERROR:
             return f"Err L{l} @{p} {tok!r}"
         return f"Logit {self.meta.get('target_tokens', {}).get(str(i), '#' + str(idx))!r}"

@@ -225,8 +225,7 @@ def target_name(g: Graph, node: int) -> str:
     if g.kind[node] == ERROR:
         return f"Err L{int(g.layer[node])}@{int(g.pos[node])}"
     if g.kind[node] == FEATURE:
-        unit = "N" if g.meta.get("basis", "neurons") == "neurons" else "F"
-        return f"L{int(g.layer[node])} {unit}{int(g.index[node])}@{int(g.pos[node])}"
+        return f"L{int(g.layer[node])} {g.feature_unit}{int(g.index[node])}@{int(g.pos[node])}"
     return g.label(node)
 
 

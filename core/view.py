@@ -278,8 +278,7 @@ class GraphView:
         if not label:
             return ""
         layer, index = self.feature_of(node)
-        unit = "N" if self.source.meta.get("basis", "neurons") == "neurons" else "F"
-        return f"L{layer}/{unit}{index}: {label}"
+        return f"L{layer}/{self.source.feature_unit}{index}: {label}"
 
     def node_title(self, node: int, notes: dict[int, str] | None = None, atlas=None) -> str:
         """A node's first tooltip line: its label, then the user's label in quotes, or else its

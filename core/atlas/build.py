@@ -100,9 +100,9 @@ class _Features:
             self.points = [f"blocks.{l}.{self.tc.input_point}" for l in range(L)]
             self.per_layer = [t.d_transcoder for t in self.tc.layers]
             self.signed = False
-            digest = self.tc.sha256
-            self.key = basis_key("transcoders", digest)
-            self.describe = {"name": "transcoders", "key": self.key, "sha256": digest, **self.tc.describe()}
+            described = self.tc.describe()  # hashes the files once; their digest names the basis
+            self.key = basis_key("transcoders", described["sha256"])
+            self.describe = {"name": "transcoders", "key": self.key, **described}
         else:
             self.points = [f"blocks.{l}.mlp.post" for l in range(L)]
             self.per_layer = [model.facts.d_mlp] * L
@@ -455,13 +455,10 @@ def _finish(model, out: Path, features: _Features, stats, windows, tokens, first
     T = settings.context
     used = torch.cat([s.t[f"{side}.window"].flatten() for s in stats for side in s.sides])
     used = torch.unique(used[used >= 0]).numpy()
-    ids, valid = window_batch(windows, tokens, [int(w) for w in used], T, first) if len(used) else (
-        torch.zeros(0, T, dtype=torch.int64), torch.zeros(0, T, dtype=torch.bool))
-    pad_from = np.zeros((len(used), T), dtype=bool)
-    if len(used):
-        lengths = windows[used, 4] + (0 if first is None else 1)
-        pad_from = np.arange(T)[None] >= lengths[:, None]
-    table = np.where(pad_from, -1, ids.numpy()).astype(np.int32)
+    ids, valid = window_batch(windows, tokens, [int(w) for w in used], T, first)
+    shown = valid.numpy().copy()  # the table keeps the window's tokens, the start token included
+    shown[:, 0] |= first is not None
+    table = np.where(shown, ids.numpy(), -1).astype(np.int32)
     vocab_ids = np.unique(table[table >= 0]).tolist()
     vocab = {int(i): model.tokenizer.decode([int(i)]) for i in vocab_ids}
     arrays: dict[str, np.ndarray] = {"windows.tokens": table,

@@ -285,12 +285,7 @@ class Atlas:
         sentence (``verify``: compare the features file with its recorded sha256)."""
         path = Path(path).expanduser()
         meta = read_meta(path)
-        features = path / FEATURES_FILE
-        if not features.is_file():
-            raise CircuitDeskError(f"The atlas {path} has no {FEATURES_FILE}; build it again.")
-        if features.stat().st_size != meta.get("features_bytes"):
-            raise CircuitDeskError(f"The atlas {path} is damaged: {FEATURES_FILE} is not the size it was "
-                                   f"written with; build it again.")
+        features = _features_file(path, meta)
         if verify and file_sha256(features) != meta.get("features_sha256"):
             raise CircuitDeskError(f"The atlas {path} is damaged: {FEATURES_FILE} does not match its recorded "
                                    f"sha256; build it again.")
@@ -517,6 +512,18 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
+def _features_file(path: Path, meta: dict) -> Path:
+    """The atlas' features file, checked to be there and of the size ``atlas.json`` records (a cheap
+    check: the sha256 is compared only when the atlas is opened)."""
+    features = path / FEATURES_FILE
+    if not features.is_file():
+        raise CircuitDeskError(f"The atlas {path} has no {FEATURES_FILE}; build it again.")
+    if features.stat().st_size != meta.get("features_bytes"):
+        raise CircuitDeskError(f"The atlas {path} is damaged: {FEATURES_FILE} is not the size it was "
+                               f"written with; build it again.")
+    return features
+
+
 def mismatch_reason(meta: dict, path: Path, model_sha256: str, basis: str) -> str | None:
     model = meta["model"]
     if model["sha256"] != model_sha256:
@@ -543,10 +550,7 @@ def find_atlas(model_sha256: str, basis: str, folders: Iterable[str | Path] = ()
             seen.add(atlas.resolve())
             try:
                 meta = read_meta(atlas)
-                features = atlas / FEATURES_FILE
-                if not features.is_file() or features.stat().st_size != meta.get("features_bytes"):
-                    raise CircuitDeskError(f"The atlas {atlas} is damaged: {FEATURES_FILE} is missing or not the "
-                                           f"size it was written with; build it again.")
+                _features_file(atlas, meta)
             except CircuitDeskError as e:
                 passed.append(str(e))
                 continue
