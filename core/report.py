@@ -273,10 +273,11 @@ def _start_and_candidates(settings: dict, stats: dict) -> str:
             + ("; the start token's embedding is a node, as in the reference." if settings.get("start_token_node")
                else "; the start token's own embedding is a constant too (it is the same in every prompt)."))
     if "candidates" in stats:
-        text += (f" Candidate neurons: the {stats['candidates']:,} of {stats['candidate_pool']:,} active neurons "
+        unit = "transcoder features" if settings.get("transcoders") else "neurons"
+        text += (f" Candidate {unit}: the {stats['candidates']:,} of {stats['candidate_pool']:,} active {unit} "
                  f"with the largest total effect on the explained logits, carrying "
                  f"{stats['candidate_effect_share']:.1%} of that effect and {stats['candidate_mass_share']:.1%} of "
-                 "the MLP output mass; every other neuron's write is in its (layer, position) error node.")
+                 "the MLP output mass; every other one's write is in its (layer, position) error node.")
     return text
 
 

@@ -125,6 +125,7 @@ class AttributionSettings:
     transcoders: str | None = None  # folder; None = neuron basis
     prepend_bos: bool = True  # as circuit-tracer: a special token first, whose features are not nodes
     start_token_node: bool = False  # the start token's embedding as a node (circuit-tracer) or a constant
+    memory_gb: float | None = None  # memory the run may use (None: what is free on the device)
 
     def validate(self) -> None:
         if self.max_nodes < 1:
@@ -142,6 +143,8 @@ class AttributionSettings:
             raise CircuitDeskError(f"--candidate-share must be in (0, 1] (got {self.candidate_share}).")
         if self.update_interval < 1:
             raise CircuitDeskError("update_interval must be positive.")
+        if self.memory_gb is not None and not self.memory_gb > 0:
+            raise CircuitDeskError(f"--memory-gb must be positive (got {self.memory_gb}).")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -260,6 +263,9 @@ ATTRIBUTION_SETTINGS = declare(
                                "effect (default 0.99)", "--candidate-share"),
     Setting("start_token_node", "keep the start token's embedding as a token node, as circuit-tracer does "
                                 "(default: a constant, like the rest of the start position)", "--start-token-node"),
+    Setting("memory_gb", "memory the run may use, in GB; a run that needs more is refused before it starts, "
+                         "with what would fit (default: what is free on the device, or CIRCUITDESK_MEMORY_GB)",
+            "--memory-gb", metavar="GB"),
     Setting("node_threshold", "pruning: influence kept by nodes (0.8)", "--node-threshold"),
     Setting("edge_threshold", "pruning: influence kept by edges (0.98)", "--edge-threshold"),
     # internal: the method's constants, recorded in every session but not offered as flags

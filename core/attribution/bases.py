@@ -19,7 +19,9 @@ Two bases:
              explained logits; an error node holds the down-projection bias and the writes of
              its cell's other neurons, so the basis stays exact.
 ``transcoders``  per-layer or cross-layer transcoders from a local folder; value = the
-             pre-activation (as in the reference), error = MLP output − reconstruction.
+             pre-activation (as in the reference), error = MLP output − reconstruction. Every
+             active feature is a candidate unless more than ``max_candidates`` are (long
+             prompts): then those with the largest total effect, the rest in the error nodes.
 
 Features at a position whose token is a special token (BOS at position 0) are not nodes; the
 attribution zeroes that position's error nodes too (its MLP outputs are constants, as in
@@ -81,6 +83,62 @@ def _per_feature(enc: Encoded, matrix_of_layer) -> torch.Tensor:
     return out
 
 
+def total_effect_grads(model, ids: torch.Tensor, directions: torch.Tensor, weights: torch.Tensor,
+                       writes: list[str], keep: list[str]) -> tuple[list[torch.Tensor], dict]:
+    """∂v/∂(write point) [P, d] per layer, for v = Σ_t w_t·value_t (the targets weighted as in the
+    influence), in the linear replacement model with the MLPs *not* cut (attention, norm scales
+    and MLP multipliers frozen): one backward pass. Also the clean values of the ``keep`` points."""
+    inst = model.instrument
+    with torch.enable_grad(), inst.session(cache=["final_norm"] + keep, grad=writes, freeze_attention=True,
+                                           freeze_norms=True, freeze_mlp=True, keep_graph=True) as live:
+        body(model)(input_ids=ids, use_cache=False)
+        out = live.cache["final_norm"]
+        inject = torch.zeros_like(out)
+        inject[0, -1] = (weights.float().to(out.device) @ directions.float()).to(out.dtype)
+        grads = torch.autograd.grad(out, [live.leaf(w) for w in writes], inject, allow_unused=True)
+        d = out.shape[-1]
+        grads = [torch.zeros(out.shape[1], d, device=out.device) if g is None else g[0].detach().float()
+                 for g in grads]
+        cache = {name: live.cache[name].detach() for name in keep}
+    return grads, cache
+
+
+def top_candidates(effect: torch.Tensor, size: torch.Tensor, first_pos: int, max_candidates: int,
+                   share: float) -> tuple[torch.Tensor, dict]:
+    """The mask [L, P, n] of the features with the largest total ``effect`` (ties: larger ``size``
+    first), until they carry ``share`` of the total, at most ``max_candidates``; inactive
+    features (size 0) and the start position never. Also the candidates' statistics."""
+    effect[:, :first_pos] = 0.0
+    size[:, :first_pos] = 0.0
+    flat, by_size = effect.flatten(), size.flatten()
+    active = by_size > 0
+    pool = int(active.sum())
+    k_max = min(max_candidates, pool)
+    total = float(flat[active].sum(dtype=torch.float64))
+    # the top k_max by effect without sorting every feature (tens of millions on long prompts)
+    n_effect = int((active & (flat > 0)).sum())
+    _, idx = torch.topk(torch.where(active, flat, torch.full_like(flat, -1.0)), min(k_max, n_effect))
+    if k_max > n_effect:  # features without effect: the larger writes first
+        no_effect = torch.where(active & (flat <= 0), by_size, torch.full_like(by_size, -1.0))
+        idx = torch.cat([idx, torch.topk(no_effect, k_max - n_effect).indices])
+    ranked = flat[idx].double()
+    if share >= 1.0 or total <= 0:
+        k = k_max  # every active feature, up to the cap
+    else:
+        reach = int(torch.searchsorted(ranked.cumsum(0) / total, torch.tensor(share, dtype=torch.float64))) + 1
+        k = min(reach, k_max)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    mask[idx[:k]] = True
+    mask = mask.view_as(effect)
+    stats = dict(
+        candidate_pool=pool,
+        candidates=k,
+        candidate_effect_share=float(ranked[:k].sum() / total) if total > 0 else 1.0,
+        candidate_mass_share=float(size[mask].sum() / size.sum()) if float(size.sum()) > 0 else 1.0,
+    )
+    return mask, stats
+
+
 class NeuronBasis:
     name = "neurons"
 
@@ -95,6 +153,10 @@ class NeuronBasis:
 
     def input_point(self, l: int) -> str:
         return f"blocks.{l}.mlp_in"
+
+    def width(self) -> int:
+        """Features per layer and position."""
+        return self.model.facts.d_mlp
 
     def write_point(self, l: int) -> str:
         return f"blocks.{l}.mlp.out"
@@ -113,56 +175,22 @@ class NeuronBasis:
         """Candidate neurons [L, P, d_mlp] and how much of the MLPs they carry.
 
         A neuron's score is its total effect on the explained output in the linear replacement
-        model (attention, norm scales and MLP multipliers frozen, MLPs *not* cut): |a_i ·
-        (W_down[:, i] · ∂v/∂out_{l,p})| for v = Σ_t w_t·value_t, the targets weighted as in the
-        influence (one backward pass). Unlike the size of its write (|a_i|·‖W_down[:, i]‖, whose
-        mass is spread over most neurons of every cell), this ranks the neurons the answer
-        depends on, directly or through later layers. Candidates: the highest scores until they
-        carry ``candidate_share`` of the total, at most ``max_candidates`` (share 1: every active
-        neuron); zero activations never."""
-        inst = self.model.instrument
-        L = self.L
-        writes = [self.write_point(l) for l in range(L)]
-        posts = [f"blocks.{l}.mlp.post" for l in range(L)]
-        with torch.enable_grad(), inst.session(cache=["final_norm"] + posts, grad=writes, freeze_attention=True,
-                                               freeze_norms=True, freeze_mlp=True, keep_graph=True) as live:
-            body(self.model)(input_ids=ids, use_cache=False)
-            out = live.cache["final_norm"]
-            inject = torch.zeros_like(out)
-            inject[0, -1] = (weights.float().to(out.device) @ directions.float()).to(out.dtype)
-            grads = torch.autograd.grad(out, [live.leaf(w) for w in writes], inject, allow_unused=True)
-            effect, size = [], []
-            for l in range(L):
-                a = live.cache[posts[l]][0].detach().float()  # [P, d_mlp]
-                W = self.W_down[l].float()
-                g = torch.zeros_like(out[0, :, :W.shape[0]]) if grads[l] is None else grads[l][0].float()
-                effect.append(((g @ W) * a).abs())
-                size.append(a.abs() * W.norm(dim=0))
-        effect, size = torch.stack(effect), torch.stack(size)  # [L, P, d_mlp]
-        effect[:, :first_pos] = 0.0
-        size[:, :first_pos] = 0.0
-        flat, by_size = effect.flatten(), size.flatten()
-        pool = int((by_size > 0).sum())
-        by_size_order = torch.argsort(by_size, descending=True, stable=True)  # ties (no effect): larger writes first
-        order = by_size_order[torch.argsort(flat[by_size_order], descending=True, stable=True)]
-        ranked = flat[order].double()
-        total = float(ranked.sum())
-        if settings.candidate_share >= 1.0 or total <= 0:
-            reach = pool  # every active neuron
-        else:
-            share = torch.tensor(settings.candidate_share, dtype=torch.float64)
-            reach = int(torch.searchsorted(ranked.cumsum(0) / total, share)) + 1
-        k = min(reach, settings.max_candidates, pool)
-        mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-        mask[order[:k]] = True
-        mask = mask.view_as(effect)
-        stats = dict(
-            candidate_pool=pool,
-            candidates=k,
-            candidate_effect_share=float(ranked[:k].sum() / total) if total > 0 else 1.0,
-            candidate_mass_share=float(size[mask].sum() / size.sum()) if float(size.sum()) > 0 else 1.0,
-        )
-        return mask, stats
+        model (``total_effect_grads``): |a_i · (W_dec[:, i] · ∂v/∂out_{l,p})|. Unlike the size
+        of its write (|a_i|·‖W_down[:, i]‖, whose mass is spread over most neurons of every cell),
+        this ranks the neurons the answer depends on, directly or through later layers.
+        Candidates: the highest scores until they carry ``candidate_share`` of the total, at most
+        ``max_candidates`` (share 1: every active neuron); zero activations never."""
+        posts = [f"blocks.{l}.mlp.post" for l in range(self.L)]
+        grads, cache = total_effect_grads(self.model, ids, directions, weights,
+                                          [self.write_point(l) for l in range(self.L)], posts)
+        effect, size = [], []
+        for l in range(self.L):
+            a = cache[posts[l]][0].float()  # [P, d_mlp]
+            W = self.W_down[l].float()
+            effect.append(((grads[l] @ W) * a).abs())
+            size.append(a.abs() * W.norm(dim=0))
+        return top_candidates(torch.stack(effect), torch.stack(size), first_pos,
+                              settings.max_candidates, settings.candidate_share)
 
     def encode(self, clean: Trace, first_pos: int, candidates: torch.Tensor | None = None) -> Encoded:
         """Active candidates as features; every other neuron's write (and the down-projection
@@ -254,6 +282,10 @@ class TranscoderBasis:
     def input_point(self, l: int) -> str:
         return f"blocks.{l}.{self.tc.input_point}"
 
+    def width(self) -> int:
+        """Features per layer and position."""
+        return self.tc.layers[0].d_transcoder
+
     def write_point(self, l: int) -> str:
         return f"blocks.{l}.{self.tc.output_point}"
 
@@ -263,11 +295,38 @@ class TranscoderBasis:
     def bias_points(self) -> list[str]:
         return [self.input_point(l) for l in range(self.L)]
 
-    def select(self, ids, directions, weights, first_pos: int, settings: AttributionSettings) -> tuple[None, dict]:
-        """Every active transcoder feature is a candidate (transcoders are sparse already)."""
-        return None, {}
+    def select(self, ids, directions, weights, first_pos: int,
+               settings: AttributionSettings) -> tuple[torch.Tensor | None, dict]:
+        """Every active transcoder feature is a candidate (transcoders are sparse already, and the
+        reference keeps them all), unless more than ``max_candidates`` are active (long prompts):
+        then the ``max_candidates`` with the largest total effect on the explained logits
+        (|a_i · Σ_k W_dec[i, k] · ∂v/∂out_{l+k,p}|, as for neurons), and every other feature's
+        write is in its (layer, position) error node, so rows stay exact and their width bounded."""
+        tc = self.tc
+        inputs = [self.input_point(l) for l in range(self.L)]
+        writes = [self.write_point(l) for l in range(self.L)]
+        with torch.no_grad():
+            _, clean = self.model.instrument.forward(ids, cache=inputs)
+            acts = []
+            for l in range(self.L):
+                act = tc.activate(l, tc.encode_pre(l, clean[inputs[l]][0].float()))
+                act[:first_pos] = 0
+                acts.append(act)
+        pool = sum(int((a != 0).sum()) for a in acts)
+        if pool <= settings.max_candidates:
+            return None, {"candidate_pool": pool, "candidates": pool}
+        grads, _ = total_effect_grads(self.model, ids, directions, weights, writes, [])
+        effect = []
+        for l in range(self.L):
+            W_dec = tc.layers[l].W_dec  # [d_tc, n_out, d]
+            reach = sum(grads[l + k].to(W_dec.device) @ W_dec[:, k].T for k in range(W_dec.shape[1]))  # [P, d_tc]
+            effect.append((reach * acts[l]).abs())
+        size = torch.stack(acts).abs()
+        return top_candidates(torch.stack(effect), size, first_pos, settings.max_candidates, 1.0)
 
-    def encode(self, clean: Trace, first_pos: int, candidates: None = None) -> Encoded:
+    def encode(self, clean: Trace, first_pos: int, candidates: torch.Tensor | None = None) -> Encoded:
+        """Active (candidate) features; the error at each write point is the MLP output minus what
+        they, the decoder bias and the skip path reconstruct (non-candidates' writes included)."""
         tc = self.tc
         P = clean[self.input_point(0)].shape[1]
         d = self.model.facts.d_model
@@ -278,6 +337,8 @@ class TranscoderBasis:
             pre = tc.encode_pre(l, x)
             act = tc.activate(l, pre)
             act[:first_pos] = 0
+            if candidates is not None:
+                act = torch.where(candidates[l].to(act.device), act, torch.zeros_like(act))
             p, i = act.nonzero(as_tuple=True)
             layers.append(torch.full_like(p, l))
             poss.append(p)
