@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from core.attribution.bases import Encoded, NeuronBasis, TranscoderBasis, body
+from core.attribution.precision import precision_facts
 from core.attribution.targets import Target, select_targets, target_bias
 from core.attribution.transcoders import load_transcoders
 from core.errors import CircuitDeskError
@@ -162,7 +163,8 @@ def frozen_points(model) -> list[str]:
 
 def make_basis(model, settings: AttributionSettings):
     if settings.transcoders:
-        tc = load_transcoders(settings.transcoders, model.facts.n_layers, model.facts.d_model, device=model.device)
+        tc = load_transcoders(settings.transcoders, model.facts.n_layers, model.facts.d_model,
+                              device=getattr(model, "transcoders_device", model.device))
         return TranscoderBasis(model, tc)
     return NeuronBasis(model)
 
@@ -262,7 +264,8 @@ def attribute(model, prompt: str, settings: AttributionSettings | None = None,
             grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)]
             g0, gw = grads[0].float(), grads[1:]
             emb = (g0 * token_vectors).sum(-1)  # [B, P]
-            err = torch.stack([(gw[l].float() * enc.errors[l].to(gw[l].device)).sum(-1) for l in range(L)], 1)
+            err = torch.stack([(gw[l].float() * enc.errors[l].to(gw[l].device)).sum(-1).to(g0.device)
+                               for l in range(L)], 1)
             rest = torch.cat([err.reshape(B, L * P), emb], 1)
             return basis.contributions(enc, gw), rest
 
@@ -345,6 +348,8 @@ def attribute(model, prompt: str, settings: AttributionSettings | None = None,
         **candidate_stats,
         seconds=seconds,
     )
+    graph.meta["precision"] = precision_facts(model.dtype, L, stats["max_completeness_error"])
+    stats["identity_tolerance"] = graph.meta["precision"]["identity_tolerance"]
     graph.meta["stats"] = stats
     graph.meta["row_check"] = {
         "value": value.tolist(), "constant": const.tolist(), "sum": rows.sum_total[:n].tolist(),
