@@ -19,6 +19,7 @@ from core.attribution.transcoders import load_transcoders
 from core.circuits import CircuitSettings, find_circuit
 from core.circuits.tasks import PairSet, TokenPair
 from core.errors import CircuitDeskError
+from core.interventions import Intervention, intervene
 from core.lens import lens, neuron_effects
 from core.models import load_model
 from core.models.offload import is_offloaded
@@ -125,6 +126,13 @@ def test_offloaded_model_gives_the_same_lens_predictions_and_circuit(fam, tiny_m
     ea, eb = neuron_effects(plain, 1, 3), neuron_effects(off, 1, 3)  # reads an offloaded down-projection
     assert [t for t, _ in eb.promoted] == [t for t, _ in ea.promoted]
     np.testing.assert_allclose([v for _, v in eb.promoted], [v for _, v in ea.promoted], rtol=1e-5)
+
+    edits = [Intervention("neuron", layer=1, index=3, positions=(2,), mode="scale", value=4.0),
+             Intervention("head", layer=0, index=1, mode="zero")]
+    for freeze in ("none", "attention"):
+        ia, ib = intervene(plain, ids, edits, freeze=freeze), intervene(off, ids, edits, freeze=freeze)
+        torch.testing.assert_close(ib.logits_after, ia.logits_after, rtol=1e-5, atol=1e-5)
+        assert ia.prob_after != ia.prob_before
 
     pairs = _pairs(plain, 4)
     settings = CircuitSettings(method="eap-ig", steps=2, batch_size=4, top_n=10)
