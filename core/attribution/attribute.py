@@ -220,8 +220,8 @@ def attribute(model, prompt: str, settings: AttributionSettings | None = None,
         with inst.session_patch(_keep_start(basis.bias_patches(bias_trace), clean, first_pos)):
             base(input_ids=ids, use_cache=False)
     t_bias = target_bias(model, targets)
-    logit_value = (clean["final_norm"][0, -1].float() @ directions.float().T).cpu() + t_bias
-    logit_const = (bias_trace["final_norm"][0, -1].float() @ directions.float().T).cpu() + t_bias
+    logit_value = (clean["final_norm"][0, -1].float().to(directions.device) @ directions.float().T).cpu() + t_bias
+    logit_const = (bias_trace["final_norm"][0, -1].float().to(directions.device) @ directions.float().T).cpu() + t_bias
     feat_value = enc.value.cpu()
     feat_const = basis.values(enc, bias_trace)
     ctx.check_cancelled()
@@ -255,7 +255,7 @@ def attribute(model, prompt: str, settings: AttributionSettings | None = None,
                 g = by_point.get(name)
                 if g is None:
                     g = by_point[name] = torch.zeros_like(live.cache[name])
-                g[b, p] = vectors[b].to(g.dtype)
+                g[b, p] = vectors[b].to(device=g.device, dtype=g.dtype)
             for name, g in by_point.items():
                 outs.append(live.cache[name])
                 grads_out.append(g)

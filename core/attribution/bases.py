@@ -150,7 +150,7 @@ class NeuronBasis:
             body(self.model)(input_ids=ids, use_cache=False)
             out = live.cache["final_norm"]
             inject = torch.zeros_like(out)
-            inject[0, -1] = (weights.float().to(out.device) @ directions.float()).to(out.dtype)
+            inject[0, -1] = (weights.float().to(out.device) @ directions.float().to(out.device)).to(out.dtype)
             grads = torch.autograd.grad(out, [live.leaf(w) for w in writes], inject, allow_unused=True)
             effect, size = [], []
             for l in range(L):
