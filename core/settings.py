@@ -242,6 +242,51 @@ class AtlasSettings:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class PlacementSettings:
+    """Where a model's layers and transcoders are kept (``core.models.offload``). Not an analysis
+    setting: the results are the same wherever the weights live, so sessions do not record it."""
+
+    offload: bool = False  # accelerate's device map: GPU(s) first, then CPU memory, then disk
+    max_gpu_memory: str | None = None  # per GPU, e.g. "20GiB" (implies offload)
+    max_cpu_memory: str | None = None  # e.g. "64GB" (implies offload; the rest goes to disk)
+    transcoders_device: str = "model"  # "model": beside the model's first layers; "cpu": memory-mapped, in CPU memory
+
+    @property
+    def offloaded(self) -> bool:
+        """A device map was asked for (``--offload`` or a memory budget)."""
+        return self.offload or self.max_gpu_memory is not None or self.max_cpu_memory is not None
+
+    def validate(self) -> None:
+        for flag, value in (("--max-gpu-memory", self.max_gpu_memory), ("--max-cpu-memory", self.max_cpu_memory)):
+            if value is not None:
+                memory_bytes(value, flag)
+        if self.transcoders_device not in TRANSCODER_DEVICES:
+            raise CircuitDeskError(f"Unknown --transcoders-device {self.transcoders_device!r}; use model or cpu.")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+TRANSCODER_DEVICES = ("model", "cpu")
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def memory_bytes(text: str, flag: str = "memory") -> int:
+    """Bytes of a size such as ``"20GiB"``, ``"512MB"`` or ``"1000000"``; one sentence when it is not one."""
+    t = str(text).strip().lower().replace(" ", "")
+    number = t.rstrip("kmgtib")
+    unit = t[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or not value > 0 or value != value or value == float("inf"):
+        raise CircuitDeskError(f"{flag} takes a size such as 20GiB, 512MB or 64GB (got {text!r}).")
+    return int(value * _UNITS[unit])
+
+
 # -- the declarations -------------------------------------------------------------------------------
 ATTRIBUTION_SETTINGS = declare(
     AttributionSettings,
@@ -331,6 +376,20 @@ ATLAS_SETTINGS = declare(
             "--max-size-gb"),
 )
 
+PLACEMENT_SETTINGS = declare(
+    PlacementSettings,
+    Setting("offload", "place the model with accelerate's device map: as many layers as fit on the GPU(s), the "
+                       "rest in CPU memory, then on disk (under the cache folder); for models larger than GPU "
+                       "memory", "--offload"),
+    Setting("max_gpu_memory", "with a device map: at most this much of each GPU for weights, e.g. 20GiB "
+                              "(implies --offload)", "--max-gpu-memory", metavar="SIZE"),
+    Setting("max_cpu_memory", "with a device map: at most this much CPU memory for weights, the rest on disk, "
+                              "e.g. 64GB (implies --offload)", "--max-cpu-memory", metavar="SIZE"),
+    Setting("transcoders_device", "where transcoders are kept: model (default: beside the model's first layers) "
+                                  "or cpu (memory-mapped from their files, for transcoders that do not fit on the "
+                                  "GPU)", "--transcoders-device", choices=TRANSCODER_DEVICES),
+)
+
 PREDICT_SETTINGS = (
     Setting("top_k", "next tokens to list (default 10)", "--top-k", label="Top-k", minimum=1, maximum=100,
             stored=False, type=int, default=10),
@@ -338,7 +397,7 @@ PREDICT_SETTINGS = (
 
 DECLARATIONS: dict[type, tuple[Setting, ...]] = {
     AttributionSettings: ATTRIBUTION_SETTINGS, CircuitSettings: CIRCUIT_SETTINGS, PairSource: PAIR_SOURCE_SETTINGS,
-    AtlasSettings: ATLAS_SETTINGS,
+    AtlasSettings: ATLAS_SETTINGS, PlacementSettings: PLACEMENT_SETTINGS,
 }
 
 

@@ -32,11 +32,13 @@ from core.settings import (
     ATTRIBUTION_SETTINGS,
     CIRCUIT_SETTINGS,
     PAIR_SOURCE_SETTINGS,
+    PLACEMENT_SETTINGS,
     PREDICT_SETTINGS,
     AtlasSettings,
     AttributionSettings,
     CircuitSettings,
     PairSource,
+    PlacementSettings,
     add_arguments,
     settings_from_args,
 )
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
     trace.add_argument("--prompt", required=True)
     add_arguments(trace, ATTRIBUTION_SETTINGS)
-    _run_options(trace, session_out=True)
+    _run_options(trace, session_out=True, transcoders=True)
 
     circuit = sub.add_parser("circuit", help="find the component circuit (heads, MLPs) behind a task (EAP / EAP-IG)")
     circuit.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
@@ -153,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(build, ATLAS_SETTINGS)
     build.add_argument("--device", default="auto", help="auto, cpu or cuda")
     build.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    add_arguments(build, PLACEMENT_SETTINGS)
     build.add_argument("--out", required=True, metavar="ATLAS_DIR", help="folder to build the atlas in")
     build.add_argument("--overwrite", action="store_true", help="replace a finished atlas or another unfinished build there")
     build.add_argument("--json", action="store_true", help="print one JSON object")
@@ -170,13 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_options(p: argparse.ArgumentParser, session_out: bool) -> None:
-    """Options every model-running command ends with: device, dtype, [--out session], --json."""
+def _run_options(p: argparse.ArgumentParser, session_out: bool, transcoders: bool = False) -> None:
+    """Options every model-running command ends with: device, dtype, offloading, [--out session], --json."""
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    add_arguments(p, [s for s in PLACEMENT_SETTINGS if transcoders or s.name != "transcoders_device"])
     if session_out:
         p.add_argument("--out", required=True, metavar="FILE.cdesk", help="session file to write")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def placement_from_args(args: argparse.Namespace) -> PlacementSettings:
+    """The placement flags a command was given (a command without ``--transcoders-device`` keeps the default)."""
+    return PlacementSettings(**{s.name: getattr(args, s.name, s.default) for s in PLACEMENT_SETTINGS})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,7 +315,8 @@ def cmd_atlas_build(args) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.02))
+        model = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement_from_args(args),
+                           ctx=ctx.sub(0.0, 0.02))
         result = build_atlas(model, args.out, settings, corpus=args.corpus, column=args.column,
                              overwrite=args.overwrite, ctx=ctx.sub(0.02, 1.0))
     except Cancelled:
@@ -401,7 +411,8 @@ def cmd_predict(args) -> int:
     require_prompt(args.prompt)  # before spending seconds on loading
     start = time.perf_counter()
     ctx = JobContext(StderrProgress(enabled=True))
-    model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement_from_args(args),
+                       ctx=ctx)
     loaded_at = time.perf_counter()
     pred = predict_next(model, args.prompt, top_k=args.top_k)
     if args.json:
@@ -442,7 +453,8 @@ def cmd_trace(args) -> int:
     settings = settings_from_args(AttributionSettings, args)
     settings.validate()
     ctx = JobContext(StderrProgress(enabled=True))
-    model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.1))
+    model = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement_from_args(args),
+                       ctx=ctx.sub(0.0, 0.1))
     session, result = attribution_session(model, args.model, args.prompt, settings, args.dtype, args.out,
                                           ctx=ctx.sub(0.1, 1.0))
     save_session(out, session)
@@ -498,7 +510,8 @@ def cmd_circuit(args) -> int:
     settings.validate()
     start = time.perf_counter()
     ctx = JobContext(StderrProgress(enabled=True))
-    model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.05))
+    model = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement_from_args(args),
+                       ctx=ctx.sub(0.0, 0.05))
     pairs = load_pair_source(source, model)
     if settings.method == "exact":
         n = model.facts.n_layers

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from core.attribution.bases import Encoded, NeuronBasis, TranscoderBasis, body
+from core.attribution.precision import precision_facts
 from core.attribution.targets import Target, select_targets, target_bias
 from core.attribution.transcoders import load_transcoders
 from core.errors import CircuitDeskError
@@ -173,7 +174,8 @@ def frozen_points(model) -> list[str]:
 
 def make_basis(model, settings: AttributionSettings):
     if settings.transcoders:
-        tc = load_transcoders(settings.transcoders, model.facts.n_layers, model.facts.d_model, device=model.device)
+        tc = load_transcoders(settings.transcoders, model.facts.n_layers, model.facts.d_model,
+                              device=getattr(model, "transcoders_device", model.device))
         return TranscoderBasis(model, tc)
     return NeuronBasis(model)
 
@@ -291,8 +293,8 @@ def _attribute(model, prompt: str, ids: torch.Tensor, settings: AttributionSetti
         with inst.session_patch(_keep_start(basis.bias_patches(bias_trace), clean, first_pos)):
             base(input_ids=ids, use_cache=False)
     t_bias = target_bias(model, targets)
-    logit_value = (clean["final_norm"][0, -1].float() @ directions.float().T).cpu() + t_bias
-    logit_const = (bias_trace["final_norm"][0, -1].float() @ directions.float().T).cpu() + t_bias
+    logit_value = (clean["final_norm"][0, -1].float().to(directions.device) @ directions.float().T).cpu() + t_bias
+    logit_const = (bias_trace["final_norm"][0, -1].float().to(directions.device) @ directions.float().T).cpu() + t_bias
     feat_value = enc.value.cpu()
     feat_const = basis.values(enc, bias_trace)
     ctx.check_cancelled()
@@ -327,7 +329,7 @@ def _attribute(model, prompt: str, ids: torch.Tensor, settings: AttributionSetti
                 g = by_point.get(name)
                 if g is None:
                     g = by_point[name] = torch.zeros_like(live.cache[name])
-                g[b, p] = vectors[b].to(g.dtype)
+                g[b, p] = vectors[b].to(device=g.device, dtype=g.dtype)
             for name, g in by_point.items():
                 outs.append(live.cache[name])
                 grads_out.append(g)
@@ -336,7 +338,8 @@ def _attribute(model, prompt: str, ids: torch.Tensor, settings: AttributionSetti
             grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)]
             g0, gw = grads[0].float(), grads[1:]
             emb = (g0 * token_vectors).sum(-1)  # [B, P]
-            err = torch.stack([(gw[l].float() * enc.errors[l].to(gw[l].device)).sum(-1) for l in range(L)], 1)
+            err = torch.stack([(gw[l].float() * enc.errors[l].to(gw[l].device)).sum(-1).to(g0.device)
+                               for l in range(L)], 1)
             rest = torch.cat([err.reshape(B, L * P), emb], 1)
             return basis.contributions(enc, gw), rest
 
@@ -421,6 +424,8 @@ def _attribute(model, prompt: str, ids: torch.Tensor, settings: AttributionSetti
         **candidate_stats,
         seconds=seconds,
     )
+    graph.meta["precision"] = precision_facts(model.dtype, L, stats["max_completeness_error"])
+    stats["identity_tolerance"] = graph.meta["precision"]["identity_tolerance"]
     graph.meta["stats"] = stats
     graph.meta["row_check"] = {
         "value": value.tolist(), "constant": const.tolist(), "sum": rows.sum_total[:n].tolist(),

@@ -37,6 +37,7 @@ import torch
 
 from core.attribution.transcoders import TranscoderSet
 from core.instrument import Trace
+from core.instrument.weights import module_tensor
 from core.settings import AttributionSettings
 
 
@@ -57,9 +58,28 @@ class Encoded:
 
 
 def _linear_weight(module, conv1d: bool) -> torch.Tensor:
-    """[out, in] weight of a Linear or a GPT-2 Conv1D."""
-    w = module.weight.detach()
+    """[out, in] weight of a Linear or a GPT-2 Conv1D (loaded from CPU or disk if offloaded)."""
+    w = module_tensor(module)
     return w.T if conv1d else w
+
+
+class LayerWeights:
+    """One MLP projection's [out, in] weight per layer, read when indexed: a layer that a device map
+    offloaded to CPU or disk is loaded for that use only, never held for the whole graph."""
+
+    def __init__(self, modules: list, conv1d: bool) -> None:
+        self.modules, self.conv1d = modules, conv1d
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        return _linear_weight(self.modules[layer], self.conv1d)
+
+    def shape(self, layer: int) -> torch.Size:
+        """[out, in] without loading anything (an offloaded parameter keeps its shape on ``meta``)."""
+        shape = self.modules[layer].weight.shape
+        return shape[::-1] if self.conv1d else shape
 
 
 def _linear_bias(module) -> torch.Tensor | None:
@@ -94,7 +114,7 @@ def total_effect_grads(model, ids: torch.Tensor, directions: torch.Tensor, weigh
         body(model)(input_ids=ids, use_cache=False)
         out = live.cache["final_norm"]
         inject = torch.zeros_like(out)
-        inject[0, -1] = (weights.float().to(out.device) @ directions.float()).to(out.dtype)
+        inject[0, -1] = (weights.float().to(out.device) @ directions.float().to(out.device)).to(out.dtype)
         grads = torch.autograd.grad(out, [live.leaf(w) for w in writes], inject, allow_unused=True)
         d = out.shape[-1]
         grads = [torch.zeros(out.shape[1], d, device=out.device) if g is None else g[0].detach().float()
@@ -148,8 +168,9 @@ class NeuronBasis:
         self.L = model.facts.n_layers
         blocks = model.hf.get_submodule(a.layers)
         mlps = [blk.get_submodule(a.mlp) for blk in blocks]
-        self.W_in = [_linear_weight(m.get_submodule(a.up_proj), a.conv1d) for m in mlps]  # [d_mlp, d]
-        self.W_down = [_linear_weight(m.get_submodule(a.down_proj), a.conv1d) for m in mlps]  # [d, d_mlp]
+        self.W_in = LayerWeights([m.get_submodule(a.up_proj) for m in mlps], a.conv1d)  # [d_mlp, d]
+        self.W_down = LayerWeights([m.get_submodule(a.down_proj) for m in mlps], a.conv1d)  # [d, d_mlp]
+        self.device = model.device  # where per-layer results meet (layers may sit on several devices)
 
     def input_point(self, l: int) -> str:
         return f"blocks.{l}.mlp_in"
@@ -186,9 +207,9 @@ class NeuronBasis:
         effect, size = [], []
         for l in range(self.L):
             a = cache[posts[l]][0].float()  # [P, d_mlp]
-            W = self.W_down[l].float()
-            effect.append(((grads[l] @ W) * a).abs())
-            size.append(a.abs() * W.norm(dim=0))
+            W = self.W_down[l].float().to(a.device)
+            effect.append(((grads[l].to(a.device) @ W) * a).abs().to(self.device))
+            size.append((a.abs() * W.norm(dim=0)).to(self.device))
         return top_candidates(torch.stack(effect), torch.stack(size), first_pos,
                               settings.max_candidates, settings.candidate_share)
 
@@ -210,8 +231,8 @@ class NeuronBasis:
             idxs.append(i)
             acts.append(a[p, i])
             kept = torch.where(active, a, torch.zeros_like(a))
-            recon = kept @ self.W_down[l].float().T
-            errors.append(clean[self.write_point(l)][0].float() - recon)
+            recon = kept @ self.W_down[l].float().to(a.device).T
+            errors.append((clean[self.write_point(l)][0].float() - recon).to(self.device))
             starts.append(starts[-1] + p.numel())
         act = torch.cat(acts).cpu()
         return Encoded(torch.cat(layers).cpu(), torch.cat(poss).cpu(), torch.cat(idxs).cpu(), act, act.clone(),
@@ -219,10 +240,12 @@ class NeuronBasis:
 
     def injection(self, enc: Encoded, idx: torch.Tensor) -> torch.Tensor:
         """mult · w_in for each neuron row (the gradient of its activation w.r.t. the MLP input)."""
-        out = []
+        out, W_in = [], {}
         for j in idx.tolist():
             l, p, i = int(enc.layer[j]), int(enc.pos[j]), int(enc.index[j])
-            out.append(self.mult[l][p, i] * self.W_in[l][i].float())
+            if l not in W_in:  # each layer's weight read once per batch (offloaded layers: one load)
+                W_in[l] = self.W_in[l]
+            out.append((self.mult[l][p, i] * W_in[l][i].float().to(self.mult[l].device)).to(self.device))
         return torch.stack(out)
 
     def contributions(self, enc: Encoded, grads: list[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
@@ -235,14 +258,14 @@ class NeuronBasis:
             if e == s:
                 continue
             g = grads[l].float()  # [B, P, d]
-            P, d_mlp = g.shape[1], self.W_down[l].shape[1]
+            P, d_mlp = g.shape[1], self.W_down.shape(l)[1]
             if 4 * (e - s) >= P * d_mlp:
-                per_neuron = (g @ self.W_down[l].float()).flatten(1)  # [B, P·d_mlp]
+                per_neuron = (g @ self.W_down[l].float().to(g.device)).flatten(1)  # [B, P·d_mlp]
                 flat = enc.pos[s:e] * d_mlp + enc.index[s:e]
                 if flat.numel() < per_neuron.shape[1]:
                     per_neuron = per_neuron.index_select(1, flat.to(per_neuron.device))
             else:
-                per_neuron = torch.cat([g[:, p] @ W for p, W in self._columns(enc, l)], 1)
+                per_neuron = torch.cat([g[:, p] @ W.to(g.device) for p, W in self._columns(enc, l)], 1)
             yield s, per_neuron * enc.activation[s:e].to(per_neuron.device)
 
     def _columns(self, enc: Encoded, l: int) -> list[tuple[int, torch.Tensor]]:
@@ -309,7 +332,7 @@ class TranscoderBasis:
             _, clean = self.model.instrument.forward(ids, cache=inputs)
             acts = []
             for l in range(self.L):
-                act = tc.activate(l, tc.encode_pre(l, clean[inputs[l]][0].float()))
+                act = tc.activate(l, tc.encode_pre(l, clean[inputs[l]][0].float().to(tc.device)))
                 act[:first_pos] = 0
                 acts.append(act)
         pool = sum(int((a != 0).sum()) for a in acts)
@@ -330,10 +353,10 @@ class TranscoderBasis:
         tc = self.tc
         P = clean[self.input_point(0)].shape[1]
         d = self.model.facts.d_model
-        recon = torch.zeros(self.L, P, d, device=tc.layers[0].W_enc.device)
+        recon = torch.zeros(self.L, P, d, device=tc.device)  # computed where the transcoders are
         layers, poss, idxs, acts, pres, starts = [], [], [], [], [], [0]
         for l in range(self.L):
-            x = clean[self.input_point(l)][0].float()
+            x = clean[self.input_point(l)][0].float().to(tc.device)
             pre = tc.encode_pre(l, x)
             act = tc.activate(l, pre)
             act[:first_pos] = 0
@@ -351,7 +374,7 @@ class TranscoderBasis:
                 recon[l + k].index_add_(0, p, act[p, i, None] * W_dec[i, k])
             skip = tc.skip(l, x)
             recon[l] += tc.layers[l].b_dec + (0 if skip is None else skip)
-        writes = torch.stack([clean[self.write_point(l)][0].float() for l in range(self.L)])
+        writes = torch.stack([clean[self.write_point(l)][0].float().to(self.model.device) for l in range(self.L)])
         return Encoded(torch.cat(layers).cpu(), torch.cat(poss).cpu(), torch.cat(idxs).cpu(), torch.cat(acts).cpu(),
                        torch.cat(pres).cpu(), (writes - recon.to(writes.device)), starts)
 
@@ -394,7 +417,7 @@ class TranscoderBasis:
         """Sources removed: only the decoder bias and the skip path of the bias-only input remain."""
 
         def patch(x, l):
-            out = self.tc.layers[l].b_dec.to(x.dtype).expand_as(x).clone()
+            out = self.tc.layers[l].b_dec.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
             skip = self._skip_of(live, l)
             return out if skip is None else out + skip.to(x.dtype)
 
