@@ -295,3 +295,26 @@ def test_sigterm_while_a_session_is_written_cleans_up_and_exits_1(tiny_folder, t
     assert [line for line in stderr.splitlines() if line.startswith("circuitdesk:")] == ["circuitdesk: terminated."]
     assert "Traceback" not in stderr and stdout == ""
     assert list(out_dir.iterdir()) == []
+
+
+def test_out_of_memory_mid_trace_is_one_line_and_writes_nothing(tiny_folder, tmp_path):
+    """The allocator running out half-way (simulated in the gradient rows): exit 1, one sentence
+    that says what ran out and what to try, no session file and no temporary file."""
+    oom = (
+        "import sys, torch\n"
+        "from core.attribution import bases\n"
+        "def boom(*args, **kwargs):\n"
+        "    raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB')\n"
+        "bases.NeuronBasis.contributions = boom\n"
+        "from desktop.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", oom, "trace", "--model", str(tiny_folder("llama")), "--prompt",
+                          "when mary and john", "--max-nodes", "10", "--out", str(tmp_path / "x.cdesk")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr and out.stdout == ""
+    errors = [line for line in out.stderr.splitlines() if line.startswith("circuitdesk:")]
+    assert len(errors) == 1 and errors[0].startswith("circuitdesk: Ran out of memory on cpu while computing "
+                                                     "attribution rows"), out.stderr
+    assert "try " in errors[0]
+    assert list(tmp_path.iterdir()) == []

@@ -31,6 +31,7 @@ from core.circuits.graph import ComponentGraph
 from core.circuits.tasks import PairSet
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
+from core.memory import memory_guard
 from core.settings import METHODS, CircuitSettings  # declared with every other setting; re-exported here
 
 CURVE_SIZES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -273,6 +274,14 @@ def find_circuit(model, pairs: PairSet, settings: CircuitSettings | None = None,
     settings.validate()
     ctx = ctx or JobContext()
     _check_pairs(model, pairs)
+    smaller = max(1, settings.batch_size // 4)
+    advice = (f"try --batch-size {smaller}" if settings.batch_size > 1 else "try fewer or shorter prompt pairs") + (
+        ", --dtype bfloat16" if model.dtype == torch.float32 else "") + " or --offload"
+    with memory_guard(model.device, advice, f"scoring edges with {settings.method}"):
+        return _find_circuit(model, pairs, settings, ctx)
+
+
+def _find_circuit(model, pairs: PairSet, settings: CircuitSettings, ctx: JobContext) -> CircuitResult:
     start = time.perf_counter()
     runner = ComponentRunner(model)
     g = runner.graph

@@ -158,3 +158,21 @@ def test_partial_influence_equals_propagating_over_every_column():
         q = torch.zeros(n)
         q[feature_row] = col[rows.node[:n][feature_row]]
     assert torch.allclose(rows.feature_influence(w, n_logits), total, rtol=1e-5, atol=1e-9)
+
+
+def test_out_of_memory_while_scoring_a_circuit_is_one_sentence(tiny_model, monkeypatch):
+    from core.circuits import CircuitSettings, discover, find_circuit
+    import random
+
+    from core.circuits.tasks import induction_pairs
+
+    m = tiny_model("gpt2")
+    pairs = induction_pairs(m, 4, random.Random(0), length=4, repeat=2)
+
+    def boom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(discover, "score_edges", boom)
+    with pytest.raises(CircuitDeskError, match=r"^Ran out of memory on cpu while scoring edges with eap; "
+                                               r"try --batch-size 1, --dtype bfloat16 or --offload\.$"):
+        find_circuit(m, pairs, CircuitSettings(method="eap", batch_size=4))
