@@ -472,7 +472,8 @@ def cmd_trace(args) -> int:
                                      "max_completeness_error", "backward_passes", "active_features",
                                      "feature_rows", "seconds", "attribution_seconds")},
             **{k: stats[k] for k in ("candidate_pool", "candidates", "candidate_effect_share",
-                                     "candidate_mass_share") if k in stats},
+                                     "candidate_mass_share", "estimated_peak_bytes", "identity_tolerance")
+               if k in stats},
             "top_nodes": top,
             "out": str(out),
         }

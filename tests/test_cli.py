@@ -136,8 +136,10 @@ def test_trace_tiny_model_json_and_session(tiny_folder, tmp_path):
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     for key in ("model", "prompt", "targets", "nodes", "edges", "pruned_nodes", "pruned_edges", "replacement_score",
-                "completeness_score", "max_completeness_error", "backward_passes", "seconds"):
+                "completeness_score", "max_completeness_error", "backward_passes", "seconds", "estimated_peak_bytes",
+                "identity_tolerance"):
         assert key in summary, key
+    assert summary["max_completeness_error"] <= summary["identity_tolerance"]
     assert len(summary["model"]["sha256"]) == 64
     assert summary["max_completeness_error"] <= 1e-4
     session = load_session(out_file)
