@@ -45,7 +45,7 @@ from core.attribution.transcoders import load_transcoders
 from core.errors import CircuitDeskError
 from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT, Graph, graph_scores, prune
 from core.jobs import JobContext
-from core.predict import encode_prompt, token_strings
+from core.predict import encode_prompt, prompt_text, token_strings
 from core.settings import AttributionSettings
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class AttributionResult:
     errors: torch.Tensor | None = None  # [L, P, d] error vectors at the basis' write points
     write_point: str = "mlp.out"  # where features write (relative to a block)
     transcoders: object = None  # the TranscoderSet of a transcoder graph
+    conversation: object = None  # the core.chat.Conversation of a chat-formatted prompt (``prompt``: its rendering)
 
 
 class _Rows:
@@ -142,6 +143,13 @@ def with_bos(model, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.tensor([[cand]], device=ids.device, dtype=ids.dtype), ids], 1)
 
 
+def traced_ids(model, prompt, prepend_bos: bool = True) -> torch.Tensor:
+    """The ids [1, P] a trace reads: a raw prompt with a start token first (``with_bos``), a chat
+    conversation exactly as its template renders it (the template holds its special tokens)."""
+    ids = encode_prompt(model, prompt)
+    return with_bos(model, ids) if prepend_bos and isinstance(prompt, str) else ids
+
+
 def _first_feature_position(model, ids: torch.Tensor) -> int:
     """1 when the prompt starts with a special token (BOS): its features are folded into errors."""
     return 1 if ids.shape[1] > 1 and int(ids[0, 0]) in _special_ids(model) else 0
@@ -167,16 +175,18 @@ def make_basis(model, settings: AttributionSettings):
     return NeuronBasis(model)
 
 
-def attribute(model, prompt: str, settings: AttributionSettings | None = None,
+def attribute(model, prompt, settings: AttributionSettings | None = None,
               ctx: JobContext | None = None, basis=None) -> AttributionResult:
-    """Build the attribution graph of ``prompt`` (see the module docstring)."""
+    """Build the attribution graph of ``prompt``, a text or a ``core.chat.Conversation`` (see the
+    module docstring). A conversation's tokens are exactly its chat template's: the template holds
+    its own special tokens, so no start token is prepended (its first token, a special one in the
+    templates of the supported families, is then the start position)."""
     settings = settings or AttributionSettings()
     settings.validate()
     ctx = ctx or JobContext()
     start = time.perf_counter()
-    ids = encode_prompt(model, prompt)
-    if settings.prepend_bos:
-        ids = with_bos(model, ids)
+    ids = traced_ids(model, prompt, settings.prepend_bos)
+    chat = None if isinstance(prompt, str) else prompt
     P = ids.shape[1]
     L = model.facts.n_layers
     inst = model.instrument
@@ -351,9 +361,9 @@ def attribute(model, prompt: str, settings: AttributionSettings | None = None,
         "node": node.tolist(),
     }
     ctx.progress(1.0, "Done")
-    return AttributionResult(graph, targets, prompt, stats, ids=ids.cpu(), errors=enc.errors.cpu(),
+    return AttributionResult(graph, targets, prompt_text(model, prompt), stats, ids=ids.cpu(), errors=enc.errors.cpu(),
                              write_point=basis.write_point(0).split(".", 2)[2],
-                             transcoders=getattr(basis, "tc", None))
+                             transcoders=getattr(basis, "tc", None), conversation=chat)
 
 
 def _keep_start(patches: dict, clean, first_pos: int) -> dict:
