@@ -218,3 +218,11 @@ def test_default_model_chat_is_its_own_template(default_model):
     whole = reference_ids(m.tokenizer, with_answer.to_json())
     assert encode_chat(m, with_answer).answer_id == whole[len(expected)]
     assert m.tokenizer.decode([whole[len(expected)]]).strip() == "Paris"
+
+
+def test_template_tokens_read_as_labels():
+    from core.view import short_token
+
+    assert short_token("<|im_start|>", 8) == "<|im_start|>"  # a special token whole, though longer than n
+    assert short_token("<|start_header_id|>", 10) == "<|start_h…|>"  # cut inside its brackets
+    assert short_token("\n", 8) == "⏎" and short_token(" extraordinarily", 8) == " extrao…"
