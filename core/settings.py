@@ -346,7 +346,7 @@ CHAT_SETTINGS = declare(
             metavar="TEXT", tooltip="A system message before the user's (empty: none; the template may add its own)"),
     Setting("messages", 'trace a conversation instead of --prompt: a JSON list of {"role", "content"} messages '
                         "(system, user, assistant); ending with an assistant message, the graph explains that "
-                        "answer's first token", "--messages", metavar="FILE.json"),
+                        "answer's first token", "--messages", metavar="FILE.json", label="Conversation"),
 )
 
 PREDICT_SETTINGS = (

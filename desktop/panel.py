@@ -181,7 +181,7 @@ class ModelPanel(QWidget):
         form.addRow("Method", self.method_combo)
         form.addRow(_CHAT["chat"].label, self.chat_box)
         form.addRow(_CHAT["system"].label, self.system_edit)
-        form.addRow("Conversation", self.conversation_row)
+        form.addRow(_CHAT["messages"].label, self.conversation_row)
         form.addRow(_PAIRS["task"].label, self.task_combo)
         form.addRow(_PAIRS["corrupted"].label, self.corrupted_edit)
         form.addRow("", self.pairs_label)
