@@ -13,8 +13,11 @@ Cases, each in its own process (so peak RSS is the case's own):
 
 Goals on 2 cores, max-nodes 1000: 5-token prompt <= 60 s, 64 tokens <= 2 GB peak RSS, ratio <= 1.5.
 Prints figures; asserts nothing.
-Run: .venv/bin/python benchmarks/attribution.py [--cases france,ioi,16,64,256] [--max-nodes N]
-     [--batch-size B] [--max-candidates N]
+Run: .venv/bin/python benchmarks/attribution.py [--cases france,ioi,16,64,256 | --lengths] [--max-nodes N]
+     [--batch-size B] [--max-candidates N] [--transcoders]
+``--lengths``: the prompt-length curve 16/64/256/1024 tokens; ``--transcoders``: random JumpReLU
+transcoders for the default model as the basis (the transcoder side of the curve). Each case also
+prints the memory estimate the pre-flight made against what the run added to the loaded model.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ STORY = (
     "was also"
 )
 CASES = ("france", "ioi", "16", "64", "256")
+LENGTHS = ("16", "64", "256", "1024")
 
 
 def prompt_of(model, case: str) -> str:
@@ -59,12 +63,51 @@ def prompt_of(model, case: str) -> str:
         return IOI
     n = int(case) - 1  # the start token makes it n + 1
     ids = model.tokenizer(STORY, add_special_tokens=False).input_ids
-    if len(ids) < n:
-        raise SystemExit(f"the story has only {len(ids)} tokens; {n} asked")
-    return model.tokenizer.decode(ids[:n])
+    ids = (ids * (n // len(ids) + 1))[:n]  # the story told again for the longest prompts
+    text = model.tokenizer.decode(ids)
+    while len(model.tokenizer(text, add_special_tokens=False).input_ids) > n:  # re-tokenizing may merge
+        ids = ids[:-1]
+        text = model.tokenizer.decode(ids)
+    return text
 
 
-def one(case: str, max_nodes: int, batch_size: int, max_candidates: int) -> dict:
+def rss_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def random_transcoders(model, folder: Path, width: int = 4096, active: int = 32, seed: int = 0) -> Path:
+    """Random per-layer JumpReLU transcoders for ``model`` (MLP input → MLP output), thresholds set
+    so that about ``active`` features fire per token and layer on the story; saved in
+    circuit-tracer's per-layer layout. Built once per folder."""
+    import torch
+    from safetensors.torch import save_file
+
+    if (folder / "config.yaml").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    L, d = model.facts.n_layers, model.facts.d_model
+    ids = model.tokenizer(STORY, return_tensors="pt").input_ids
+    with torch.no_grad():
+        _, clean = model.instrument.forward(ids, cache=[f"blocks.{l}.mlp_in" for l in range(L)])
+    for l in range(L):
+        x = clean[f"blocks.{l}.mlp_in"][0].float()
+        W_enc = torch.randn(width, d, generator=g) / d ** 0.5
+        pre = x @ W_enc.T
+        threshold = torch.quantile(pre.flatten()[::7], 1 - active / width).expand(width).clone()
+        save_file({"W_enc": W_enc, "W_dec": torch.randn(width, d, generator=g) * 0.02, "b_enc": torch.zeros(width),
+                   "b_dec": torch.zeros(d), "activation_function.threshold": threshold},
+                  str(folder / f"layer_{l}.safetensors"))
+    (folder / "config.yaml").write_text("feature_input_hook: mlp_in\nfeature_output_hook: mlp.out\n"
+                                        "activation: jump_relu\n")
+    return folder
+
+
+def one(case: str, max_nodes: int, batch_size: int, max_candidates: int, transcoders: bool = False) -> dict:
     import numpy as np
     import torch
 
@@ -75,9 +118,11 @@ def one(case: str, max_nodes: int, batch_size: int, max_candidates: int) -> dict
 
     model = load_model("default", device="cpu")
     prompt = prompt_of(model, case)
+    folder = str(random_transcoders(model, Path("/tmp/circuitdesk-bench-transcoders"))) if transcoders else None
+    loaded = rss_bytes()
     t0 = time.perf_counter()
     res = attribute(model, prompt, AttributionSettings(max_nodes=max_nodes, batch_size=batch_size,
-                                                       max_candidates=max_candidates))
+                                                       max_candidates=max_candidates, transcoders=folder))
     seconds = time.perf_counter() - t0
     st, g = res.stats, res.graph
     out = {
@@ -85,6 +130,8 @@ def one(case: str, max_nodes: int, batch_size: int, max_candidates: int) -> dict
         "prompt_tokens": int(res.ids.shape[1]),
         "seconds": round(seconds, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+        "loaded_rss_gb": round(loaded / 1e9, 2),
+        "estimated_gb": round(st["estimated_peak_bytes"] / 1e9, 2),
         "backward_passes": st["backward_passes"],
         "batch_size": st["batch_size"],
         **{k: st[k] for k in ("candidates", "candidate_pool") if k in st},
@@ -104,7 +151,7 @@ def one(case: str, max_nodes: int, batch_size: int, max_candidates: int) -> dict
     view = from_attribution(g)
     d = view.drawing()
     out["drawn_nodes"], out["drawn_edges"] = int(len(d.nodes)), int(len(d.src))
-    if case in ("16", "64", "256"):
+    if case.isdigit() and not transcoders:
         B, passes = st["batch_size"], st["backward_passes"]
         ids = res.ids.expand(B, -1)
         embed = model.hf.get_input_embeddings()
@@ -131,14 +178,18 @@ def main() -> None:
     ap.add_argument("--max-nodes", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-candidates", type=int, default=65536)
+    ap.add_argument("--transcoders", action="store_true",
+                    help="random JumpReLU transcoders (4096 features, ~32 active per token and layer) as the basis")
+    ap.add_argument("--lengths", action="store_true", help="the prompt-length curve: " + ",".join(LENGTHS))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
-        print(json.dumps(one(args.one, args.max_nodes, args.batch_size, args.max_candidates)))
+        print(json.dumps(one(args.one, args.max_nodes, args.batch_size, args.max_candidates, args.transcoders)))
         return
-    for case in args.cases.split(","):
+    for case in (LENGTHS if args.lengths else args.cases.split(",")):
         out = subprocess.run([sys.executable, __file__, "--one", case, "--max-nodes", str(args.max_nodes),
-                              "--batch-size", str(args.batch_size), "--max-candidates", str(args.max_candidates)],
+                              "--batch-size", str(args.batch_size), "--max-candidates", str(args.max_candidates),
+                              *(["--transcoders"] if args.transcoders else [])],
                              capture_output=True, text=True, cwd=ROOT)
         if out.returncode != 0:
             print(f"{case}: failed\n{out.stderr[-2000:]}")
@@ -146,7 +197,9 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{case:>7}: {r['prompt_tokens']} tokens, {r['seconds']} s, peak RSS {r['peak_rss_gb']} GB, "
               f"{r['backward_passes']} backward passes (batch {r['batch_size']}), {r['threads']} threads")
-        if "candidates" in r:
+        print(f"         memory: {r['loaded_rss_gb']} GB with the model loaded; the run added "
+              f"{r['peak_rss_gb'] - r['loaded_rss_gb']:.2f} GB, estimated before it started {r['estimated_gb']} GB")
+        if "candidate_effect_share" in r:
             print(f"         candidates {r['candidates']} of {r['candidate_pool']} neurons: "
                   f"{r['candidate_effect_share']:.1%} of the total effect, {r['candidate_mass_share']:.1%} of the "
                   f"MLP output mass")

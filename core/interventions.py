@@ -160,7 +160,7 @@ def build_patches(model, interventions: list[Intervention], P: int, live, basis_
                     a = tc.activate(iv.layer, pre)[..., iv.index]
                     new = _edit(a, iv.mode, iv.value)
                     x = x.clone()
-                    x[:, pos] = x[:, pos] + ((new - a)[..., None] * layer.W_dec[iv.index, k]).to(x.dtype)
+                    x[:, pos] = x[:, pos] + ((new - a)[..., None] * layer.W_dec[iv.index, k]).to(device=x.device, dtype=x.dtype)
                     return x
                 add(f"blocks.{l + k}.{tc.output_point}", fn)
 

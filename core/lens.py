@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from core.instrument.norms import norm_gain
+from core.instrument.weights import module_tensor
 from core.jobs import JobContext
 
 
@@ -108,7 +109,8 @@ def neuron_effects(model, layer: int, neuron: int, k: int = 10) -> TokenEffects:
     unembedding (its direct effect; the final norm's scale is left out)."""
     a = model.adapter
     down = model.hf.get_submodule(a.layers)[layer].get_submodule(a.mlp).get_submodule(a.down_proj)
-    w = down.weight.T if a.conv1d else down.weight  # [d_model, d_mlp]
+    w = module_tensor(down)
+    w = w.T if a.conv1d else w  # [d_model, d_mlp]
     return direction_effects(model, w[:, neuron], k)
 
 
@@ -116,12 +118,12 @@ def direction_effects(model, direction: torch.Tensor, k: int = 10) -> TokenEffec
     """Tokens promoted / suppressed by a residual-stream direction through the unembedding."""
     a = model.adapter
     with torch.no_grad():
-        unembed = model.hf.get_submodule(a.unembed).weight  # [vocab, d]
+        unembed = module_tensor(model.hf.get_submodule(a.unembed))  # [vocab, d]
         # the final norm's elementwise weight applies to every direction alike
         gain = norm_gain(a.norm_kind, model.hf.get_submodule(a.final_norm), unembed.dtype)
-        d = direction.to(unembed.dtype)
+        d = direction.to(device=unembed.device, dtype=unembed.dtype)
         if gain is not None:
-            d = d * gain
+            d = d * gain.to(unembed.device)
         scores = (unembed @ d).float()
         tok = model.tokenizer
         k = min(k, scores.numel())

@@ -70,6 +70,7 @@ class ModelSummary(_Strict):
     n_params: Count | None = None
     context_length: Count | None = None
     tied_embeddings: StrictBool | None = None
+    device_map: Annotated[dict[Name, Name], Field(max_length=100_000)] | None = None  # offloaded: module -> device
 
 
 class TargetInfo(_Strict):
@@ -117,6 +118,7 @@ class GraphMeta(_Strict):
                              Field(max_length=MAX_ITEMS)] = {}
     stats: Stats = {}
     row_check: RowCheck | None = None
+    precision: Facts | None = None  # dtype, eps, identity_tolerance, identity_holds (core.attribution.precision)
 
 
 class GraphHeader(_Strict):

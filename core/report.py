@@ -304,10 +304,11 @@ def _start_and_candidates(settings: dict, stats: dict) -> str:
             + ("; the start token's embedding is a node, as in the reference." if settings.get("start_token_node")
                else "; the start token's own embedding is a constant too (it is the same in every prompt)."))
     if "candidates" in stats:
-        text += (f" Candidate neurons: the {stats['candidates']:,} of {stats['candidate_pool']:,} active neurons "
+        unit = "transcoder features" if settings.get("transcoders") else "neurons"
+        text += (f" Candidate {unit}: the {stats['candidates']:,} of {stats['candidate_pool']:,} active {unit} "
                  f"with the largest total effect on the explained logits, carrying "
                  f"{stats['candidate_effect_share']:.1%} of that effect and {stats['candidate_mass_share']:.1%} of "
-                 "the MLP output mass; every other neuron's write is in its (layer, position) error node.")
+                 "the MLP output mass; every other one's write is in its (layer, position) error node.")
     return text
 
 
@@ -360,12 +361,24 @@ def _attribution_sections(session, atlas: Atlas | None = None) -> list:
         ("Nodes / edges (full)", f"{stats.get('nodes', g.n_nodes):,} / {stats.get('edges', g.n_edges):,}"),
         ("Nodes / edges (pruned)", f"{_n(stats.get('pruned_nodes'))} / {_n(stats.get('pruned_edges'))}"),
         ("Active features, rows computed", f"{_n(stats.get('active_features'))}, {_n(stats.get('feature_rows'))}"),
-        ("Largest completeness error", f"{stats.get('max_completeness_error', 0.0):.1e} (each row's edges sum "
-                                       "to the node's value)"),
+        ("Largest completeness error", _identity_note(stats, g.meta.get("precision"))),
         ("Backward passes, seconds", f"{_n(stats.get('backward_passes'))}, {stats.get('seconds', 0.0):.1f}"),
     )
     out += [Heading("Graph scores"), Facts(scores), _influence_curve(g, threshold)]
     return out
+
+
+def _identity_note(stats: dict, precision: dict | None) -> str:
+    """The completeness identity as measured, at the precision the graph was computed in."""
+    err = stats.get("max_completeness_error", 0.0)
+    if not precision:
+        return f"{err:.1e} (each row's edges sum to the node's value)"
+    tol = precision.get("identity_tolerance", stats.get("identity_tolerance"))
+    if precision.get("identity_holds"):
+        return (f"{err:.1e}: each row's edges sum to the node's value to {err:.1e} of the row's magnitude at "
+                f"{precision.get('dtype')} (tolerance at that precision {tol:.1e})")
+    return (f"{err:.1e}: more than the tolerance at {precision.get('dtype')} ({tol:.1e}); some rows' edges do "
+            "not sum to the node's value")
 
 
 def _n(v) -> str:

@@ -126,6 +126,7 @@ class AttributionSettings:
     transcoders: str | None = None  # folder; None = neuron basis
     prepend_bos: bool = True  # as circuit-tracer: a special token first, whose features are not nodes
     start_token_node: bool = False  # the start token's embedding as a node (circuit-tracer) or a constant
+    memory_gb: float | None = None  # memory the run may use (None: what is free on the device)
 
     def validate(self) -> None:
         if self.max_nodes < 1:
@@ -143,6 +144,8 @@ class AttributionSettings:
             raise CircuitDeskError(f"--candidate-share must be in (0, 1] (got {self.candidate_share}).")
         if self.update_interval < 1:
             raise CircuitDeskError("update_interval must be positive.")
+        if self.memory_gb is not None and not self.memory_gb > 0:
+            raise CircuitDeskError(f"--memory-gb must be positive (got {self.memory_gb}).")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -250,6 +253,51 @@ class AtlasSettings:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class PlacementSettings:
+    """Where a model's layers and transcoders are kept (``core.models.offload``). Not an analysis
+    setting: the results are the same wherever the weights live, so sessions do not record it."""
+
+    offload: bool = False  # accelerate's device map: GPU(s) first, then CPU memory, then disk
+    max_gpu_memory: str | None = None  # per GPU, e.g. "20GiB" (implies offload)
+    max_cpu_memory: str | None = None  # e.g. "64GB" (implies offload; the rest goes to disk)
+    transcoders_device: str = "model"  # "model": beside the model's first layers; "cpu": memory-mapped, in CPU memory
+
+    @property
+    def offloaded(self) -> bool:
+        """A device map was asked for (``--offload`` or a memory budget)."""
+        return self.offload or self.max_gpu_memory is not None or self.max_cpu_memory is not None
+
+    def validate(self) -> None:
+        for flag, value in (("--max-gpu-memory", self.max_gpu_memory), ("--max-cpu-memory", self.max_cpu_memory)):
+            if value is not None:
+                memory_bytes(value, flag)
+        if self.transcoders_device not in TRANSCODER_DEVICES:
+            raise CircuitDeskError(f"Unknown --transcoders-device {self.transcoders_device!r}; use model or cpu.")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+TRANSCODER_DEVICES = ("model", "cpu")
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def memory_bytes(text: str, flag: str = "memory") -> int:
+    """Bytes of a size such as ``"20GiB"``, ``"512MB"`` or ``"1000000"``; one sentence when it is not one."""
+    t = str(text).strip().lower().replace(" ", "")
+    number = t.rstrip("kmgtib")
+    unit = t[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or not value > 0 or value != value or value == float("inf"):
+        raise CircuitDeskError(f"{flag} takes a size such as 20GiB, 512MB or 64GB (got {text!r}).")
+    return int(value * _UNITS[unit])
+
+
 # -- the declarations -------------------------------------------------------------------------------
 ATTRIBUTION_SETTINGS = declare(
     AttributionSettings,
@@ -271,6 +319,9 @@ ATTRIBUTION_SETTINGS = declare(
                                "effect (default 0.99)", "--candidate-share"),
     Setting("start_token_node", "keep the start token's embedding as a token node, as circuit-tracer does "
                                 "(default: a constant, like the rest of the start position)", "--start-token-node"),
+    Setting("memory_gb", "memory the run may use, in GB; a run that needs more is refused before it starts, "
+                         "with what would fit (default: what is free on the device, or CIRCUITDESK_MEMORY_GB)",
+            "--memory-gb", metavar="GB"),
     Setting("node_threshold", "pruning: influence kept by nodes (0.8)", "--node-threshold"),
     Setting("edge_threshold", "pruning: influence kept by edges (0.98)", "--edge-threshold"),
     # internal: the method's constants, recorded in every session but not offered as flags
@@ -349,6 +400,20 @@ CHAT_SETTINGS = declare(
                         "answer's first token", "--messages", metavar="FILE.json", label="Conversation"),
 )
 
+PLACEMENT_SETTINGS = declare(
+    PlacementSettings,
+    Setting("offload", "place the model with accelerate's device map: as many layers as fit on the GPU(s), the "
+                       "rest in CPU memory, then on disk (under the cache folder); for models larger than GPU "
+                       "memory", "--offload"),
+    Setting("max_gpu_memory", "with a device map: at most this much of each GPU for weights, e.g. 20GiB "
+                              "(implies --offload)", "--max-gpu-memory", metavar="SIZE"),
+    Setting("max_cpu_memory", "with a device map: at most this much CPU memory for weights, the rest on disk, "
+                              "e.g. 64GB (implies --offload)", "--max-cpu-memory", metavar="SIZE"),
+    Setting("transcoders_device", "where transcoders are kept: model (default: beside the model's first layers) "
+                                  "or cpu (memory-mapped from their files, for transcoders that do not fit on the "
+                                  "GPU)", "--transcoders-device", choices=TRANSCODER_DEVICES),
+)
+
 PREDICT_SETTINGS = (
     Setting("top_k", "next tokens to list (default 10)", "--top-k", label="Top-k", minimum=1, maximum=100,
             stored=False, type=int, default=10),
@@ -356,7 +421,7 @@ PREDICT_SETTINGS = (
 
 DECLARATIONS: dict[type, tuple[Setting, ...]] = {
     AttributionSettings: ATTRIBUTION_SETTINGS, CircuitSettings: CIRCUIT_SETTINGS, PairSource: PAIR_SOURCE_SETTINGS,
-    AtlasSettings: ATLAS_SETTINGS, ChatSettings: CHAT_SETTINGS,
+    AtlasSettings: ATLAS_SETTINGS, ChatSettings: CHAT_SETTINGS, PlacementSettings: PLACEMENT_SETTINGS,
 }
 
 

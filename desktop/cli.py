@@ -32,12 +32,14 @@ from core.settings import (
     CHAT_SETTINGS,
     CIRCUIT_SETTINGS,
     PAIR_SOURCE_SETTINGS,
+    PLACEMENT_SETTINGS,
     PREDICT_SETTINGS,
     AtlasSettings,
     AttributionSettings,
     ChatSettings,
     CircuitSettings,
     PairSource,
+    PlacementSettings,
     add_arguments,
     settings_from_args,
 )
@@ -104,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
     _prompt_options(trace)
     add_arguments(trace, ATTRIBUTION_SETTINGS)
-    _run_options(trace, session_out=True)
+    _run_options(trace, session_out=True, transcoders=True)
 
     circuit = sub.add_parser("circuit", help="find the component circuit (heads, MLPs) behind a task (EAP / EAP-IG)")
     circuit.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
@@ -155,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(build, ATLAS_SETTINGS)
     build.add_argument("--device", default="auto", help="auto, cpu or cuda")
     build.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    add_arguments(build, PLACEMENT_SETTINGS)
     build.add_argument("--out", required=True, metavar="ATLAS_DIR", help="folder to build the atlas in")
     build.add_argument("--overwrite", action="store_true", help="replace a finished atlas or another unfinished build there")
     build.add_argument("--json", action="store_true", help="print one JSON object")
@@ -183,13 +186,19 @@ def _traced(args):
     return traced_prompt(args.prompt, settings_from_args(ChatSettings, args))
 
 
-def _run_options(p: argparse.ArgumentParser, session_out: bool) -> None:
-    """Options every model-running command ends with: device, dtype, [--out session], --json."""
+def _run_options(p: argparse.ArgumentParser, session_out: bool, transcoders: bool = False) -> None:
+    """Options every model-running command ends with: device, dtype, offloading, [--out session], --json."""
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    add_arguments(p, [s for s in PLACEMENT_SETTINGS if transcoders or s.name != "transcoders_device"])
     if session_out:
         p.add_argument("--out", required=True, metavar="FILE.cdesk", help="session file to write")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def placement_from_args(args: argparse.Namespace) -> PlacementSettings:
+    """The placement flags a command was given (a command without ``--transcoders-device`` keeps the default)."""
+    return PlacementSettings(**{s.name: getattr(args, s.name, s.default) for s in PLACEMENT_SETTINGS})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,7 +332,8 @@ def cmd_atlas_build(args) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.02))
+        model = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement_from_args(args),
+                           ctx=ctx.sub(0.0, 0.02))
         result = build_atlas(model, args.out, settings, corpus=args.corpus, column=args.column,
                              overwrite=args.overwrite, ctx=ctx.sub(0.02, 1.0))
     except Cancelled:
@@ -418,7 +428,8 @@ def cmd_predict(args) -> int:
     prompt = _traced(args)  # before spending seconds on loading
     start = time.perf_counter()
     ctx = JobContext(StderrProgress(enabled=True))
-    model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement_from_args(args),
+                       ctx=ctx)
     loaded_at = time.perf_counter()
     pred = predict_next(model, prompt, top_k=args.top_k)
     if args.json:
@@ -460,7 +471,8 @@ def cmd_trace(args) -> int:
     settings = settings_from_args(AttributionSettings, args)
     settings.validate()
     ctx = JobContext(StderrProgress(enabled=True))
-    model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.1))
+    model = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement_from_args(args),
+                       ctx=ctx.sub(0.0, 0.1))
     session, result = attribution_session(model, args.model, args.prompt, settings, args.dtype, args.out,
                                           ctx=ctx.sub(0.1, 1.0), chat=settings_from_args(ChatSettings, args))
     save_session(out, session)
@@ -517,7 +529,8 @@ def cmd_circuit(args) -> int:
     settings.validate()
     start = time.perf_counter()
     ctx = JobContext(StderrProgress(enabled=True))
-    model = load_model(args.model, device=args.device, dtype=args.dtype, ctx=ctx.sub(0.0, 0.05))
+    model = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement_from_args(args),
+                       ctx=ctx.sub(0.0, 0.05))
     pairs = load_pair_source(source, model)
     if settings.method == "exact":
         n = model.facts.n_layers

@@ -176,6 +176,8 @@ def test_trace_bad_inputs_say_one_sentence_and_write_nothing(tiny_folder, tmp_pa
         (["--target", "john mary"], "2 tokens"),
         (["--max-nodes", "0"], "--max-nodes must be at least 1"),
         (["--transcoders", str(tmp_path / "none")], "does not exist"),
+        (["--memory-gb", "0.00001"], "allowed by the --memory-gb budget; it would fit with"),
+        (["--memory-gb", "-2"], "--memory-gb must be positive"),
     ]
     for extra, message in cases:
         out_file = tmp_path / "x.cdesk"

@@ -96,7 +96,8 @@ class _Features:
         if transcoders:
             from core.attribution.transcoders import load_transcoders  # deferred: only for a transcoder atlas
 
-            self.tc = load_transcoders(transcoders, L, model.facts.d_model, device=model.device)
+            self.tc = load_transcoders(transcoders, L, model.facts.d_model,
+                                        device=getattr(model, "transcoders_device", model.device))
             self.points = [f"blocks.{l}.{self.tc.input_point}" for l in range(L)]
             self.per_layer = [t.d_transcoder for t in self.tc.layers]
             self.signed = False
@@ -112,7 +113,7 @@ class _Features:
 
     def activations(self, l: int, cached: torch.Tensor) -> torch.Tensor:
         x = cached.float()
-        return x if self.tc is None else self.tc.activate(l, self.tc.encode_pre(l, x))
+        return x if self.tc is None else self.tc.activate(l, self.tc.encode_pre(l, x)).to(x.device)
 
 
 # -- the running statistics of one layer ----------------------------------------------------------------

@@ -32,6 +32,7 @@ is truncated, and the error nodes say how much the candidates leave out.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,11 +41,13 @@ import numpy as np
 import torch
 
 from core.attribution.bases import Encoded, NeuronBasis, TranscoderBasis, body
+from core.attribution.precision import precision_facts
 from core.attribution.targets import Target, select_targets, target_bias
 from core.attribution.transcoders import load_transcoders
 from core.errors import CircuitDeskError
 from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT, Graph, graph_scores, prune
 from core.jobs import JobContext
+from core.memory import Estimate, attribution_estimate, budget_bytes, memory_guard, refuse_if_too_big
 from core.predict import encode_prompt, prompt_text, token_strings
 from core.settings import AttributionSettings
 
@@ -95,22 +98,31 @@ class _Rows:
 
     def feature_influence(self, logit_weights: torch.Tensor, n_logits: int) -> torch.Tensor:
         """circuit-tracer's partial influence of every candidate feature on the logit targets:
-        the influence of the computed rows, propagated through the columns they read."""
+        the influence of the computed rows, propagated through the columns they read.
+
+        Influence reaches the next row only through the columns of features that have rows, so
+        the paths are followed on those columns alone ([rows × feature rows]); the influence on
+        every column is then one product of the summed path weights with |rows|, in column blocks
+        (no copy of the whole buffer), the same sum as propagating over every column each step."""
         n = self.n
-        magnitude = self.val[:n].abs()  # [n, n_active]; rows are normalized by their L1 norm below
         row_norm = self.abs_total[:n].float().clamp(min=1e-8)
         feature_row = self.node[:n] < self.n_active
-        row_col = self.node[:n][feature_row]
+        through = self.val[:n, self.node[:n][feature_row]].abs()  # [n, feature rows]
         q = torch.zeros(n)
         q[:n_logits] = logit_weights.float()  # logit rows come first
-        total = torch.zeros(self.n_active)
+        paths = torch.zeros(n)
         for _ in range(1000):
-            col = (q / row_norm) @ magnitude  # influence reaching every column through one more edge
-            if not col.any():
+            paths += q
+            reach = (q / row_norm) @ through  # influence reaching the feature rows through one more edge
+            if not reach.any():
                 break
-            total += col
             q = torch.zeros(n)
-            q[feature_row] = col[row_col]
+            q[feature_row] = reach
+        weight = paths / row_norm
+        total = torch.empty(self.n_active)
+        block = max(1, (1 << 24) // max(n, 1))
+        for s in range(0, self.n_active, block):
+            total[s:s + block] = weight @ self.val[:n, s:s + block].abs()
         return total
 
 
@@ -170,9 +182,55 @@ def frozen_points(model) -> list[str]:
 
 def make_basis(model, settings: AttributionSettings):
     if settings.transcoders:
-        tc = load_transcoders(settings.transcoders, model.facts.n_layers, model.facts.d_model, device=model.device)
+        tc = load_transcoders(settings.transcoders, model.facts.n_layers, model.facts.d_model,
+                              device=getattr(model, "transcoders_device", model.device))
         return TranscoderBasis(model, tc)
     return NeuronBasis(model)
+
+
+def row_batch(settings: AttributionSettings, n_tokens: int) -> int:
+    """Rows per backward pass: the setting, at most ``ROW_BATCH_TOKENS`` tokens of copies."""
+    return max(1, min(settings.batch_size, ROW_BATCH_TOKENS // n_tokens))
+
+
+def memory_estimate(model, n_tokens: int, settings: AttributionSettings, basis) -> Estimate:
+    """Peak memory of the attribution of an ``n_tokens`` prompt (start token included)."""
+    width = basis.width()
+    return attribution_estimate(
+        model.facts, n_tokens, max_nodes=settings.max_nodes, batch=row_batch(settings, n_tokens),
+        candidates=min(settings.max_candidates, model.facts.n_layers * n_tokens * width),
+        transcoder_width=width if basis.name == "transcoders" else 0,
+        dtype_bytes=torch.finfo(model.dtype).bits // 8, max_logits=settings.max_logits)
+
+
+def _what_fits(model, n_tokens: int, settings: AttributionSettings, basis, budget: int) -> list[str]:
+    """Changes of settings under which the run fits ``budget``, most useful first."""
+    fits = lambda s, p=n_tokens: memory_estimate(model, p, s, basis).total <= budget  # noqa: E731
+    out = []
+    nodes = settings.max_nodes // 2
+    while nodes >= 10 and not fits(dataclasses.replace(settings, max_nodes=nodes)):
+        nodes //= 2
+    if nodes >= 10:
+        out.append(f"--max-nodes {nodes}")
+    if settings.max_candidates > 4096:
+        cand = dataclasses.replace(settings, max_candidates=settings.max_candidates // 4)
+        if fits(cand):
+            out.append(f"--max-candidates {cand.max_candidates}")
+    if row_batch(settings, n_tokens) > 1 and fits(dataclasses.replace(settings, batch_size=1)):
+        out.append("--batch-size 1")
+    if model.dtype == torch.float32:
+        half = attribution_estimate(model.facts, n_tokens, max_nodes=settings.max_nodes,
+                                    batch=row_batch(settings, n_tokens), dtype_bytes=2,
+                                    candidates=min(settings.max_candidates, model.facts.n_layers * n_tokens * basis.width()),
+                                    transcoder_width=basis.width() if basis.name == "transcoders" else 0)
+        if half.total <= budget:
+            out.append("--dtype bfloat16")
+    shorter = n_tokens
+    while shorter > 2 and not fits(settings, shorter):
+        shorter = shorter * 3 // 4
+    if 2 < shorter < n_tokens:
+        out.append(f"a prompt of at most {shorter} tokens")
+    return out
 
 
 def attribute(model, prompt, settings: AttributionSettings | None = None,
@@ -180,17 +238,31 @@ def attribute(model, prompt, settings: AttributionSettings | None = None,
     """Build the attribution graph of ``prompt``, a text or a ``core.chat.Conversation`` (see the
     module docstring). A conversation's tokens are exactly its chat template's: the template holds
     its own special tokens, so no start token is prepended (its first token, a special one in the
-    templates of the supported families, is then the start position)."""
+    templates of the supported families, is then the start position).
+
+    Refused before it starts when its estimated peak memory exceeds the budget (``memory_gb``,
+    else what is free on the device); an out-of-memory error that still happens is one sentence."""
     settings = settings or AttributionSettings()
     settings.validate()
     ctx = ctx or JobContext()
     start = time.perf_counter()
     ids = traced_ids(model, prompt, settings.prepend_bos)
-    chat = None if isinstance(prompt, str) else prompt
+    basis = basis or make_basis(model, settings)
+    P = ids.shape[1]
+    estimate = memory_estimate(model, P, settings, basis)
+    budget, where = budget_bytes(model.device, settings.memory_gb)
+    if estimate.total > budget:
+        refuse_if_too_big(estimate, budget, where, _what_fits(model, P, settings, basis, budget))
+    advice = ", ".join(_what_fits(model, P, settings, basis, estimate.total // 2)) or "use a shorter prompt"
+    with memory_guard(model.device, f"try {advice}", "running the prompt") as doing:
+        return _attribute(model, prompt, ids, settings, ctx, basis, start, estimate, doing)
+
+
+def _attribute(model, prompt, ids: torch.Tensor, settings: AttributionSettings, ctx: JobContext, basis,
+               start: float, estimate: Estimate, doing) -> AttributionResult:
     P = ids.shape[1]
     L = model.facts.n_layers
     inst = model.instrument
-    basis = basis or make_basis(model, settings)
     first_pos = _first_feature_position(model, ids)
     base = body(model)
 
@@ -207,6 +279,7 @@ def attribute(model, prompt, settings: AttributionSettings | None = None,
     directions = directions.to(model.device)
     logit_w = torch.tensor([t.weight for t in targets])
     ctx.progress(0.01, "Choosing candidate features")
+    doing.what = "choosing candidate features"
     candidates, candidate_stats = basis.select(ids, directions, logit_w, first_pos, settings)
     enc: Encoded = basis.encode(clean, first_pos, candidates)
     enc.errors[:, :first_pos] = 0.0  # the start position's MLP outputs are constants
@@ -218,6 +291,7 @@ def attribute(model, prompt, settings: AttributionSettings | None = None,
         token_vectors[:first_pos] = 0.0  # the start token is the same in every prompt: a constant
     ctx.check_cancelled()
 
+    doing.what = "running the bias-only pass"
     # Phase 2: the bias-only run (constants of every possible row): the sources removed; the
     # positional embeddings, the start position's MLP outputs (and its token, by default) kept.
     frozen = frozen_patches(clean)
@@ -228,15 +302,16 @@ def attribute(model, prompt, settings: AttributionSettings | None = None,
         with inst.session_patch(_keep_start(basis.bias_patches(bias_trace), clean, first_pos)):
             base(input_ids=ids, use_cache=False)
     t_bias = target_bias(model, targets)
-    logit_value = (clean["final_norm"][0, -1].float() @ directions.float().T).cpu() + t_bias
-    logit_const = (bias_trace["final_norm"][0, -1].float() @ directions.float().T).cpu() + t_bias
+    logit_value = (clean["final_norm"][0, -1].float().to(directions.device) @ directions.float().T).cpu() + t_bias
+    logit_const = (bias_trace["final_norm"][0, -1].float().to(directions.device) @ directions.float().T).cpu() + t_bias
     feat_value = enc.value.cpu()
     feat_const = basis.values(enc, bias_trace)
     ctx.check_cancelled()
 
     # Phase 3: the gradient pass (batch copies, graph retained).
     n_rows_max = n_logits + min(settings.max_nodes, enc.n)
-    B = max(1, min(settings.batch_size, n_rows_max, ROW_BATCH_TOKENS // P))
+    B = min(row_batch(settings, P), n_rows_max)
+    doing.what = f"computing attribution rows ({B} per backward pass)"
     batch_ids = ids.expand(B, P)
     write_points = [basis.write_point(l) for l in range(L)]
     in_points = [basis.input_point(l) for l in range(L)]
@@ -263,7 +338,7 @@ def attribute(model, prompt, settings: AttributionSettings | None = None,
                 g = by_point.get(name)
                 if g is None:
                     g = by_point[name] = torch.zeros_like(live.cache[name])
-                g[b, p] = vectors[b].to(g.dtype)
+                g[b, p] = vectors[b].to(device=g.device, dtype=g.dtype)
             for name, g in by_point.items():
                 outs.append(live.cache[name])
                 grads_out.append(g)
@@ -272,7 +347,8 @@ def attribute(model, prompt, settings: AttributionSettings | None = None,
             grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)]
             g0, gw = grads[0].float(), grads[1:]
             emb = (g0 * token_vectors).sum(-1)  # [B, P]
-            err = torch.stack([(gw[l].float() * enc.errors[l].to(gw[l].device)).sum(-1) for l in range(L)], 1)
+            err = torch.stack([(gw[l].float() * enc.errors[l].to(gw[l].device)).sum(-1).to(g0.device)
+                               for l in range(L)], 1)
             rest = torch.cat([err.reshape(B, L * P), emb], 1)
             return basis.contributions(enc, gw), rest
 
@@ -314,6 +390,7 @@ def attribute(model, prompt, settings: AttributionSettings | None = None,
                 ctx.check_cancelled()
         del leaves
     ctx.progress(0.96, "Assembling the graph")
+    doing.what = "assembling the graph"
 
     # Completeness identity per row.
     n = rows.n
@@ -352,9 +429,12 @@ def attribute(model, prompt, settings: AttributionSettings | None = None,
         max_completeness_error=float(rel_err.max()) if n else 0.0,
         backward_passes=backward_passes,
         batch_size=B,
+        estimated_peak_bytes=estimate.total,
         **candidate_stats,
         seconds=seconds,
     )
+    graph.meta["precision"] = precision_facts(model.dtype, L, stats["max_completeness_error"])
+    stats["identity_tolerance"] = graph.meta["precision"]["identity_tolerance"]
     graph.meta["stats"] = stats
     graph.meta["row_check"] = {
         "value": value.tolist(), "constant": const.tolist(), "sum": rows.sum_total[:n].tolist(),
@@ -363,7 +443,8 @@ def attribute(model, prompt, settings: AttributionSettings | None = None,
     ctx.progress(1.0, "Done")
     return AttributionResult(graph, targets, prompt_text(model, prompt), stats, ids=ids.cpu(), errors=enc.errors.cpu(),
                              write_point=basis.write_point(0).split(".", 2)[2],
-                             transcoders=getattr(basis, "tc", None), conversation=chat)
+                             transcoders=getattr(basis, "tc", None),
+                             conversation=None if isinstance(prompt, str) else prompt)
 
 
 def _keep_start(patches: dict, clean, first_pos: int) -> dict:

@@ -19,7 +19,9 @@ Two bases:
              explained logits; an error node holds the down-projection bias and the writes of
              its cell's other neurons, so the basis stays exact.
 ``transcoders``  per-layer or cross-layer transcoders from a local folder; value = the
-             pre-activation (as in the reference), error = MLP output − reconstruction.
+             pre-activation (as in the reference), error = MLP output − reconstruction. Every
+             active feature is a candidate unless more than ``max_candidates`` are (long
+             prompts): then those with the largest total effect, the rest in the error nodes.
 
 Features at a position whose token is a special token (BOS at position 0) are not nodes; the
 attribution zeroes that position's error nodes too (its MLP outputs are constants, as in
@@ -35,6 +37,7 @@ import torch
 
 from core.attribution.transcoders import TranscoderSet
 from core.instrument import Trace
+from core.instrument.weights import module_tensor
 from core.settings import AttributionSettings
 
 
@@ -55,9 +58,28 @@ class Encoded:
 
 
 def _linear_weight(module, conv1d: bool) -> torch.Tensor:
-    """[out, in] weight of a Linear or a GPT-2 Conv1D."""
-    w = module.weight.detach()
+    """[out, in] weight of a Linear or a GPT-2 Conv1D (loaded from CPU or disk if offloaded)."""
+    w = module_tensor(module)
     return w.T if conv1d else w
+
+
+class LayerWeights:
+    """One MLP projection's [out, in] weight per layer, read when indexed: a layer that a device map
+    offloaded to CPU or disk is loaded for that use only, never held for the whole graph."""
+
+    def __init__(self, modules: list, conv1d: bool) -> None:
+        self.modules, self.conv1d = modules, conv1d
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        return _linear_weight(self.modules[layer], self.conv1d)
+
+    def shape(self, layer: int) -> torch.Size:
+        """[out, in] without loading anything (an offloaded parameter keeps its shape on ``meta``)."""
+        shape = self.modules[layer].weight.shape
+        return shape[::-1] if self.conv1d else shape
 
 
 def _linear_bias(module) -> torch.Tensor | None:
@@ -81,6 +103,62 @@ def _per_feature(enc: Encoded, matrix_of_layer) -> torch.Tensor:
     return out
 
 
+def total_effect_grads(model, ids: torch.Tensor, directions: torch.Tensor, weights: torch.Tensor,
+                       writes: list[str], keep: list[str]) -> tuple[list[torch.Tensor], dict]:
+    """∂v/∂(write point) [P, d] per layer, for v = Σ_t w_t·value_t (the targets weighted as in the
+    influence), in the linear replacement model with the MLPs *not* cut (attention, norm scales
+    and MLP multipliers frozen): one backward pass. Also the clean values of the ``keep`` points."""
+    inst = model.instrument
+    with torch.enable_grad(), inst.session(cache=["final_norm"] + keep, grad=writes, freeze_attention=True,
+                                           freeze_norms=True, freeze_mlp=True, keep_graph=True) as live:
+        body(model)(input_ids=ids, use_cache=False)
+        out = live.cache["final_norm"]
+        inject = torch.zeros_like(out)
+        inject[0, -1] = (weights.float().to(out.device) @ directions.float().to(out.device)).to(out.dtype)
+        grads = torch.autograd.grad(out, [live.leaf(w) for w in writes], inject, allow_unused=True)
+        d = out.shape[-1]
+        grads = [torch.zeros(out.shape[1], d, device=out.device) if g is None else g[0].detach().float()
+                 for g in grads]
+        cache = {name: live.cache[name].detach() for name in keep}
+    return grads, cache
+
+
+def top_candidates(effect: torch.Tensor, size: torch.Tensor, first_pos: int, max_candidates: int,
+                   share: float) -> tuple[torch.Tensor, dict]:
+    """The mask [L, P, n] of the features with the largest total ``effect`` (ties: larger ``size``
+    first), until they carry ``share`` of the total, at most ``max_candidates``; inactive
+    features (size 0) and the start position never. Also the candidates' statistics."""
+    effect[:, :first_pos] = 0.0
+    size[:, :first_pos] = 0.0
+    flat, by_size = effect.flatten(), size.flatten()
+    active = by_size > 0
+    pool = int(active.sum())
+    k_max = min(max_candidates, pool)
+    total = float(flat[active].sum(dtype=torch.float64))
+    # the top k_max by effect without sorting every feature (tens of millions on long prompts)
+    n_effect = int((active & (flat > 0)).sum())
+    _, idx = torch.topk(torch.where(active, flat, torch.full_like(flat, -1.0)), min(k_max, n_effect))
+    if k_max > n_effect:  # features without effect: the larger writes first
+        no_effect = torch.where(active & (flat <= 0), by_size, torch.full_like(by_size, -1.0))
+        idx = torch.cat([idx, torch.topk(no_effect, k_max - n_effect).indices])
+    ranked = flat[idx].double()
+    if share >= 1.0 or total <= 0:
+        k = k_max  # every active feature, up to the cap
+    else:
+        reach = int(torch.searchsorted(ranked.cumsum(0) / total, torch.tensor(share, dtype=torch.float64))) + 1
+        k = min(reach, k_max)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    mask[idx[:k]] = True
+    mask = mask.view_as(effect)
+    stats = dict(
+        candidate_pool=pool,
+        candidates=k,
+        candidate_effect_share=float(ranked[:k].sum() / total) if total > 0 else 1.0,
+        candidate_mass_share=float(size[mask].sum() / size.sum()) if float(size.sum()) > 0 else 1.0,
+    )
+    return mask, stats
+
+
 class NeuronBasis:
     name = "neurons"
 
@@ -90,11 +168,16 @@ class NeuronBasis:
         self.L = model.facts.n_layers
         blocks = model.hf.get_submodule(a.layers)
         mlps = [blk.get_submodule(a.mlp) for blk in blocks]
-        self.W_in = [_linear_weight(m.get_submodule(a.up_proj), a.conv1d) for m in mlps]  # [d_mlp, d]
-        self.W_down = [_linear_weight(m.get_submodule(a.down_proj), a.conv1d) for m in mlps]  # [d, d_mlp]
+        self.W_in = LayerWeights([m.get_submodule(a.up_proj) for m in mlps], a.conv1d)  # [d_mlp, d]
+        self.W_down = LayerWeights([m.get_submodule(a.down_proj) for m in mlps], a.conv1d)  # [d, d_mlp]
+        self.device = model.device  # where per-layer results meet (layers may sit on several devices)
 
     def input_point(self, l: int) -> str:
         return f"blocks.{l}.mlp_in"
+
+    def width(self) -> int:
+        """Features per layer and position."""
+        return self.model.facts.d_mlp
 
     def write_point(self, l: int) -> str:
         return f"blocks.{l}.mlp.out"
@@ -113,56 +196,22 @@ class NeuronBasis:
         """Candidate neurons [L, P, d_mlp] and how much of the MLPs they carry.
 
         A neuron's score is its total effect on the explained output in the linear replacement
-        model (attention, norm scales and MLP multipliers frozen, MLPs *not* cut): |a_i ·
-        (W_down[:, i] · ∂v/∂out_{l,p})| for v = Σ_t w_t·value_t, the targets weighted as in the
-        influence (one backward pass). Unlike the size of its write (|a_i|·‖W_down[:, i]‖, whose
-        mass is spread over most neurons of every cell), this ranks the neurons the answer
-        depends on, directly or through later layers. Candidates: the highest scores until they
-        carry ``candidate_share`` of the total, at most ``max_candidates`` (share 1: every active
-        neuron); zero activations never."""
-        inst = self.model.instrument
-        L = self.L
-        writes = [self.write_point(l) for l in range(L)]
-        posts = [f"blocks.{l}.mlp.post" for l in range(L)]
-        with torch.enable_grad(), inst.session(cache=["final_norm"] + posts, grad=writes, freeze_attention=True,
-                                               freeze_norms=True, freeze_mlp=True, keep_graph=True) as live:
-            body(self.model)(input_ids=ids, use_cache=False)
-            out = live.cache["final_norm"]
-            inject = torch.zeros_like(out)
-            inject[0, -1] = (weights.float().to(out.device) @ directions.float()).to(out.dtype)
-            grads = torch.autograd.grad(out, [live.leaf(w) for w in writes], inject, allow_unused=True)
-            effect, size = [], []
-            for l in range(L):
-                a = live.cache[posts[l]][0].detach().float()  # [P, d_mlp]
-                W = self.W_down[l].float()
-                g = torch.zeros_like(out[0, :, :W.shape[0]]) if grads[l] is None else grads[l][0].float()
-                effect.append(((g @ W) * a).abs())
-                size.append(a.abs() * W.norm(dim=0))
-        effect, size = torch.stack(effect), torch.stack(size)  # [L, P, d_mlp]
-        effect[:, :first_pos] = 0.0
-        size[:, :first_pos] = 0.0
-        flat, by_size = effect.flatten(), size.flatten()
-        pool = int((by_size > 0).sum())
-        by_size_order = torch.argsort(by_size, descending=True, stable=True)  # ties (no effect): larger writes first
-        order = by_size_order[torch.argsort(flat[by_size_order], descending=True, stable=True)]
-        ranked = flat[order].double()
-        total = float(ranked.sum())
-        if settings.candidate_share >= 1.0 or total <= 0:
-            reach = pool  # every active neuron
-        else:
-            share = torch.tensor(settings.candidate_share, dtype=torch.float64)
-            reach = int(torch.searchsorted(ranked.cumsum(0) / total, share)) + 1
-        k = min(reach, settings.max_candidates, pool)
-        mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-        mask[order[:k]] = True
-        mask = mask.view_as(effect)
-        stats = dict(
-            candidate_pool=pool,
-            candidates=k,
-            candidate_effect_share=float(ranked[:k].sum() / total) if total > 0 else 1.0,
-            candidate_mass_share=float(size[mask].sum() / size.sum()) if float(size.sum()) > 0 else 1.0,
-        )
-        return mask, stats
+        model (``total_effect_grads``): |a_i · (W_dec[:, i] · ∂v/∂out_{l,p})|. Unlike the size
+        of its write (|a_i|·‖W_down[:, i]‖, whose mass is spread over most neurons of every cell),
+        this ranks the neurons the answer depends on, directly or through later layers.
+        Candidates: the highest scores until they carry ``candidate_share`` of the total, at most
+        ``max_candidates`` (share 1: every active neuron); zero activations never."""
+        posts = [f"blocks.{l}.mlp.post" for l in range(self.L)]
+        grads, cache = total_effect_grads(self.model, ids, directions, weights,
+                                          [self.write_point(l) for l in range(self.L)], posts)
+        effect, size = [], []
+        for l in range(self.L):
+            a = cache[posts[l]][0].float()  # [P, d_mlp]
+            W = self.W_down[l].float().to(a.device)
+            effect.append(((grads[l].to(a.device) @ W) * a).abs().to(self.device))
+            size.append((a.abs() * W.norm(dim=0)).to(self.device))
+        return top_candidates(torch.stack(effect), torch.stack(size), first_pos,
+                              settings.max_candidates, settings.candidate_share)
 
     def encode(self, clean: Trace, first_pos: int, candidates: torch.Tensor | None = None) -> Encoded:
         """Active candidates as features; every other neuron's write (and the down-projection
@@ -182,8 +231,8 @@ class NeuronBasis:
             idxs.append(i)
             acts.append(a[p, i])
             kept = torch.where(active, a, torch.zeros_like(a))
-            recon = kept @ self.W_down[l].float().T
-            errors.append(clean[self.write_point(l)][0].float() - recon)
+            recon = kept @ self.W_down[l].float().to(a.device).T
+            errors.append((clean[self.write_point(l)][0].float() - recon).to(self.device))
             starts.append(starts[-1] + p.numel())
         act = torch.cat(acts).cpu()
         return Encoded(torch.cat(layers).cpu(), torch.cat(poss).cpu(), torch.cat(idxs).cpu(), act, act.clone(),
@@ -191,10 +240,12 @@ class NeuronBasis:
 
     def injection(self, enc: Encoded, idx: torch.Tensor) -> torch.Tensor:
         """mult · w_in for each neuron row (the gradient of its activation w.r.t. the MLP input)."""
-        out = []
+        out, W_in = [], {}
         for j in idx.tolist():
             l, p, i = int(enc.layer[j]), int(enc.pos[j]), int(enc.index[j])
-            out.append(self.mult[l][p, i] * self.W_in[l][i].float())
+            if l not in W_in:  # each layer's weight read once per batch (offloaded layers: one load)
+                W_in[l] = self.W_in[l]
+            out.append((self.mult[l][p, i] * W_in[l][i].float().to(self.mult[l].device)).to(self.device))
         return torch.stack(out)
 
     def contributions(self, enc: Encoded, grads: list[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
@@ -207,14 +258,14 @@ class NeuronBasis:
             if e == s:
                 continue
             g = grads[l].float()  # [B, P, d]
-            P, d_mlp = g.shape[1], self.W_down[l].shape[1]
+            P, d_mlp = g.shape[1], self.W_down.shape(l)[1]
             if 4 * (e - s) >= P * d_mlp:
-                per_neuron = (g @ self.W_down[l].float()).flatten(1)  # [B, P·d_mlp]
+                per_neuron = (g @ self.W_down[l].float().to(g.device)).flatten(1)  # [B, P·d_mlp]
                 flat = enc.pos[s:e] * d_mlp + enc.index[s:e]
                 if flat.numel() < per_neuron.shape[1]:
                     per_neuron = per_neuron.index_select(1, flat.to(per_neuron.device))
             else:
-                per_neuron = torch.cat([g[:, p] @ W for p, W in self._columns(enc, l)], 1)
+                per_neuron = torch.cat([g[:, p] @ W.to(g.device) for p, W in self._columns(enc, l)], 1)
             yield s, per_neuron * enc.activation[s:e].to(per_neuron.device)
 
     def _columns(self, enc: Encoded, l: int) -> list[tuple[int, torch.Tensor]]:
@@ -254,6 +305,10 @@ class TranscoderBasis:
     def input_point(self, l: int) -> str:
         return f"blocks.{l}.{self.tc.input_point}"
 
+    def width(self) -> int:
+        """Features per layer and position."""
+        return self.tc.layers[0].d_transcoder
+
     def write_point(self, l: int) -> str:
         return f"blocks.{l}.{self.tc.output_point}"
 
@@ -263,21 +318,50 @@ class TranscoderBasis:
     def bias_points(self) -> list[str]:
         return [self.input_point(l) for l in range(self.L)]
 
-    def select(self, ids, directions, weights, first_pos: int, settings: AttributionSettings) -> tuple[None, dict]:
-        """Every active transcoder feature is a candidate (transcoders are sparse already)."""
-        return None, {}
+    def select(self, ids, directions, weights, first_pos: int,
+               settings: AttributionSettings) -> tuple[torch.Tensor | None, dict]:
+        """Every active transcoder feature is a candidate (transcoders are sparse already, and the
+        reference keeps them all), unless more than ``max_candidates`` are active (long prompts):
+        then the ``max_candidates`` with the largest total effect on the explained logits
+        (|a_i · Σ_k W_dec[i, k] · ∂v/∂out_{l+k,p}|, as for neurons), and every other feature's
+        write is in its (layer, position) error node, so rows stay exact and their width bounded."""
+        tc = self.tc
+        inputs = [self.input_point(l) for l in range(self.L)]
+        writes = [self.write_point(l) for l in range(self.L)]
+        with torch.no_grad():
+            _, clean = self.model.instrument.forward(ids, cache=inputs)
+            acts = []
+            for l in range(self.L):
+                act = tc.activate(l, tc.encode_pre(l, clean[inputs[l]][0].float().to(tc.device)))
+                act[:first_pos] = 0
+                acts.append(act)
+        pool = sum(int((a != 0).sum()) for a in acts)
+        if pool <= settings.max_candidates:
+            return None, {"candidate_pool": pool, "candidates": pool}
+        grads, _ = total_effect_grads(self.model, ids, directions, weights, writes, [])
+        effect = []
+        for l in range(self.L):
+            W_dec = tc.layers[l].W_dec  # [d_tc, n_out, d]
+            reach = sum(grads[l + k].to(W_dec.device) @ W_dec[:, k].T for k in range(W_dec.shape[1]))  # [P, d_tc]
+            effect.append((reach * acts[l]).abs())
+        size = torch.stack(acts).abs()
+        return top_candidates(torch.stack(effect), size, first_pos, settings.max_candidates, 1.0)
 
-    def encode(self, clean: Trace, first_pos: int, candidates: None = None) -> Encoded:
+    def encode(self, clean: Trace, first_pos: int, candidates: torch.Tensor | None = None) -> Encoded:
+        """Active (candidate) features; the error at each write point is the MLP output minus what
+        they, the decoder bias and the skip path reconstruct (non-candidates' writes included)."""
         tc = self.tc
         P = clean[self.input_point(0)].shape[1]
         d = self.model.facts.d_model
-        recon = torch.zeros(self.L, P, d, device=tc.layers[0].W_enc.device)
+        recon = torch.zeros(self.L, P, d, device=tc.device)  # computed where the transcoders are
         layers, poss, idxs, acts, pres, starts = [], [], [], [], [], [0]
         for l in range(self.L):
-            x = clean[self.input_point(l)][0].float()
+            x = clean[self.input_point(l)][0].float().to(tc.device)
             pre = tc.encode_pre(l, x)
             act = tc.activate(l, pre)
             act[:first_pos] = 0
+            if candidates is not None:
+                act = torch.where(candidates[l].to(act.device), act, torch.zeros_like(act))
             p, i = act.nonzero(as_tuple=True)
             layers.append(torch.full_like(p, l))
             poss.append(p)
@@ -290,7 +374,7 @@ class TranscoderBasis:
                 recon[l + k].index_add_(0, p, act[p, i, None] * W_dec[i, k])
             skip = tc.skip(l, x)
             recon[l] += tc.layers[l].b_dec + (0 if skip is None else skip)
-        writes = torch.stack([clean[self.write_point(l)][0].float() for l in range(self.L)])
+        writes = torch.stack([clean[self.write_point(l)][0].float().to(self.model.device) for l in range(self.L)])
         return Encoded(torch.cat(layers).cpu(), torch.cat(poss).cpu(), torch.cat(idxs).cpu(), torch.cat(acts).cpu(),
                        torch.cat(pres).cpu(), (writes - recon.to(writes.device)), starts)
 
@@ -333,7 +417,7 @@ class TranscoderBasis:
         """Sources removed: only the decoder bias and the skip path of the bias-only input remain."""
 
         def patch(x, l):
-            out = self.tc.layers[l].b_dec.to(x.dtype).expand_as(x).clone()
+            out = self.tc.layers[l].b_dec.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
             skip = self._skip_of(live, l)
             return out if skip is None else out + skip.to(x.dtype)
 

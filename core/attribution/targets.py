@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from core.errors import CircuitDeskError
+from core.instrument.weights import module_tensor
 from core.prompt import require_utf8
 
 
@@ -113,12 +114,11 @@ def select_targets(
 
 def unembedding(model) -> torch.Tensor:
     """The unembedding matrix [vocab, d_model] (lm_head weight; tied or not)."""
-    return model.hf.get_submodule(model.adapter.unembed).weight.detach()
+    return module_tensor(model.hf.get_submodule(model.adapter.unembed))
 
 
 def unembedding_bias(model) -> torch.Tensor | None:
-    b = getattr(model.hf.get_submodule(model.adapter.unembed), "bias", None)
-    return None if b is None else b.detach()
+    return module_tensor(model.hf.get_submodule(model.adapter.unembed), "bias")
 
 
 def target_bias(model, targets: list[Target]) -> torch.Tensor:

@@ -18,6 +18,7 @@ read with safetensors and ``numpy.load(allow_pickle=False)``; nothing is unpickl
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from core.errors import CircuitDeskError
@@ -90,13 +91,20 @@ class TranscoderSet:
             return torch.zeros_like(act).scatter(-1, idx, vals)
         return torch.relu(pre)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the transcoders' weights are (the CPU, when kept off a GPU-resident model)."""
+        return self.layers[0].W_enc.device if self.layers else torch.device("cpu")
+
     def encode_pre(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations [..., d_tc], on the transcoders' device."""
         t = self.layers[layer]
-        return x.float() @ t.W_enc.T + t.b_enc
+        return x.float().to(t.W_enc.device) @ t.W_enc.T + t.b_enc
 
     def skip(self, layer: int, x: torch.Tensor) -> torch.Tensor | None:
+        """The linear skip path, on ``x``'s device (differentiable through the move)."""
         t = self.layers[layer]
-        return None if t.W_skip is None else x.float() @ t.W_skip
+        return None if t.W_skip is None else (x.float().to(t.W_skip.device) @ t.W_skip).to(x.device)
 
     def to(self, device) -> "TranscoderSet":
         for t in self.layers:
@@ -158,11 +166,41 @@ def _yaml_error(path: Path, e) -> str:
     return f"The transcoder config {path} is not valid YAML{where}: {problem.rstrip('.')}."
 
 
-def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _safetensors(path: Path, mapped: bool = False) -> dict[str, torch.Tensor]:
     try:
+        if mapped:
+            return _mapped_safetensors(path)
         return {k: v.float() for k, v in load_file(str(path)).items()}
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
         raise CircuitDeskError(f"The transcoder file {path.name} cannot be read as safetensors ({e}).") from None
+
+
+# safetensors dtypes numpy can map (bfloat16 as its bits, viewed as torch.bfloat16)
+_MAPPABLE = {"F32": (np.float32, None), "F16": (np.float16, None), "F64": (np.float64, None),
+             "BF16": (np.uint16, torch.bfloat16)}
+
+
+def _mapped_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors mapped from disk, copy-on-write (the file is never written):
+    float32 tensors take no memory until read, and pages can be dropped again, so transcoders larger
+    than memory still load; other dtypes are converted to float32 in memory."""
+    out = {}
+    with safe_open(str(path), "pt") as f:  # validates the header and the offsets
+        keys = list(f.keys())
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        for k in keys:
+            info = header[k]
+            start, end = info["data_offsets"]
+            shape = tuple(info["shape"])
+            if info["dtype"] not in _MAPPABLE or not shape or end == start:
+                out[k] = f.get_tensor(k).float()  # scalars (k), empty and integer tensors: small
+                continue
+            np_dtype, view = _MAPPABLE[info["dtype"]]
+            t = torch.from_numpy(np.memmap(path, dtype=np_dtype, mode="c", offset=8 + n + start, shape=shape))
+            out[k] = (t.view(view) if view is not None else t).float()
+    return out
 
 
 def _npz(path: Path) -> dict[str, torch.Tensor]:
@@ -212,9 +250,16 @@ def _check_layers(found: dict[int, Path], n_layers: int, folder: Path, what: str
         )
 
 
-def load_transcoders(folder: str | Path, n_layers: int, d_model: int, device="cpu") -> TranscoderSet:
-    """Load a transcoder folder for a model with ``n_layers`` layers of width ``d_model``."""
+def load_transcoders(folder: str | Path, n_layers: int, d_model: int, device="cpu",
+                     mapped: bool | None = None) -> TranscoderSet:
+    """Load a transcoder folder for a model with ``n_layers`` layers of width ``d_model``.
+
+    ``mapped`` (default: when ``device`` is the CPU): safetensors files are memory-mapped rather
+    than read into memory (``_mapped_safetensors``); transcoders kept on the CPU beside a model on
+    the GPU (``--transcoders-device cpu``) then cost no memory until used."""
     folder = Path(folder).expanduser()
+    if mapped is None:
+        mapped = torch.device(device).type == "cpu"
     if not folder.exists():
         raise CircuitDeskError(f"The transcoder folder {folder} does not exist.")
     if not folder.is_dir():
@@ -241,7 +286,7 @@ def load_transcoders(folder: str | Path, n_layers: int, d_model: int, device="cp
         _check_layers(clt_dec, n_layers, folder, "decoder file (W_dec_i.safetensors)")
         has_thr = False
         for i in range(n_layers):
-            enc, dec = _safetensors(clt_enc[i]), _safetensors(clt_dec[i])
+            enc, dec = _safetensors(clt_enc[i], mapped), _safetensors(clt_dec[i], mapped)
             files += [clt_enc[i], clt_dec[i]]
             W_dec = _need(dec, f"W_dec_{i}", clt_dec[i])
             if W_dec.ndim != 3 or W_dec.shape[1] != n_layers - i:
@@ -264,7 +309,7 @@ def load_transcoders(folder: str | Path, n_layers: int, d_model: int, device="cp
         kind = "per-layer"
         _check_layers(plt, n_layers, folder, "file (layer_i.safetensors)")
         for i in range(n_layers):
-            d = _safetensors(plt[i])
+            d = _safetensors(plt[i], mapped)
             files.append(plt[i])
             thr = d.get("activation_function.threshold", d.get("threshold"))
             if "k" in d and k is None:

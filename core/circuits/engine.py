@@ -23,6 +23,7 @@ import torch
 from core.circuits.graph import PATHS, ComponentGraph
 from core.circuits.tasks import PairBatch
 from core.instrument.norms import norm_linear, projected_norm_vjp
+from core.instrument.weights import module_tensor
 
 MetricFn = Callable[[torch.Tensor, PairBatch], torch.Tensor]  # (logits [b, vocab], batch) -> [b]
 
@@ -89,12 +90,12 @@ class ComponentRunner:
 
     def head_outputs(self, layer: int, z: torch.Tensor, post_scale: torch.Tensor | None) -> torch.Tensor:
         """What each head adds to the residual stream: [b, s, H, d] (float32 or wider)."""
-        o = self._o_proj[layer]
+        w = module_tensor(self._o_proj[layer]).to(z.device)
         H = self.graph.n_heads
         if self.model.adapter.conv1d:  # Conv1D weight [H·d_head, d]
-            out = torch.einsum("bshe,hed->bshd", z, o.weight.unflatten(0, (H, -1)))
+            out = torch.einsum("bshe,hed->bshd", z, w.unflatten(0, (H, -1)))
         else:  # Linear weight [d, H·d_head]
-            out = torch.einsum("bshe,dhe->bshd", z, o.weight.unflatten(1, (H, -1)))
+            out = torch.einsum("bshe,dhe->bshd", z, w.unflatten(1, (H, -1)))
         post = self._post_norm[layer]
         if post is not None:
             out = norm_linear(self.model.adapter.norm_kind, post, out, post_scale.unsqueeze(-2), bias=False)
@@ -107,13 +108,13 @@ class ComponentRunner:
         i = PATHS.index(path)
         if self.model.adapter.conv1d:  # fused Conv1D, weight [d, 3·H·d_head]
             H = self.graph.n_heads
-            b = mods[0].bias
-            return (mods[0].weight.T.unflatten(0, (3, H, -1))[i],
+            b = module_tensor(mods[0], "bias")
+            return (module_tensor(mods[0]).T.unflatten(0, (3, H, -1))[i],
                     None if b is None else b.unflatten(0, (3, H, -1))[i])
         d_head = mods[0].weight.shape[0] // self.graph.n_heads
-        mod = mods[i]
-        return (mod.weight.unflatten(0, (-1, d_head)),
-                None if mod.bias is None else mod.bias.unflatten(0, (-1, d_head)))
+        b = module_tensor(mods[i], "bias")
+        return (module_tensor(mods[i]).unflatten(0, (-1, d_head)),
+                None if b is None else b.unflatten(0, (-1, d_head)))
 
     def _layer_points(self, l: int) -> list[str]:
         pts = [f"blocks.{l}.attn.z", f"blocks.{l}.mlp_out"]
@@ -276,12 +277,14 @@ class ComponentRunner:
         if out is None:
             out = torch.zeros(g.n_destinations, b, s, d, device=x0.device, dtype=dtype)
 
+        here = out.device  # layers of a multi-GPU device map meet here
+
         def add(rows, gr):
             if gr is not None:
-                out[rows] += gr.to(dtype)
+                out[rows] += gr.to(device=here, dtype=dtype)
 
         for l in range(L):
-            x = tr[f"blocks.{l}.resid_pre"].reshape(b * s, d)
+            x = tr[f"blocks.{l}.resid_pre"].reshape(b * s, d).to(here)
             for p in PATHS:
                 name = f"blocks.{l}.attn.{p}"
                 if grads[name] is None:
@@ -289,9 +292,9 @@ class ComponentRunner:
                 first = g.head_destination(l, 0, p)
                 weight, bias = self.path_weights(l, p)
                 projected_norm_vjp(self.model.adapter.norm_kind, self._attn_norm[l], x,
-                                   grads[name].permute(2, 0, 1, 3).reshape(H, b * s, -1), weight,
-                                   tr[name].permute(2, 0, 1, 3).reshape(H, b * s, -1), bias,
-                                   out[first:first + H].view(H, b * s, d))
+                                   grads[name].permute(2, 0, 1, 3).reshape(H, b * s, -1).to(here), weight.to(here),
+                                   tr[name].permute(2, 0, 1, 3).reshape(H, b * s, -1).to(here),
+                                   None if bias is None else bias.to(here), out[first:first + H].view(H, b * s, d))
             add(g.mlp_destination(l), grads[mids[l]])
         add(g.logits_destination, grads["resid_final"])
         if record_sources:

@@ -13,6 +13,7 @@ import torch
 
 from core.instrument.attention import ATTN_IMPLEMENTATION, register
 from core.instrument.norms import norm_eps, norm_linear
+from core.instrument.weights import module_tensor
 
 PatchValue = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -210,8 +211,9 @@ class Instrumentation:
             def fused_hook(mod, args, output):
                 if not active():
                     return None
-                w = mod.weight.T.unflatten(0, (3, n_heads, -1))  # [3, H, d_head, d]
-                b = mod.bias.unflatten(0, (3, n_heads, -1)) if mod.bias is not None else [None] * 3
+                w = module_tensor(mod).T.unflatten(0, (3, n_heads, -1))  # [3, H, d_head, d]
+                b = module_tensor(mod, "bias")
+                b = b.unflatten(0, (3, n_heads, -1)) if b is not None else [None] * 3
                 parts = output.chunk(3, -1)
                 return torch.cat([path_output(i, parts[i], w[i], b[i]) for i in range(3)], -1)
 
@@ -224,8 +226,9 @@ class Instrumentation:
             def hook(mod, args, output, i=i):
                 if not active():
                     return None
-                w = mod.weight.unflatten(0, (-1, d_head))
-                b = mod.bias.unflatten(0, (-1, d_head)) if mod.bias is not None else None
+                w = module_tensor(mod).unflatten(0, (-1, d_head))
+                b = module_tensor(mod, "bias")
+                b = b.unflatten(0, (-1, d_head)) if b is not None else None
                 return path_output(i, output, w, b)
 
             attn.get_submodule(proj).register_forward_hook(hook)

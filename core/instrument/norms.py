@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from core.instrument.weights import module_tensor
+
 
 def norm_gain(kind: str, mod, dtype: torch.dtype) -> torch.Tensor | None:
     """A norm's elementwise weight as applied to the normalized vector: w, or 1 + w for Gemma's
     ``rms_offset`` norms; None for a LayerNorm without weight."""
-    w = getattr(mod, "weight", None)
+    w = module_tensor(mod, "weight")
     if w is None:
         return None
     w = w.to(dtype)
@@ -30,8 +32,9 @@ def norm_linear(kind: str, mod, x: torch.Tensor, scale: torch.Tensor, bias: bool
     gain = norm_gain(kind, mod, wide)
     if gain is not None:
         y = y * gain
-    if kind == "layer" and bias and mod.bias is not None:
-        y = y + mod.bias.to(wide)
+    b = module_tensor(mod, "bias") if kind == "layer" and bias else None
+    if b is not None:
+        y = y + b.to(wide)
     return y
 
 
@@ -77,6 +80,7 @@ def projected_norm_vjp(kind: str, mod, x: torch.Tensor, g: torch.Tensor, weight:
     m, d = weight.shape[0], x.shape[-1]
     x, g, outputs, weight = x.to(dtype), g.to(dtype), outputs.to(dtype), weight.to(dtype)
     gain = norm_gain(kind, mod, dtype)
+    gain = None if gain is None else gain.to(out.device)
     wf = weight if gain is None else weight * gain  # [m, e, d]: the norm's weight folded in
     eps = norm_eps(mod)
     wz = outputs if bias is None else outputs - bias.to(dtype).repeat_interleave(n // m, 0).unsqueeze(1)
@@ -84,8 +88,9 @@ def projected_norm_vjp(kind: str, mod, x: torch.Tensor, g: torch.Tensor, weight:
         xc = x - x.mean(-1, keepdim=True)
         r = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)  # [t, 1]
         z = xc * r
-        if getattr(mod, "bias", None) is not None:
-            wz = wz - (weight @ mod.bias.to(dtype)).repeat_interleave(n // m, 0).unsqueeze(1)
+        b = module_tensor(mod, "bias")
+        if b is not None:
+            wz = wz - (weight @ b.to(device=out.device, dtype=dtype)).repeat_interleave(n // m, 0).unsqueeze(1)
         mean_v = torch.einsum("nte,ne->nt", g, wf.sum(-1).repeat_interleave(n // m, 0)) / d  # mean of v = W'ᵀ g
         out.add_((-r.squeeze(-1) * mean_v).unsqueeze(-1))
         coef = -(g * wz).sum(-1) * (r.squeeze(-1) / d)

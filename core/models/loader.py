@@ -18,6 +18,7 @@ from core.errors import CircuitDeskError
 from core.instrument import Instrumentation
 from core.jobs import JobContext
 from core.models.adapters import SUPPORTED_MODEL_TYPES, Adapter, adapter_for
+from core.models import offload
 from core.models.catalog import DEFAULT_NAME, DEFAULT_SPEC, default_gguf_path
 from core.models.fingerprint import Fingerprint, fingerprint_files, fingerprint_folder, sha256_file
 from core.models.validate import (
@@ -30,6 +31,7 @@ from core.models.validate import (
     weight_files,
 )
 from core.paths import cache_dir
+from core.settings import PlacementSettings
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +75,18 @@ class LoadedModel:
     source: Path  # the file/folder the weights come from (the .gguf for converted models)
     fingerprint: Fingerprint
     instrument: Instrumentation = field(repr=False)  # installed on ``hf`` at load, inert until a session starts
+    placement: PlacementSettings = field(default_factory=PlacementSettings)
+    # where accelerate put each part (module -> "cuda:0" | "cpu" | "disk"); None: all on ``device``
+    device_map: dict[str, str] | None = None
+
+    @property
+    def transcoders_device(self) -> torch.device:
+        """Where transcoders of this model are loaded: beside the model, or the CPU when asked."""
+        return torch.device("cpu") if self.placement.transcoders_device == "cpu" else self.device
 
     def summary(self) -> dict:
         """Provenance for reports and ``--json`` outputs."""
-        return {
+        out = {
             "name": self.name,
             "spec": self.spec,
             "source": str(self.source),
@@ -86,6 +96,9 @@ class LoadedModel:
             "dtype": str(self.dtype).removeprefix("torch."),
             **self.facts.to_json(),
         }
+        if self.device_map is not None:
+            out["device_map"] = dict(self.device_map)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,14 +135,22 @@ def load_model(
     device: str = "auto",
     dtype: str | torch.dtype = "float32",
     ctx: JobContext | None = None,
+    placement: PlacementSettings | None = None,
+    device_map: dict[str, str | int] | None = None,
 ) -> LoadedModel:
     """Load a model for tracing: ``default``, a Hugging Face model folder, or a ``.gguf`` file.
+
+    ``placement``: offload with accelerate's device map (``core.models.offload``) and where
+    transcoders go. ``device_map``: an explicit accelerate device map (module -> GPU index, "cpu"
+    or "disk") instead of the planned one.
 
     Raises ``CircuitDeskError`` with one sentence for any problem the user can fix.
     """
     ctx = ctx or JobContext()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
+    placement = placement or PlacementSettings()
+    placement.validate()
     spec_str = str(spec).strip()
     if not spec_str:
         raise CircuitDeskError("No model given; use 'default', a model folder or a .gguf file.")
@@ -160,7 +181,7 @@ def load_model(
                     "convert it to safetensors on a trusted machine."
                 )
             elif path.name == "config.json" or path.suffix.lower() == ".safetensors":
-                return load_model(path.parent, device, torch_dtype, ctx)
+                return load_model(path.parent, device, torch_dtype, ctx, placement, device_map)
             else:
                 raise CircuitDeskError(
                     f"{path.name} is not a model; choose a Hugging Face model folder or a .gguf file."
@@ -172,7 +193,7 @@ def load_model(
     ctx.check_cancelled()
     ctx.progress(0.7, "Reading weights")
     loaded = _load_folder(folder, torch_device, torch_dtype, fp, name=name, spec=spec_str, source=source,
-                          converted=fp is not None)
+                          converted=fp is not None, placement=placement, device_map=device_map)
     ctx.progress(1.0, "Model ready")
     return loaded
 
@@ -187,6 +208,8 @@ def _load_folder(
     spec: str,
     source: Path,
     converted: bool = False,
+    placement: PlacementSettings | None = None,
+    device_map: dict | None = None,
 ) -> LoadedModel:
     config = read_config(folder)
     model_type = config.get("model_type")
@@ -228,6 +251,7 @@ def _load_folder(
         # `kernels` package fetches and runs); load with plain attention, the instrumentation
         # installs its own right after.
         hf_config._attn_implementation = "eager"
+        placing = _placing(device, dtype, fingerprint, placement or PlacementSettings(), device_map)
         # Mismatched shapes are reported by us (transformers' own report goes to its silenced log).
         hf, info = AutoModelForCausalLM.from_pretrained(
             folder,
@@ -238,13 +262,22 @@ def _load_folder(
             use_safetensors=True,
             ignore_mismatched_sizes=True,
             output_loading_info=True,
+            **placing,
         )
+    except CircuitDeskError:
+        raise
     except Exception as exc:
         raise CircuitDeskError(f"Cannot load the model in {folder} ({_short(exc)}).") from exc
     _check_weights_fit(folder, info)
     hf.eval()
     hf.requires_grad_(False)  # methods take gradients w.r.t. activations, never weights
-    hf.to(device)
+    placed = None
+    if placing:
+        placed = offload.placed_device_map(hf, device)
+        device = offload.main_device(hf, adapter.embed, placed)
+        log.info("device map of %s: %s", folder, offload.describe(placed))
+    else:
+        hf.to(device)
 
     facts = _facts(hf, adapter, str(model_type))
     return LoadedModel(
@@ -259,7 +292,21 @@ def _load_folder(
         source=source,
         fingerprint=fingerprint,
         instrument=Instrumentation(hf, adapter, facts.n_heads, device),
+        placement=placement or PlacementSettings(),
+        device_map=placed,
     )
+
+
+def _placing(device: torch.device, dtype: torch.dtype, fingerprint: Fingerprint, placement: PlacementSettings,
+             device_map: dict | None) -> dict:
+    """``from_pretrained``'s placement arguments: none for one device, else accelerate's device map
+    (planned from the memory budgets, or the one given) and the offload folder."""
+    if device_map is None and not placement.offloaded:
+        return {}
+    folder = offload.offload_folder(fingerprint.sha256, dtype)
+    if device_map is not None:
+        return {"device_map": dict(device_map), "offload_folder": str(folder)}
+    return {"device_map": "auto", "max_memory": offload.max_memory(device, placement), "offload_folder": str(folder)}
 
 
 def _check_weights_fit(folder: Path, info: dict) -> None:
