@@ -20,7 +20,14 @@ from typing import Any, Callable
 from core.errors import CircuitDeskError
 from core.graph import ERROR, FEATURE
 from core.prompt import require_prompt
-from core.runs import add_logit_lens, circuit_command, circuit_result_session, graph_session, trace_command
+from core.runs import (
+    add_logit_lens,
+    circuit_command,
+    circuit_result_session,
+    graph_session,
+    trace_command,
+    traced_prompt,
+)
 from core.session import Session
 from core.settings import (
     ATTRIBUTION_SETTINGS,
@@ -28,6 +35,7 @@ from core.settings import (
     PREDICT_SETTINGS,
     TASKS,
     AttributionSettings,
+    ChatSettings,
     CircuitSettings,
     PairSource,
     by_name,
@@ -58,16 +66,33 @@ class RunRequest:
     pairs_file: str = ""
     scoring: str = CircuitSettings().method
     n_pairs: int = by_name(PAIR_SOURCE_SETTINGS)["n_pairs"].initial
+    chat: bool = ChatSettings().chat  # attribution and prediction: the prompt as a user message ...
+    system: str = ""  # ... after this system message
+    messages_file: str = ""  # ... or the conversation in this JSON file instead of the prompt
 
     def check(self) -> None:
         """What can be checked before a model loads (a clear error instead of a wasted run)."""
-        if self.method != CIRCUIT or self.task == PROMPT_PAIR:
-            require_prompt(self.prompt)
         if self.method != CIRCUIT:
+            self.traced()
             return
+        if self.task == PROMPT_PAIR:
+            require_prompt(self.prompt)
         if self.task == PAIR_FILE and not self.pairs_file:
             raise CircuitDeskError("No pair file chosen; pick a .jsonl file of prompt pairs.")
         self.pair_source().check()
+
+    def chat_settings(self) -> ChatSettings:
+        """The prompt's form (attribution and prediction; a circuit reads raw prompts)."""
+        if self.method == CIRCUIT:
+            return ChatSettings()
+        chat = self.chat or bool(self.messages_file)
+        return ChatSettings(chat=chat, system=(self.system or None) if chat else None,
+                            messages=self.messages_file or None)
+
+    def traced(self):
+        """The prompt, or the chat conversation the run reads (``core.chat.Conversation``)."""
+        chat = self.chat_settings()
+        return traced_prompt(None if chat.messages else self.prompt, chat)
 
     def attribution_settings(self) -> AttributionSettings:
         return AttributionSettings(target=self.target, foil=self.foil, max_nodes=self.max_nodes,
@@ -88,7 +113,7 @@ class RunRequest:
     def command(self) -> str:
         """The headless command that regenerates the run's graph (provenance for its session)."""
         if self.method == ATTRIBUTION:
-            return trace_command(self.spec, self.prompt, self.attribution_settings())
+            return trace_command(self.spec, self.prompt, self.attribution_settings(), chat=self.chat_settings())
         if self.method == CIRCUIT:
             return circuit_command(self.spec, self.pair_source(), self.circuit_settings())
         return ""
@@ -101,7 +126,10 @@ class RunRequest:
             return f"circuit: {PAIR_SOURCES[self.task].removesuffix(', generated')} task"
         if self.method == CIRCUIT:
             return f"circuit: {_short(self.prompt, 30)} vs {_short(self.corrupted, 30)}"
-        return f"{'predict' if self.method == PREDICT else 'trace'}: {_short(self.prompt)}"
+        what = "predict" if self.method == PREDICT else "trace"
+        if self.messages_file:
+            return f"{what}: conversation {Path(self.messages_file).name}"
+        return f"{what}{' (chat)' * self.chat}: {_short(self.prompt)}"
 
 
 def _short(text: str, n: int = 40) -> str:
@@ -109,8 +137,10 @@ def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def sequence_note(method: str) -> str:
-    """What the Predictions tab's numbers were computed on (a trace prepends a start token)."""
+def sequence_note(method: str, chat: bool = False) -> str:
+    """What the Predictions tab's numbers were computed on (a trace prepends a start token to a raw prompt)."""
+    if chat and method != CIRCUIT:
+        return "after the conversation as the model's chat template renders it, at the start of the assistant's turn"
     if method == ATTRIBUTION:
         return "after the traced sequence (start token + prompt), as the graph's logit nodes"
     if method == CIRCUIT:

@@ -25,7 +25,7 @@ from core.analysis import (
     RunRequest,
 )
 from core.attribution import attribute
-from core.attribution.attribute import with_bos
+from core.attribution.attribute import traced_ids
 from core.attribution.targets import resolve_token
 from core.circuits import ComponentRunner, find_circuit, load_pair_source
 from core.errors import CircuitDeskError
@@ -33,7 +33,8 @@ from core.graph import ERROR, FEATURE
 from core.interventions import Intervention, intervene
 from core.lens import direction_effects, lens, neuron_effects, pair_lenses
 from core.models import load_model
-from core.predict import encode_prompt, predict_ids, predict_next
+from core.predict import predict_ids, predict_next, prompt_text
+from core.runs import chat_target
 from core.view import from_attribution, from_circuit
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def run_request(req: RunRequest, model, ctx):
     loaded = model or load_model(req.spec, device=req.device, ctx=ctx.sub(0.0, max(share, 0.01)))
     ctx.partial(MODEL, loaded)
     if req.method == PREDICT:
-        return loaded, predict_next(loaded, req.prompt, req.top_k, ctx.sub(share, 1.0))
+        return loaded, predict_next(loaded, req.traced(), req.top_k, ctx.sub(share, 1.0))
     work = circuit_prompt if req.method == CIRCUIT else trace_prompt
     traced, view, data, prediction = work(loaded, req, ctx.sub(share, 1.0))
     circuit = isinstance(traced, CircuitRun)
@@ -60,14 +61,18 @@ def trace_prompt(model, req: RunRequest, ctx):
     """An attribution graph: the prediction and the logit lens first (handed over at once as
     partial results), then the graph and its drawable view (pruned here, not on the GUI thread).
     The prediction reads the traced sequence — the start token the trace prepends, then the
-    prompt — so its numbers are the graph's logit nodes'. Returns (result, view, lens, prediction)."""
-    ids = with_bos(model, encode_prompt(model, req.prompt))
-    prediction = predict_ids(model, ids, req.prompt, req.top_k, ctx.sub(0.0, 0.02))
+    prompt; or a conversation as its chat template renders it — so its numbers are the graph's
+    logit nodes'. A conversation ending with an assistant answer explains that answer's first token
+    unless a target is given. Returns (result, view, lens, prediction)."""
+    prompt = req.traced()
+    ids = traced_ids(model, prompt)
+    prediction = predict_ids(model, ids, prompt_text(model, prompt), req.top_k, ctx.sub(0.0, 0.02))
     ctx.partial(PREDICTION, prediction)
-    target = resolve_token(model.tokenizer, req.target) if req.target else prediction.top[0].token_id
+    settings = chat_target(model, prompt, req.attribution_settings())
+    target = resolve_token(model.tokenizer, settings.target) if settings.target else prediction.top[0].token_id
     data = lens(model, ids, target_id=target, ctx=ctx.sub(0.02, 0.1))
     ctx.partial(LOGIT_LENS, data)
-    result = attribute(model, req.prompt, req.attribution_settings(), ctx=ctx.sub(0.1, 1.0))
+    result = attribute(model, prompt, settings, ctx=ctx.sub(0.1, 1.0))
     ctx.check_cancelled()
     if result.targets[0].token_id != target:  # a near tie read differently: the lens follows the graph
         data = lens(model, result.ids, target_id=result.targets[0].token_id)

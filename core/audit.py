@@ -51,9 +51,11 @@ from core.report import build_report, build_summary, report_atlas
 from core.runs import attribution_session, circuit_session
 from core.settings import (
     ATTRIBUTION_SETTINGS,
+    CHAT_SETTINGS,
     CIRCUIT_SETTINGS,
     PAIR_SOURCE_SETTINGS,
     AttributionSettings,
+    ChatSettings,
     CircuitSettings,
     PairSource,
     settings_from_suite,
@@ -66,7 +68,7 @@ log = logging.getLogger("circuitdesk.audit")
 MAX_CASES = 1000
 SUITE_KEYS = {"name", "model", "device", "dtype", "auditor", "defaults", "cases"}
 # a case's keys: the command line's settings (``scoring`` for circuit's --method), from their declarations
-ATTRIBUTION_KEYS = {"prompt": str, **suite_keys(ATTRIBUTION_SETTINGS)}
+ATTRIBUTION_KEYS = {"prompt": str, **suite_keys(CHAT_SETTINGS, ATTRIBUTION_SETTINGS)}  # chat, system, messages too
 CIRCUIT_KEYS = suite_keys(PAIR_SOURCE_SETTINGS, CIRCUIT_SETTINGS)
 METHODS = ("attribution", "circuit")
 
@@ -258,7 +260,10 @@ def _check_keys(case: dict, allowed: dict, method: str) -> None:
             raise CircuitDeskError(f"Unknown setting {key!r} for a {method} case{hint}; known: "
                                    f"{', '.join(sorted(allowed))}.")
         want = allowed[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
+        if want is bool:  # a switch (chat, start_token_node): true or false, nothing else
+            if not isinstance(value, bool):
+                raise CircuitDeskError(f"The setting {key!r} must be true or false (got {value!r}).")
+        elif isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
             raise CircuitDeskError(f"The setting {key!r} must be {'text' if want is str else 'a number'} "
                                    f"(got {value!r}).")
 
@@ -270,13 +275,16 @@ def _run_case(model, model_spec: str, suite: Suite, case: dict, ctx: JobContext)
         raise CircuitDeskError(f"Unknown method {method!r}; a case's method is attribution or circuit.")
     if method == "attribution":
         _check_keys(case, ATTRIBUTION_KEYS, method)
-        if "prompt" not in case:
-            raise CircuitDeskError("This case has no prompt.")
+        chat = settings_from_suite(ChatSettings, case)
+        if "prompt" not in case and not chat.messages:
+            raise CircuitDeskError("This case has no prompt (or messages file).")
+        if chat.messages:
+            chat = dataclasses.replace(chat, messages=_resolve(suite.folder, chat.messages))
         settings = settings_from_suite(AttributionSettings, case)
         if settings.transcoders is not None:
             settings = dataclasses.replace(settings, transcoders=_resolve(suite.folder, settings.transcoders))
-        session, result = attribution_session(model, model_spec, case["prompt"], settings, suite.dtype,
-                                              f"{case['name']}.cdesk", ctx=ctx)
+        session, result = attribution_session(model, model_spec, case.get("prompt"), settings, suite.dtype,
+                                              f"{case['name']}.cdesk", ctx=ctx, chat=chat)
         stats, top = result.stats, result.targets[0]
         fields = {"target": top.token, "target_probability": top.probability, "nodes": stats["nodes"],
                   "edges": stats["edges"], "pruned_nodes": stats["pruned_nodes"], "pruned_edges": stats["pruned_edges"],

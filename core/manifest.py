@@ -98,6 +98,18 @@ class RowCheck(_Strict):
     node: Annotated[list[Count], Field(max_length=MAX_ITEMS)]
 
 
+class MessageInfo(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: Text
+
+
+class ChatInfo(_Strict):
+    """A chat-formatted prompt (``core.chat.Conversation``): the messages its template rendered
+    (the manifest's ``prompt`` is the rendering)."""
+
+    messages: Annotated[list[MessageInfo], Field(min_length=1, max_length=10_000)]
+
+
 class GraphMeta(_Strict):
     basis: Literal["neurons", "transcoders"] = "neurons"
     basis_info: Facts = {}
@@ -168,6 +180,7 @@ class Manifest(_Strict):
     kind: Literal["attribution", "circuit"]
     model: ModelSummary
     prompt: Text
+    chat: ChatInfo | None = None  # attribution graphs of a chat-formatted prompt
     settings: dict  # the method's settings, checked against its dataclass
     targets: Annotated[list[TargetInfo], Field(max_length=10_000)] = []
     task: TaskInfo | None = None

@@ -196,7 +196,7 @@ def build_report(session, path: str | Path, auditor: str = "", now: float | None
     blocks += _appendix(session, path, digest, atlas)
     return Report(
         title=f"Circuit audit report: {kind.lower()}",
-        subtitle=m.get("prompt", ""),
+        subtitle=_prompt_title(m),
         header=f"{name} · {kind} · {when}",
         footer=f"{path.name} · sha256 {digest[:12]}…",
         blocks=blocks,
@@ -222,7 +222,7 @@ def _cover_facts(session, path: Path, digest: str, auditor: str, when: str) -> F
         ("Weights from", mod.get("source", "?")),
         ("Device, dtype", f"{mod.get('device', '?')}, {mod.get('dtype', '?')}"),
         ("Method", method),
-        ("Prompt", m.get("prompt", "")),
+        ("Prompt", _prompt_title(m)),
         ("Session file", path.name),
         ("Session sha256", digest),
         ("Session integrity", integrity_note(session)),
@@ -232,6 +232,37 @@ def _cover_facts(session, path: Path, digest: str, auditor: str, when: str) -> F
         ("Auditor", auditor or "(not set)"),
     ]
     return Facts(tuple(rows))
+
+
+def _prompt_title(m: dict) -> str:
+    """The prompt as a title: the text, or for a chat conversation its last user message and size."""
+    chat = m.get("chat")
+    if not chat:
+        return m.get("prompt", "")
+    messages = chat["messages"]
+    user = next((x["content"] for x in reversed(messages) if x["role"] == "user"), "")
+    answer = " (explaining the assistant's final answer)" if messages[-1]["role"] == "assistant" else ""
+    return f"{user} — chat, {len(messages)} message{'s' * (len(messages) != 1)}{answer}"
+
+
+def _prompt_blocks(m: dict) -> list:
+    """The prompt section's text: the prompt, or a chat conversation message by message and as the
+    model's chat template rendered it (what the model read)."""
+    chat = m.get("chat")
+    if not chat:
+        return [Paragraph(f"Prompt: {m.get('prompt', '')!r}")]
+    messages = chat["messages"]
+    answered = messages[-1]["role"] == "assistant" and len(messages) > 1
+    rows = tuple((x["role"] + (" (answer explained)" if answered and i == len(messages) - 1 else ""), x["content"])
+                 for i, x in enumerate(messages))
+    return [Paragraph("The prompt is a chat conversation, put to the model in its own chat template"
+                      + (": the graph explains the first token of the assistant's final answer, traced up to the "
+                         "start of that answer." if answered else
+                         ", with the assistant's turn opened: the graph explains the first token of its answer.")),
+            Table(("Role", "Message"), rows, widths=(1, 5),
+                  caption="The conversation, as recorded in the session (verify renders it again with the model's "
+                          "template)."),
+            Paragraph(f"Rendered by the chat template (what the model read): {m.get('prompt', '')!r}", "mono")]
 
 
 def integrity_note(session) -> str:
@@ -292,7 +323,7 @@ def _attribution_sections(session, atlas: Atlas | None = None) -> list:
     view.pinned = set(notes.pinned)
     labels = notes.labels
     out = [Heading("Prompt and prediction"),
-           Paragraph(f"Prompt: {m.get('prompt', '')!r}"),
+           *_prompt_blocks(m),
            Paragraph("Tokens: " + "  ".join(f"{i}:{t!r}" for i, t in enumerate(g.tokens)), "mono"),
            Table(("Target token", "Token id", "Probability"),
                  tuple((repr(t.get("token")), str(t.get("token_id")), _p(t.get("probability"), 4)) for t in targets),

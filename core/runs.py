@@ -15,21 +15,27 @@ import dataclasses
 import shlex
 import time
 
+from core.chat import Conversation, conversation
 from core.jobs import JobContext
 from core.prompt import require_prompt
 from core.session import Session, new_manifest
-from core.settings import AttributionSettings, CircuitSettings, PairSource, command_args, flag_args
+from core.settings import AttributionSettings, ChatSettings, CircuitSettings, PairSource, command_args, flag_args
 
-__all__ = ["PairSource", "add_logit_lens", "attribution_session", "circuit_command", "circuit_session",
-           "trace_command"]
+__all__ = ["PairSource", "add_logit_lens", "attribution_session", "chat_target", "circuit_command", "circuit_session",
+           "trace_command", "traced_prompt"]
 
 
-def trace_command(model_spec: str, prompt: str, settings: AttributionSettings, dtype: str = "float32",
-                  out: str = "FILE.cdesk") -> str:
-    """``circuitdesk trace …`` that recomputes an attribution graph with ``settings``."""
-    parts = ["circuitdesk", "trace", *flag_args("--model", model_spec), *flag_args("--prompt", prompt),
-             *command_args(settings)]
-    return shlex.join(parts + ["--dtype", dtype, "--out", out])
+def trace_command(model_spec: str, prompt: str | None, settings: AttributionSettings, dtype: str = "float32",
+                  out: str = "FILE.cdesk", chat: ChatSettings = ChatSettings()) -> str:
+    """``circuitdesk trace …`` that recomputes an attribution graph with ``settings`` of ``prompt``
+    in the form ``chat`` gives it (a raw prompt's command has no chat flags; a messages file is
+    named, not the prompt)."""
+    parts = ["circuitdesk", "trace", *flag_args("--model", model_spec)]
+    if not chat.messages:
+        parts += flag_args("--prompt", prompt)
+    if chat.chat or chat.messages:
+        parts += command_args(dataclasses.replace(chat, chat=True))
+    return shlex.join(parts + command_args(settings) + ["--dtype", dtype, "--out", out])
 
 
 def circuit_command(model_spec: str, source: PairSource, settings: CircuitSettings, n_used: int | None = None,
@@ -42,18 +48,36 @@ def circuit_command(model_spec: str, source: PairSource, settings: CircuitSettin
     return shlex.join(parts + ["--dtype", dtype, "--out", out])
 
 
-def attribution_session(model, model_spec: str, prompt: str, settings, dtype: str = "float32",
-                        out: str = "FILE.cdesk", ctx: JobContext | None = None):
-    """(Session, AttributionResult) of the attribution graph of ``prompt``."""
+def traced_prompt(prompt: str | None, chat: ChatSettings | None) -> str | Conversation:
+    """What a trace reads: the raw prompt, or the conversation ``chat`` makes of it (checked, no model needed)."""
+    conv = conversation(prompt, chat or ChatSettings())
+    return conv if conv is not None else require_prompt(prompt)
+
+
+def chat_target(model, prompt: str | Conversation, settings: AttributionSettings) -> AttributionSettings:
+    """``settings`` with, for a conversation ending with an assistant answer and no target given,
+    that answer's first token as the target (recorded, so the session says what it explains)."""
+    from core.predict import answer_target  # deferred: torch loads only when a run starts
+
+    target = None if settings.target else answer_target(model, prompt)
+    return dataclasses.replace(settings, target=target) if target else settings
+
+
+def attribution_session(model, model_spec: str, prompt: str | None, settings, dtype: str = "float32",
+                        out: str = "FILE.cdesk", ctx: JobContext | None = None, chat: ChatSettings | None = None):
+    """(Session, AttributionResult) of the attribution graph of ``prompt`` (in the form ``chat``
+    gives it: raw text, or a chat conversation)."""
     from core.attribution import attribute  # deferred: torch loads only when a run starts
 
-    require_prompt(prompt)
+    traced = traced_prompt(prompt, chat)
     settings.validate()
     start = time.perf_counter()
-    result = attribute(model, prompt, settings, ctx=ctx)
+    settings = chat_target(model, traced, settings)
+    result = attribute(model, traced, settings, ctx=ctx)
     stats = dict(result.stats, attribution_seconds=round(result.stats["seconds"], 3),
                  seconds=round(time.perf_counter() - start, 3))
-    session = graph_session(model.summary(), result, stats, trace_command(model_spec, prompt, settings, dtype, out))
+    command = trace_command(model_spec, prompt, settings, dtype, out, chat or ChatSettings())
+    session = graph_session(model.summary(), result, stats, command)
     add_logit_lens(session, model, result.ids, result.targets[0].token_id)
     return session, result
 
@@ -80,9 +104,11 @@ def circuit_session(model, model_spec: str, source: PairSource, settings, dtype:
 
 def graph_session(model_summary: dict, result, stats: dict, command: str) -> Session:
     """An attribution graph (``AttributionResult``) as a session: the manifest records the model,
-    the prompt, the settings it ran with, its targets, ``stats`` and the regenerate ``command``."""
+    the prompt (a conversation: its rendering, and its messages under "chat"), the settings it ran
+    with, its targets, ``stats`` and the regenerate ``command``."""
+    chat = {} if result.conversation is None else {"chat": {"messages": result.conversation.to_json()}}
     manifest = new_manifest("attribution", model_summary, result.prompt, result.graph.meta.get("settings", {}),
-                            targets=[t.to_json() for t in result.targets], stats=stats, command=command)
+                            targets=[t.to_json() for t in result.targets], stats=stats, command=command, **chat)
     return Session(manifest, result.graph)
 
 

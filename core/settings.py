@@ -10,6 +10,7 @@ left undeclared. Everything else derives from these declarations:
 * the regenerate command: ``command_args`` (the flags that give the same settings back);
 * batch-audit suites: ``suite_keys`` and ``settings_from_suite``;
 * the session check (``core.manifest``): from the dataclasses' fields;
+* the prompt's form (``ChatSettings``: raw text or a chat conversation) for trace, predict and the GUI;
 * the workbench's panel: ``label``, ``offered`` choices, ``minimum`` / ``maximum`` / ``step`` and
   ``initial`` of each declaration, ``TASKS`` for the task list.
 
@@ -214,6 +215,16 @@ class PairSource:
 
 
 @dataclass(frozen=True)
+class ChatSettings:
+    """How the prompt is put to the model: as raw text, or as a chat conversation rendered by the
+    model's own chat template (``core.chat.conversation``)."""
+
+    chat: bool = False  # the prompt is the user's message
+    system: str | None = None  # a system message first
+    messages: str | None = None  # a JSON file of messages instead of the prompt (chat implied)
+
+
+@dataclass(frozen=True)
 class AtlasSettings:
     """Settings of a feature atlas build (``core.atlas.build_atlas``)."""
 
@@ -376,6 +387,19 @@ ATLAS_SETTINGS = declare(
             "--max-size-gb"),
 )
 
+CHAT_SETTINGS = declare(
+    ChatSettings,
+    Setting("chat", "chat form: the prompt is the user's message, rendered by the model's own chat template "
+                    "with the assistant's turn opened, so the traced token is the answer's first", "--chat",
+            label="Chat", tooltip="Put the prompt to the model as a user message in its own chat template\n"
+                                  "(the traced token is then the assistant's first answer token)"),
+    Setting("system", "with --chat or --messages: a system message first", "--system", label="System",
+            metavar="TEXT", tooltip="A system message before the user's (empty: none; the template may add its own)"),
+    Setting("messages", 'trace a conversation instead of --prompt: a JSON list of {"role", "content"} messages '
+                        "(system, user, assistant); ending with an assistant message, the graph explains that "
+                        "answer's first token", "--messages", metavar="FILE.json", label="Conversation"),
+)
+
 PLACEMENT_SETTINGS = declare(
     PlacementSettings,
     Setting("offload", "place the model with accelerate's device map: as many layers as fit on the GPU(s), the "
@@ -397,7 +421,7 @@ PREDICT_SETTINGS = (
 
 DECLARATIONS: dict[type, tuple[Setting, ...]] = {
     AttributionSettings: ATTRIBUTION_SETTINGS, CircuitSettings: CIRCUIT_SETTINGS, PairSource: PAIR_SOURCE_SETTINGS,
-    AtlasSettings: ATLAS_SETTINGS, PlacementSettings: PLACEMENT_SETTINGS,
+    AtlasSettings: ATLAS_SETTINGS, ChatSettings: CHAT_SETTINGS, PlacementSettings: PLACEMENT_SETTINGS,
 }
 
 

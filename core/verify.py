@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from core.attribution import AttributionSettings, attribute
+from core.chat import parse_messages
 from core.circuits import CircuitSettings, find_circuit
 from core.circuits.tasks import pairs_from_json
 from core.errors import CircuitDeskError
@@ -170,10 +171,13 @@ def _compare_attribution(session, model, report: VerifyReport, ctx: JobContext) 
         report.problems.append("This session was traced by an earlier version (start-token error nodes, dense neuron "
                             "rows); today's graph follows circuit-tracer's start-token convention, so nodes and "
                             "edges may differ.")
-    res = attribute(model, m.get("prompt", ""), settings, ctx=ctx.sub(0.0, 0.9))
+    chat = m.get("chat")  # a chat-formatted prompt is rendered again by the model's template
+    prompt = parse_messages(chat["messages"], "the session's conversation") if chat else m.get("prompt", "")
+    res = attribute(model, prompt, settings, ctx=ctx.sub(0.0, 0.9))
     new = res.graph
     if new.token_ids != stored.token_ids:
-        report.problems.append("The prompt tokenizes to other tokens than the session stores.")
+        report.problems.append("The prompt tokenizes to other tokens than the session stores"
+                               + (" (the chat template renders the conversation otherwise)." if chat else "."))
         return
     same_nodes = all(np.array_equal(getattr(stored, k), getattr(new, k)) for k in ("kind", "layer", "pos", "index"))
     if not same_nodes:

@@ -23,6 +23,7 @@ node. ``visible_nodes`` / ``visible_edges`` are what is drawn; ``pruned_nodes`` 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -676,3 +677,22 @@ def _circuit_masks(view: GraphView, threshold: float) -> tuple[np.ndarray, np.nd
     node_mask[dst[edge_mask]] = True
     node_mask[0] = node_mask[-1] = True  # input and logits always shown
     return node_mask, edge_mask
+
+
+# A special token's shape (``<|im_start|>``, ``<bos>``, ``<start_of_turn>``): chat templates are full of them.
+_SPECIAL_SHAPE = re.compile(r"^<\|?[^\s<>|]+\|?>$")
+SPECIAL_LABEL = 12  # a special token this long or shorter is shown whole
+
+
+def short_token(token: str, n: int) -> str:
+    """A token as a short axis label: newlines and tabs shown (⏎, ⇥), a long token cut to ``n``
+    characters with "…"; a special token (``<|im_start|>``) whole up to ``SPECIAL_LABEL``
+    characters, or cut inside its brackets (``<|start_he…|>``), so it still reads as one."""
+    t = token.replace("\n", "⏎").replace("\t", "⇥")
+    if _SPECIAL_SHAPE.match(t):
+        room = max(n, SPECIAL_LABEL)
+        if len(t) <= room:
+            return t
+        close = "|>" if t.endswith("|>") else ">"
+        return t[: room - len(close) - 1] + "…" + close
+    return t if len(t) <= n else t[: n - 1] + "…"

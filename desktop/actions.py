@@ -18,6 +18,7 @@ from PySide6.QtWidgets import QInputDialog, QMainWindow, QMenu, QMessageBox
 
 import core
 from core.analysis import ATTRIBUTION, PREDICT
+from core.errors import CircuitDeskError
 from core.models.catalog import DEFAULT_SPEC
 
 DEMO_PROMPT = "The capital of France is"
@@ -66,6 +67,18 @@ def run_demo(w) -> None:
     w.actions["run.run"].trigger()
 
 
+def open_conversation(w) -> None:
+    """Trace a conversation: a JSON file of messages, put to the model in its chat template."""
+    try:
+        opened = w.panel.open_conversation()
+    except CircuitDeskError as err:
+        w.status.show_error(str(err))
+        return
+    if opened:
+        w.status.say("Conversation opened: Run traces the assistant's next token (or the first token of its "
+                     "final answer, when the conversation ends with one).")
+
+
 def focus_find(w) -> None:
     w.workspace.setCurrentWidget(w.graph_pane)
     w.graph_pane.find_edit.setFocus()
@@ -109,6 +122,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("file.recover", "Recover &Unsaved Work", "&File", lambda w: w.documents.recover(), None,
                "Open what was autosaved before Circuit Desk last closed without saving",
                lambda w: w.documents.recoverable),
+    ActionSpec("file.open_conversation", "Open &Conversation…", "&File", open_conversation, "Ctrl+Shift+M",
+               "Trace a chat conversation: a JSON file of {role, content} messages, in the model's chat template"),
     ActionSpec("file.open_model_folder", "Open Model &Folder…", "&File", lambda w: w.panel.open_model_folder(),
                "Ctrl+O", section=1),
     ActionSpec("file.open_gguf", "Open &GGUF File…", "&File", lambda w: w.panel.open_gguf_file(), "Ctrl+Shift+O",

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import QApplication, QDockWidget, QMainWindow, QStackedWi
 
 import core
 from core.analysis import ATTRIBUTION, CIRCUIT, PREDICT
+from core.errors import CircuitDeskError
 from core.models.catalog import DEFAULT_SPEC, list_models
 from core.selection import HOVER, VIEW, WorkbenchState
 from desktop.actions import DEMO_CORRUPTED, DEMO_PROMPT, Actions
@@ -180,6 +181,7 @@ class MainWindow(QMainWindow):
 def run_gui(
     model: str | None = None,
     prompt: str | None = None,
+    chat=None,
     device: str = "auto",
     method: str = "attribution",
     corrupted: str | None = None,
@@ -197,6 +199,14 @@ def run_gui(
         window.panel.select_spec(model)
     if prompt is not None:
         window.panel.prompt_edit.setPlainText(prompt)
+    if chat is not None:  # core.settings.ChatSettings: --chat, --system, --messages
+        window.panel.chat_box.setChecked(chat.chat)
+        window.panel.system_edit.setText(chat.system or "")
+        if chat.messages:
+            try:
+                window.panel.set_conversation(chat.messages)
+            except CircuitDeskError as err:
+                window.status.show_error(str(err))
     if device:
         window.panel.device_combo.setCurrentText(device)
     window.panel.method_combo.setCurrentText(GUI_METHODS.get(method, ATTRIBUTION))

@@ -23,19 +23,20 @@ from core.errors import CircuitDeskError
 from core.graph import FEATURE, KIND_NAMES
 from core.jobs import JobContext
 from core.models.catalog import add_model_path, list_models, remove_model_path
-from core.prompt import require_prompt
 from core.report import build_report, report_atlas
-from core.runs import attribution_session, circuit_session
+from core.runs import attribution_session, circuit_session, traced_prompt
 from core.session import load_session, save_session
 from core.settings import (
     ATLAS_SETTINGS,
     ATTRIBUTION_SETTINGS,
+    CHAT_SETTINGS,
     CIRCUIT_SETTINGS,
     PAIR_SOURCE_SETTINGS,
     PLACEMENT_SETTINGS,
     PREDICT_SETTINGS,
     AtlasSettings,
     AttributionSettings,
+    ChatSettings,
     CircuitSettings,
     PairSource,
     PlacementSettings,
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     gui = sub.add_parser("gui", help="open the desktop workbench")
     gui.add_argument("--model", help="model to open: 'default', a model folder or a .gguf file")
     gui.add_argument("--prompt", help="prompt to put in the prompt box")
+    add_arguments(gui, CHAT_SETTINGS)  # --chat, --system, --messages: the panel's Chat row and conversation
     gui.add_argument("--device", default="auto", help="auto, cpu or cuda")
     gui.add_argument("--method", choices=["attribution", "circuit", "predict"], default="attribution",
                      help="what a run does: attribution graph (default), component circuit, or prediction only")
@@ -96,13 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="top next tokens for a prompt")
     predict.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
-    predict.add_argument("--prompt", required=True)
+    _prompt_options(predict)
     add_arguments(predict, PREDICT_SETTINGS)
     _run_options(predict, session_out=False)
 
     trace = sub.add_parser("trace", help="build the attribution graph of a prompt (circuit-tracer method)")
     trace.add_argument("--model", default="default", help="'default', a model folder or a .gguf file")
-    trace.add_argument("--prompt", required=True)
+    _prompt_options(trace)
     add_arguments(trace, ATTRIBUTION_SETTINGS)
     _run_options(trace, session_out=True, transcoders=True)
 
@@ -173,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prompt_options(p: argparse.ArgumentParser) -> None:
+    """--prompt, and its chat form: --chat, --system, or a conversation (--messages) instead."""
+    p.add_argument("--prompt", help="the prompt (or give --messages)")
+    add_arguments(p, CHAT_SETTINGS)
+
+
+def _traced(args):
+    """The prompt or conversation a command reads (checked before a model loads)."""
+    return traced_prompt(args.prompt, settings_from_args(ChatSettings, args))
+
+
 def _run_options(p: argparse.ArgumentParser, session_out: bool, transcoders: bool = False) -> None:
     """Options every model-running command ends with: device, dtype, offloading, [--out session], --json."""
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -191,6 +204,9 @@ def placement_from_args(args: argparse.Namespace) -> PlacementSettings:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on usage errors
+    if args.command in ("trace", "predict") and (args.prompt is None) == (not args.messages):
+        parser.error(f"{args.command}: give the prompt, as --prompt TEXT or as a conversation in --messages FILE.json "
+                     "(one of them)")  # exits 2
     setup_logging()
     command = args.command or "gui"
     if command == "gui":
@@ -199,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_gui(
             model=getattr(args, "model", None),
             prompt=getattr(args, "prompt", None),
+            chat=settings_from_args(ChatSettings, args) if args.command == "gui" else None,
             device=getattr(args, "device", "auto"),
             method=getattr(args, "method", "attribution"),
             corrupted=getattr(args, "corrupted", None),
@@ -408,24 +425,25 @@ def cmd_predict(args) -> int:
     from core.models import load_model  # deferred: torch loads only when a command needs it
     from core.predict import predict_next  # deferred: torch loads only when a command needs it
 
-    require_prompt(args.prompt)  # before spending seconds on loading
+    prompt = _traced(args)  # before spending seconds on loading
     start = time.perf_counter()
     ctx = JobContext(StderrProgress(enabled=True))
     model = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement_from_args(args),
                        ctx=ctx)
     loaded_at = time.perf_counter()
-    pred = predict_next(model, args.prompt, top_k=args.top_k)
+    pred = predict_next(model, prompt, top_k=args.top_k)
     if args.json:
         out = {
             "model": model.summary(),
             **pred.to_json(),
+            **({"chat": {"messages": prompt.to_json()}} if not isinstance(prompt, str) else {}),
             "load_seconds": round(loaded_at - start, 3),
             "seconds": round(time.perf_counter() - start, 3),
         }
         print(json.dumps(out, indent=1))
         return 0
     print(f"{model.name}  ({model.facts.family}, {model.facts.n_params / 1e6:.1f}M params, {model.device})")
-    print(f"prompt: {args.prompt!r}  ({len(pred.prompt_tokens)} tokens)")
+    print(f"prompt: {pred.prompt!r}  ({len(pred.prompt_tokens)} tokens)")
     for i, t in enumerate(pred.top, 1):
         bar = "#" * int(round(t.probability * 40))
         print(f"{i:>3}. {t.token!r:<20} {t.probability:8.4f}  {bar}")
@@ -448,7 +466,7 @@ def check_output_path(path: str, suffix: str) -> Path:
 def cmd_trace(args) -> int:
     from core.models import load_model  # deferred: torch loads only when a command needs it
 
-    require_prompt(args.prompt)
+    prompt = _traced(args)
     out = check_output_path(args.out, ".cdesk")
     settings = settings_from_args(AttributionSettings, args)
     settings.validate()
@@ -456,14 +474,15 @@ def cmd_trace(args) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype, placement=placement_from_args(args),
                        ctx=ctx.sub(0.0, 0.1))
     session, result = attribution_session(model, args.model, args.prompt, settings, args.dtype, args.out,
-                                          ctx=ctx.sub(0.1, 1.0))
+                                          ctx=ctx.sub(0.1, 1.0), chat=settings_from_args(ChatSettings, args))
     save_session(out, session)
     g, stats = result.graph, session.manifest["stats"]
     top = _top_nodes(g, 10)
     if args.json:
         summary = {
             "model": model.summary(),
-            "prompt": args.prompt,
+            "prompt": result.prompt,
+            **({"chat": session.manifest["chat"]} if "chat" in session.manifest else {}),
             "prompt_tokens": g.tokens,
             "basis": g.meta.get("basis"),
             "targets": [t.to_json() for t in result.targets],

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.selection import ANNOTATION, ATLAS, HOVER, INTERVENTION, SELECTION, THRESHOLD, VIEW, Change, WorkbenchState
-from core.view import CATEGORIES, CATEGORY_COLOURS, GROUP_COLOUR, NEGATIVE, POSITIVE, nearest_segment, place_labels
+from core.view import CATEGORIES, CATEGORY_COLOURS, GROUP_COLOUR, NEGATIVE, POSITIVE, nearest_segment, place_labels, short_token
 
 NAME = "graph"
 BINS = (0.0, 0.15, 0.4, 1.01)  # |weight| / max, three widths
@@ -674,5 +674,4 @@ def column_x(v, column: int) -> float:
 
 
 def _short(token: str, n: int = 10) -> str:
-    t = token.replace("\n", "⏎")
-    return t if len(t) <= n else t[: n - 1] + "…"
+    return short_token(token, n)

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QGraphicsRectItem, QHB
 from core.graph import FEATURE
 from core.heatmap_scale import CLIPPED, LINEAR, LOG, PERCENTILE, ColourScale, colour_scale
 from core.selection import SELECTION, THRESHOLD, VIEW, Change, WorkbenchState
-from core.view import NEGATIVE, POSITIVE
+from core.view import NEGATIVE, POSITIVE, short_token
 
 NAME = "heatmap"
 LENS, ATTRIBUTION, ACTIVATION, ATTENTION = "Logit lens: P(target)", "Attribution per cell", "Selected node: activation", "Attention pattern"
@@ -611,8 +611,7 @@ def _saved_lens(session) -> SavedLens | None:
 
 
 def _short(token: str, n: int = 8) -> str:
-    t = token.replace("\n", "⏎")
-    return t if len(t) <= n else t[: n - 1] + "…"
+    return short_token(token, n)
 
 
 def _contrast(a: str, b: str, n: int = 44) -> tuple[str, str]:

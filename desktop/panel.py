@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -27,18 +28,28 @@ from PySide6.QtWidgets import (
 )
 
 from core.analysis import ATTRIBUTION, CIRCUIT, METHODS, PAIR_FILE, PAIR_SOURCES, PROMPT_PAIR, RunRequest
+from core.chat import read_messages
 from core.errors import CircuitDeskError
 from core.models.catalog import DEFAULT_SPEC, add_model_path
 from core.paths import resources_dir
-from core.settings import ATTRIBUTION_SETTINGS, CIRCUIT_SETTINGS, PAIR_SOURCE_SETTINGS, PREDICT_SETTINGS, Setting, by_name
+from core.settings import (
+    ATTRIBUTION_SETTINGS,
+    CHAT_SETTINGS,
+    CIRCUIT_SETTINGS,
+    PAIR_SOURCE_SETTINGS,
+    PREDICT_SETTINGS,
+    Setting,
+    by_name,
+)
 
 log = logging.getLogger(__name__)
 
 OPEN_FOLDER = "__open_folder__"
 OPEN_GGUF = "__open_gguf__"
 # the settings the panel shows, as declared once in core.settings (labels, ranges, choices, tips)
-_TRACE, _CIRCUIT, _PAIRS, _PREDICT = (by_name(d) for d in (ATTRIBUTION_SETTINGS, CIRCUIT_SETTINGS,
-                                                               PAIR_SOURCE_SETTINGS, PREDICT_SETTINGS))
+_TRACE, _CIRCUIT, _PAIRS, _PREDICT, _CHAT = (by_name(d) for d in (ATTRIBUTION_SETTINGS, CIRCUIT_SETTINGS,
+                                                                     PAIR_SOURCE_SETTINGS, PREDICT_SETTINGS,
+                                                                     CHAT_SETTINGS))
 
 
 def setting_spin_box(setting: Setting) -> QSpinBox:
@@ -50,6 +61,22 @@ def setting_spin_box(setting: Setting) -> QSpinBox:
     box.setToolTip(setting.tooltip or setting.help)
     box.setGroupSeparatorShown(setting.maximum is not None and setting.maximum >= 10_000)
     return box
+
+
+def setting_check_box(setting: Setting, text: str = "") -> QCheckBox:
+    """A check box for a declared switch: its starting state and tooltip."""
+    box = QCheckBox(text)
+    box.setChecked(bool(setting.initial))
+    box.setToolTip(setting.tooltip or setting.help)
+    return box
+
+
+def setting_line_edit(setting: Setting, placeholder: str = "") -> QLineEdit:
+    """A text field for a declared text setting: its starting text and tooltip."""
+    edit = QLineEdit(setting.initial or "")
+    edit.setPlaceholderText(placeholder)
+    edit.setToolTip(setting.tooltip or setting.help)
+    return edit
 
 
 def demo_prompts() -> list[dict]:
@@ -85,6 +112,20 @@ class ModelPanel(QWidget):
         self.prompt_edit.setPlaceholderText("Type a prompt, e.g. The capital of France is")
         self.prompt_edit.setMinimumHeight(80)
         self.top_k = setting_spin_box(_PREDICT["top_k"])
+        self.chat_box = setting_check_box(_CHAT["chat"], "as a user message, in the model's chat template")
+        self.chat_box.toggled.connect(self._chat_toggled)
+        self.system_edit = setting_line_edit(_CHAT["system"], "none")
+        self.messages_file = ""  # a conversation opened from a JSON file (File → Open Conversation…)
+        self.conversation_label = QLabel("")
+        self.conversation_label.setWordWrap(True)
+        self.clear_conversation = QPushButton("Clear")
+        self.clear_conversation.setToolTip("Forget the conversation and type a prompt again")
+        self.clear_conversation.clicked.connect(lambda: self.set_conversation(""))
+        self.conversation_row = QWidget()
+        conversation_row = QHBoxLayout(self.conversation_row)
+        conversation_row.setContentsMargins(0, 0, 0, 0)
+        conversation_row.addWidget(self.conversation_label, 1)
+        conversation_row.addWidget(self.clear_conversation)
         self.method_combo = QComboBox()
         self.method_combo.addItems(list(METHODS))
         self.method_combo.setToolTip(
@@ -138,6 +179,9 @@ class ModelPanel(QWidget):
         form.addRow("Model", self.model_combo)
         form.addRow("Device", self.device_combo)
         form.addRow("Method", self.method_combo)
+        form.addRow(_CHAT["chat"].label, self.chat_box)
+        form.addRow(_CHAT["system"].label, self.system_edit)
+        form.addRow(_CHAT["messages"].label, self.conversation_row)
         form.addRow(_PAIRS["task"].label, self.task_combo)
         form.addRow(_PAIRS["corrupted"].label, self.corrupted_edit)
         form.addRow("", self.pairs_label)
@@ -185,10 +229,12 @@ class ModelPanel(QWidget):
                 self.target_edit: not circuit or pair, self.foil_edit: not circuit or pair,
                 self.max_nodes: self.method == ATTRIBUTION, self.basis_combo: self.method == ATTRIBUTION,
                 self.scoring_combo: circuit,
-                self.n_pairs: circuit and not pair}
+                self.n_pairs: circuit and not pair,
+                self.chat_box: not circuit, self.system_edit: not circuit and self.chat_box.isChecked(),
+                self.conversation_row: not circuit and bool(self.messages_file)}
         for widget, visible in rows.items():
             self.form.setRowVisible(widget, visible)
-        self.prompt_edit.setEnabled(not circuit or pair)
+        self.prompt_edit.setEnabled((not circuit or pair) and (circuit or not self.messages_file))
         if pair:
             self.target_edit.setToolTip("Answer to the clean prompt, e.g. ' Paris' (empty: the model's top token)")
             self.foil_edit.setToolTip("Answer to the corrupted prompt, e.g. ' Rome' (empty: the model's top token there)")
@@ -244,6 +290,41 @@ class ModelPanel(QWidget):
         self.pairs_label.setText(f"<tt>{escape(Path(path).name)}</tt>" if path else "no file chosen")
         self.pairs_label.setToolTip(path)
 
+    # -- chat form -----------------------------------------------------------------------------------
+    def _chat_toggled(self, checked: bool) -> None:
+        if not checked and self.messages_file:  # a conversation is chat: unticking Chat goes back to the prompt
+            self.set_conversation("")
+        self._update_rows()
+
+    def open_conversation(self) -> bool:
+        """Ask for a JSON file of messages and trace that conversation (raises ``CircuitDeskError``
+        when the file is not one); False when the dialog was cancelled."""
+        path, _ = QFileDialog.getOpenFileName(self, "Open a conversation (JSON messages)", "",
+                                              "Conversations (*.json);;All files (*)")
+        if not path:
+            return False
+        self.set_conversation(path)
+        return True
+
+    def set_conversation(self, path: str) -> None:
+        """Trace the conversation in ``path`` (read and checked now), with Chat on; "" goes back to
+        the prompt box."""
+        if not path:
+            self.messages_file = ""
+            self.conversation_label.setText("")
+            self.conversation_label.setToolTip("")
+            self._update_rows()
+            return
+        conv = read_messages(path)
+        self.messages_file = path
+        self.conversation_label.setText(f"<tt>{escape(Path(path).name)}</tt> — {escape(conv.summary(40))}")
+        self.conversation_label.setToolTip(path + "\n\n" + "\n".join(
+            f"{m.role}: {m.content if len(m.content) < 200 else m.content[:199] + '…'}" for m in conv.messages))
+        if self.method == CIRCUIT:
+            self.method_combo.setCurrentText(ATTRIBUTION)
+        self.chat_box.setChecked(True)
+        self._update_rows()
+
     def _example_chosen(self, index: int) -> None:
         demo = self.examples.itemData(index)
         if demo:
@@ -285,7 +366,8 @@ class ModelPanel(QWidget):
             top_k=self.top_k.value(), method=self.method, target=self.target_edit.text() or None,
             foil=self.foil_edit.text() or None, max_nodes=self.max_nodes.value(), transcoders=self.transcoders,
             task=self.task, corrupted=self.corrupted_edit.text(), pairs_file=self.pairs_file,
-            scoring=self.scoring_combo.currentText(), n_pairs=self.n_pairs.value())
+            scoring=self.scoring_combo.currentText(), n_pairs=self.n_pairs.value(), chat=self.chat_box.isChecked(),
+            system=self.system_edit.text(), messages_file=self.messages_file)
 
     def apply(self, req: RunRequest) -> None:
         """Show ``req`` in the panel (``request()`` then gives it back)."""
@@ -305,6 +387,10 @@ class ModelPanel(QWidget):
         self.set_corrupted(req.corrupted)
         self.scoring_combo.setCurrentText(req.scoring)
         self.n_pairs.setValue(req.n_pairs)
+        self.system_edit.setText(req.system)
+        if req.messages_file != self.messages_file:
+            self.set_conversation(req.messages_file)
+        self.chat_box.setChecked(req.chat or bool(req.messages_file))
 
     def ask(self, **changes) -> None:
         """Change some of the settings shown (``RunRequest`` field names)."""

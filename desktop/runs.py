@@ -56,28 +56,30 @@ class RunController(QObject):
             return run_request(req, model, ctx)
 
         self.runner.submit(req.job_name(), job, detail=result_detail,
-                           partial=current(lambda name, value: self._partial(key, req.method, name, value)),
-                           returned=current(lambda result: self._result(key, result)))
+                           partial=current(lambda name, value: self._partial(key, req, name, value)),
+                           returned=current(lambda result: self._result(key, req, result)))
         if model is None:
             self.panel.show_loading(req.device)
 
-    def _partial(self, key, method: str, name: str, value) -> None:
+    def _partial(self, key, req, name: str, value) -> None:
         """Show what a run has ready before it ends: the loaded model, the prediction, the lens."""
         if name == MODEL:
             self.model, self.model_key = value, key
             self.panel.show_model(value)
         elif name == PREDICTION:
             self.last_prediction = value
-            self.predictions.show_prediction(self.model.name, value, sequence_note(method))
+            self.predictions.show_prediction(self.model.name, value,
+                                             sequence_note(req.method, req.chat_settings().chat))
             self.tab_wanted.emit(WORKSPACE)
         elif name == LOGIT_LENS and self.state.view is None:  # else the lens of the graph on show stays
             self.state.show(Analysis(lens=value, model=self.model), source=NAME)
 
-    def _result(self, key, result) -> None:
+    def _result(self, key, req, result) -> None:
         analysis = result if isinstance(result, Analysis) else None
         model, prediction = (analysis.model, analysis.prediction) if analysis else result
         self.model, self.model_key, self.last_prediction = model, key, prediction
-        self.predictions.show_prediction(model.name, prediction, sequence_note(analysis.method if analysis else PREDICT))
+        self.predictions.show_prediction(model.name, prediction, sequence_note(
+            analysis.method if analysis else PREDICT, req.chat_settings().chat))
         if analysis:
             self.state.show(analysis, source=NAME)
         self.tab_wanted.emit(GRAPH_TAB if analysis else PREDICTIONS_TAB)

@@ -33,6 +33,20 @@ def tiny_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def chat_folder(tmp_path_factory):
+    """chat template (jinja) -> folder of a tiny Llama whose tokenizer carries it (built once per session)."""
+    root = tmp_path_factory.mktemp("tiny-chat")
+    built: dict[str, Path] = {}
+
+    def get(template: str) -> Path:
+        if template not in built:
+            built[template] = make_tiny_model("llama", root / f"chat{len(built)}", chat_template=template)
+        return built[template]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_folder):
     """family -> LoadedModel (float32, CPU), loaded once per session."""
     from core.models import load_model

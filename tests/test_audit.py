@@ -185,3 +185,36 @@ def test_summary_json_and_pdf_are_written_all_or_nothing(tiny_folder, tmp_path, 
     assert {p: p.read_bytes() for p in out.iterdir() if p.name.startswith("summary")} == old
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert (out / "a.pdf").read_bytes().startswith(b"%PDF")  # the case's own report was written
+
+
+def test_audit_cases_in_chat_form(chat_folder, tmp_path):
+    """A case may trace its prompt as a chat (chat, system) or a conversation file (messages, relative
+    to the suite); the sessions record the conversation and the command regenerates it."""
+    from tiny_models import CHAT_TEMPLATE
+
+    (tmp_path / "conv.json").write_text(json.dumps([{"role": "user", "content": "the capital of france is"},
+                                                    {"role": "assistant", "content": "paris"}]), encoding="utf-8")
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f"""
+model = "{chat_folder(CHAT_TEMPLATE)}"
+device = "cpu"
+[defaults]
+max_nodes = 20
+[[cases]]
+name = "chat"
+prompt = "the capital of france is"
+chat = true
+system = "the cat"
+[[cases]]
+name = "conversation"
+messages = "conv.json"
+""")
+    summary = run_suite(load_suite(suite), tmp_path / "out")
+    assert [c["status"] for c in summary["cases"]] == ["ok", "ok"], [c.get("error") for c in summary["cases"]]
+    chat = load_session(tmp_path / "out" / "chat.cdesk").manifest
+    assert chat["chat"]["messages"] == [{"role": "system", "content": "the cat"},
+                                        {"role": "user", "content": "the capital of france is"}]
+    assert "--chat --system 'the cat'" in chat["command"]
+    conversation = summary["cases"][1]
+    assert conversation["result"]["target"] == "paris"  # the conversation's final answer is the target
+    assert f"--messages {tmp_path / 'conv.json'}" in conversation["command"]

@@ -195,6 +195,46 @@ def test_trace_bad_inputs_say_one_sentence_and_write_nothing(tiny_folder, tmp_pa
     assert list(tmp_path.iterdir()) == []  # no temporary files left behind
 
 
+def test_trace_a_conversation_from_the_command_line(chat_folder, tiny_folder, tmp_path):
+    """--messages: the conversation in the model's chat template, its final answer explained; the
+    session verifies, and bad chat input is one sentence with nothing written."""
+    from core.session import load_session
+    from tiny_models import CHAT_TEMPLATE
+
+    model = str(chat_folder(CHAT_TEMPLATE))
+    conv = tmp_path / "conv.json"
+    messages = [{"role": "user", "content": "the capital of france is"}, {"role": "assistant", "content": "paris"}]
+    conv.write_text(json.dumps({"messages": messages}), encoding="utf-8")
+    out_file = tmp_path / "c.cdesk"
+    out = run("trace", "--model", model, "--messages", str(conv), "--system", "the cat", "--max-nodes", "20",
+              "--out", str(out_file), "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["prompt_tokens"] == ["<bos>", "system", ":", "the", "cat", "<eos>", "user", ":", "the", "capital",
+                                        "of", "france", "is", "<eos>", "assistant", ":"]  # the template's own tokens
+    assert [t["token"] for t in summary["targets"]] == ["paris"]
+    assert summary["chat"]["messages"] == [{"role": "system", "content": "the cat"}, *messages]
+    assert load_session(out_file).manifest["command"].split("--messages ")[1].startswith(str(conv))
+    out = run("verify", str(out_file))
+    assert out.returncode == 0 and "verified: the session matches" in out.stdout, out.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"role": "user", "content": ""}]', encoding="utf-8")
+    for args, message in (
+        (["--model", model, "--messages", str(bad)], "bad.json, message 1 (user) is empty"),
+        (["--model", str(tiny_folder("llama")), "--prompt", "the cat", "--chat"], "has no chat template"),
+        (["--model", model, "--prompt", "the cat", "--system", "be brief"], "add --chat"),
+    ):
+        for command in ("trace", "predict"):
+            extra = ["--out", str(tmp_path / "x.cdesk")] if command == "trace" else []
+            out = run(command, *args, *extra)
+            errors = [line for line in out.stderr.splitlines() if line.startswith("circuitdesk:")]
+            assert out.returncode == 1 and len(errors) == 1 and message in errors[0], out.stderr
+            assert not (tmp_path / "x.cdesk").exists()
+    for args in ([], ["--prompt", "x", "--messages", str(conv)]):  # one of the two, exactly: a usage error
+        out = run("trace", "--model", model, *args, "--out", str(tmp_path / "x.cdesk"))
+        assert out.returncode == 2 and "--messages" in out.stderr
+
+
 @pytest.mark.slow
 def test_trace_default_model_finds_paris_and_mary(tmp_path):
     out_file = tmp_path / "paris.cdesk"
@@ -320,3 +360,18 @@ def test_out_of_memory_mid_trace_is_one_line_and_writes_nothing(tiny_folder, tmp
                                                      "attribution rows"), out.stderr
     assert "try " in errors[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_trace_default_model_in_chat_form(default_model, tmp_path):
+    """The README's chat example: the default model's own template (from its GGUF), one start token."""
+    out = run("trace", "--model", "default", "--chat", "--prompt", "What is the capital of France?",
+              "--max-nodes", "50", "--out", str(tmp_path / "chat.cdesk"), "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = default_model.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                                      add_generation_prompt=True)["input_ids"]
+    assert summary["prompt_tokens"] == [default_model.tokenizer.decode([i]) for i in ids]
+    assert summary["prompt_tokens"][0] == "<|im_start|>" and summary["prompt_tokens"][1] != "<|im_start|>"
+    assert summary["chat"]["messages"] == messages

@@ -16,18 +16,30 @@ WORDS = (
 ).split()
 
 
-def tiny_tokenizer():
+# Chat templates for tiny models (jinja, as in a tokenizer config), over words the tiny vocabulary has.
+# The first starts with the start token, as real templates do; the second starts with plain text.
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {{ eos_token }} "
+                 "{% endfor %}{% if add_generation_prompt %}assistant :{% endif %}")
+PLAIN_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} . {% endfor %}"
+                       "{% if add_generation_prompt %}assistant :{% endif %}")
+CHAT_WORDS = ["system", "user", "assistant", ":"]  # appended after the others: other models' ids stay as they are
+
+
+def tiny_tokenizer(chat_template: str | None = None):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "<bos>": 1, "<eos>": 2, "<pad>": 3}
-    for w in WORDS + [",", "."]:
+    for w in WORDS + [",", "."] + (CHAT_WORDS if chat_template else []):
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
+    out = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
     )
+    if chat_template:
+        out.chat_template = chat_template
+    return out
 
 
 def tiny_config(family: str, vocab_size: int):
@@ -56,11 +68,12 @@ def tiny_config(family: str, vocab_size: int):
     raise ValueError(family)
 
 
-def make_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
-    """Build, randomly initialize and save a tiny model of ``family`` into ``folder``."""
+def make_tiny_model(family: str, folder: Path, seed: int = 0, chat_template: str | None = None) -> Path:
+    """Build, randomly initialize and save a tiny model of ``family`` into ``folder`` (with
+    ``chat_template`` in its tokenizer, if given)."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer(chat_template)
     config = tiny_config(family, len(tokenizer))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)

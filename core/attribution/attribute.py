@@ -48,7 +48,7 @@ from core.errors import CircuitDeskError
 from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT, Graph, graph_scores, prune
 from core.jobs import JobContext
 from core.memory import Estimate, attribution_estimate, budget_bytes, memory_guard, refuse_if_too_big
-from core.predict import encode_prompt, token_strings
+from core.predict import encode_prompt, prompt_text, token_strings
 from core.settings import AttributionSettings
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class AttributionResult:
     errors: torch.Tensor | None = None  # [L, P, d] error vectors at the basis' write points
     write_point: str = "mlp.out"  # where features write (relative to a block)
     transcoders: object = None  # the TranscoderSet of a transcoder graph
+    conversation: object = None  # the core.chat.Conversation of a chat-formatted prompt (``prompt``: its rendering)
 
 
 class _Rows:
@@ -154,6 +155,13 @@ def with_bos(model, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.tensor([[cand]], device=ids.device, dtype=ids.dtype), ids], 1)
 
 
+def traced_ids(model, prompt, prepend_bos: bool = True) -> torch.Tensor:
+    """The ids [1, P] a trace reads: a raw prompt with a start token first (``with_bos``), a chat
+    conversation exactly as its template renders it (the template holds its special tokens)."""
+    ids = encode_prompt(model, prompt)
+    return with_bos(model, ids) if prepend_bos and isinstance(prompt, str) else ids
+
+
 def _first_feature_position(model, ids: torch.Tensor) -> int:
     """1 when the prompt starts with a special token (BOS): its features are folded into errors."""
     return 1 if ids.shape[1] > 1 and int(ids[0, 0]) in _special_ids(model) else 0
@@ -225,9 +233,12 @@ def _what_fits(model, n_tokens: int, settings: AttributionSettings, basis, budge
     return out
 
 
-def attribute(model, prompt: str, settings: AttributionSettings | None = None,
+def attribute(model, prompt, settings: AttributionSettings | None = None,
               ctx: JobContext | None = None, basis=None) -> AttributionResult:
-    """Build the attribution graph of ``prompt`` (see the module docstring).
+    """Build the attribution graph of ``prompt``, a text or a ``core.chat.Conversation`` (see the
+    module docstring). A conversation's tokens are exactly its chat template's: the template holds
+    its own special tokens, so no start token is prepended (its first token, a special one in the
+    templates of the supported families, is then the start position).
 
     Refused before it starts when its estimated peak memory exceeds the budget (``memory_gb``,
     else what is free on the device); an out-of-memory error that still happens is one sentence."""
@@ -235,9 +246,7 @@ def attribute(model, prompt: str, settings: AttributionSettings | None = None,
     settings.validate()
     ctx = ctx or JobContext()
     start = time.perf_counter()
-    ids = encode_prompt(model, prompt)
-    if settings.prepend_bos:
-        ids = with_bos(model, ids)
+    ids = traced_ids(model, prompt, settings.prepend_bos)
     basis = basis or make_basis(model, settings)
     P = ids.shape[1]
     estimate = memory_estimate(model, P, settings, basis)
@@ -249,7 +258,7 @@ def attribute(model, prompt: str, settings: AttributionSettings | None = None,
         return _attribute(model, prompt, ids, settings, ctx, basis, start, estimate, doing)
 
 
-def _attribute(model, prompt: str, ids: torch.Tensor, settings: AttributionSettings, ctx: JobContext, basis,
+def _attribute(model, prompt, ids: torch.Tensor, settings: AttributionSettings, ctx: JobContext, basis,
                start: float, estimate: Estimate, doing) -> AttributionResult:
     P = ids.shape[1]
     L = model.facts.n_layers
@@ -432,9 +441,10 @@ def _attribute(model, prompt: str, ids: torch.Tensor, settings: AttributionSetti
         "node": node.tolist(),
     }
     ctx.progress(1.0, "Done")
-    return AttributionResult(graph, targets, prompt, stats, ids=ids.cpu(), errors=enc.errors.cpu(),
+    return AttributionResult(graph, targets, prompt_text(model, prompt), stats, ids=ids.cpu(), errors=enc.errors.cpu(),
                              write_point=basis.write_point(0).split(".", 2)[2],
-                             transcoders=getattr(basis, "tc", None))
+                             transcoders=getattr(basis, "tc", None),
+                             conversation=None if isinstance(prompt, str) else prompt)
 
 
 def _keep_start(patches: dict, clean, first_pos: int) -> dict:

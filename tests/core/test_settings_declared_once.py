@@ -12,7 +12,7 @@ import pytest
 from core import audit, settings
 from core.circuits import engine, tasks
 from core.runs import circuit_command, trace_command
-from core.settings import AttributionSettings, CircuitSettings, PairSource, settings_from_args
+from core.settings import AttributionSettings, ChatSettings, CircuitSettings, PairSource, settings_from_args
 from desktop.cli import build_parser
 
 # fields that are the method's constants, recorded in sessions but offered by no front end
@@ -20,6 +20,7 @@ INTERNAL = {
     AttributionSettings: {"desired_prob", "max_logits", "update_interval", "prepend_bos"},
     CircuitSettings: {"curve"},
     PairSource: set(),
+    ChatSettings: set(),
 }
 
 
@@ -37,10 +38,12 @@ def parse(command: str):
     AttributionSettings(target="-ing", foil="#123", node_threshold=1e-05, edge_threshold=1.0),
 ])
 @pytest.mark.parametrize("prompt", ["The capital of France is", "-x 'quoted' \"twice\" --out", " two\nlines"])
-def test_trace_command_round_trips(given, prompt):
-    args = parse(trace_command("models/My Model", prompt, given, "bfloat16", "out dir/a.cdesk"))
+@pytest.mark.parametrize("chat", [ChatSettings(), ChatSettings(chat=True), ChatSettings(chat=True, system="-Be brief.\n")])
+def test_trace_command_round_trips(given, prompt, chat):
+    args = parse(trace_command("models/My Model", prompt, given, "bfloat16", "out dir/a.cdesk", chat))
     assert args.command == "trace"
     assert settings_from_args(AttributionSettings, args) == given
+    assert settings_from_args(ChatSettings, args) == chat
     assert (args.model, args.prompt, args.dtype, args.out) == ("models/My Model", prompt, "bfloat16", "out dir/a.cdesk")
     assert args.basis == "neurons"  # --basis only names the default; --transcoders chooses the other basis
 
@@ -86,7 +89,7 @@ def test_one_seed_cannot_say_two_things():
         circuit_command("default", PairSource(task="ioi", seed=1), CircuitSettings(seed=2))
 
 
-@pytest.mark.parametrize("settings_type", [AttributionSettings, CircuitSettings, PairSource])
+@pytest.mark.parametrize("settings_type", [AttributionSettings, CircuitSettings, PairSource, ChatSettings])
 def test_every_field_is_declared_and_every_declaration_is_a_field(settings_type):
     declared = settings.DECLARATIONS[settings_type]
     fields = {f.name: f for f in dataclasses.fields(settings_type)}
@@ -132,7 +135,7 @@ def test_task_method_and_metric_lists_are_one_list():
 
 def test_audit_suite_keys_are_the_command_line_settings():
     flagged = lambda *groups: {s.key for g in groups for s in g if s.flag and s.stored}  # noqa: E731
-    assert set(audit.ATTRIBUTION_KEYS) == flagged(settings.ATTRIBUTION_SETTINGS) | {"prompt"}
+    assert set(audit.ATTRIBUTION_KEYS) == flagged(settings.ATTRIBUTION_SETTINGS, settings.CHAT_SETTINGS) | {"prompt"}
     assert set(audit.CIRCUIT_KEYS) == flagged(settings.PAIR_SOURCE_SETTINGS, settings.CIRCUIT_SETTINGS)
     assert audit.CIRCUIT_KEYS["scoring"] is str and audit.CIRCUIT_KEYS["pairs"] is str  # --method, --pairs
     case = {"name": "c", "method": "circuit", "scoring": "eap", "threshold": 1, "pairs": "p.jsonl", "seed": 5}

@@ -263,6 +263,16 @@ def check_open_gguf(t: Trial) -> None:
     assert t.w.panel.spec == str(path)
 
 
+def check_open_conversation(t: Trial) -> None:
+    path = t.file("conversation", ".json")
+    path.write_text('[{"role": "user", "content": "the cat"}]', encoding="utf-8")
+    t.answer(QFileDialog, "getOpenFileName", lambda *a: (str(path), ""))
+    t.fire()
+    p = t.w.panel
+    assert p.messages_file == str(path) and p.chat_box.isChecked() and not p.prompt_edit.isEnabled()
+    assert p.request().chat_settings().messages == str(path) and t.w.status.last_error is None
+
+
 def check_export_image(pane: str):
     def check(t: Trial) -> None:
         path = t.file(pane, ".png")
@@ -473,6 +483,7 @@ CASES = {
     "File/Save Session": Case(SHOWING, lambda t: check_save(t, ask=False)),
     "File/Save Session As…": Case(SHOWING, lambda t: check_save(t, ask=True)),
     "File/Recover Unsaved Work": Case(frozenset({RECOVERY}), check_recover, fresh=True),
+    "File/Open Conversation…": Case(ALL, check_open_conversation),
     "File/Open Model Folder…": Case(ALL, check_open_folder),
     "File/Open GGUF File…": Case(ALL, check_open_gguf),
     "File/Export Graph Image…": Case(SHOWING, check_export_image("graph")),

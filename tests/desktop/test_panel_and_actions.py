@@ -10,7 +10,7 @@ import pytest
 from PySide6.QtWidgets import QMenu
 
 from core.analysis import ATTRIBUTION, CIRCUIT, PAIR_FILE, PREDICT, PROMPT_PAIR, RunRequest
-from core.settings import AttributionSettings, CircuitSettings, PairSource, settings_from_args
+from core.settings import AttributionSettings, ChatSettings, CircuitSettings, PairSource, settings_from_args
 from desktop.actions import ACTIONS
 from desktop.cli import build_parser
 
@@ -22,10 +22,12 @@ REQUESTS = [
     RunRequest("default", "cpu", "", 10, CIRCUIT, task="ioi", n_pairs=12),
     RunRequest("default", "cpu", "", 10, CIRCUIT, task=PAIR_FILE, pairs_file="/data/pairs.jsonl", n_pairs=3),
     RunRequest("default", "cpu", "hello", 3, PREDICT),
+    RunRequest("default", "cpu", "The capital of France is", 10, ATTRIBUTION, chat=True, system="Answer in one word."),
+    RunRequest("default", "cpu", "hello", 3, PREDICT, chat=True),
 ]
 
 
-@pytest.mark.parametrize("req", REQUESTS, ids=lambda r: f"{r.method}-{r.task}")
+@pytest.mark.parametrize("req", REQUESTS, ids=lambda r: f"{r.method}-{r.task}{'-chat' * r.chat}")
 def test_the_panel_shows_a_request_and_gives_it_back(qtbot, req):
     from desktop.panel import ModelPanel
 
@@ -35,7 +37,8 @@ def test_the_panel_shows_a_request_and_gives_it_back(qtbot, req):
     assert panel.request() == req
 
 
-@pytest.mark.parametrize("req", [r for r in REQUESTS if r.method != PREDICT], ids=lambda r: f"{r.method}-{r.task}")
+@pytest.mark.parametrize("req", [r for r in REQUESTS if r.method != PREDICT],
+                         ids=lambda r: f"{r.method}-{r.task}{'-chat' * r.chat}")
 def test_a_panel_request_regenerates_as_a_command_with_the_same_settings(req):
     """GUI → command line → settings: what the session's `command` would recompute is what ran."""
     argv = shlex.split(req.command())
@@ -45,6 +48,7 @@ def test_a_panel_request_regenerates_as_a_command_with_the_same_settings(req):
     if req.method == ATTRIBUTION:
         assert args.prompt == req.prompt
         assert settings_from_args(AttributionSettings, args) == req.attribution_settings()
+        assert settings_from_args(ChatSettings, args) == req.chat_settings()
     else:
         assert settings_from_args(CircuitSettings, args) == req.circuit_settings()
         assert settings_from_args(PairSource, args) == req.pair_source()

@@ -150,3 +150,28 @@ def test_summary_report_lists_cases_and_failures(tmp_path):
     assert [h.text for h in report.headings() if isinstance(h, Heading)] == ["Cases", "Failures", "Files"]
     flat = squash("".join(page_text(p) for p in PdfReader(write_pdf(report, tmp_path / "s.pdf")).pages))
     assert "bad-case" in flat and "Thepromptisempty." in flat and "repl0.250/compl0.750" in flat and "'x'" in flat
+
+
+def test_report_shows_a_chat_conversation_not_only_its_rendering(chat_folder, tmp_path):
+    import json
+
+    from core.models import load_model
+    from core.runs import attribution_session
+    from core.settings import ChatSettings
+    from tiny_models import CHAT_TEMPLATE
+
+    m = load_model(chat_folder(CHAT_TEMPLATE), device="cpu")
+    conv = tmp_path / "conv.json"
+    conv.write_text(json.dumps([{"role": "user", "content": "the capital of france is"},
+                                {"role": "assistant", "content": "london city"}]), encoding="utf-8")
+    session, res = attribution_session(m, "tiny", None, AttributionSettings(max_nodes=20),
+                                       chat=ChatSettings(messages=str(conv), system="the cat"))
+    path = save_session(tmp_path / "chat.cdesk", session)
+    out = write_pdf(build_report(load_session(path), path), tmp_path / "chat.pdf")
+    flat = squash("\n".join(page_text(p) for p in PdfReader(out).pages))
+    assert "chatconversation" in flat and "Role" in flat and "Message" in flat
+    for role, content in (("system", "the cat"), ("user", "the capital of france is"),
+                          ("assistant(answerexplained)", "london city")):
+        assert squash(role + content) in flat, role  # each message on its row, its role first
+    assert squash(repr(res.prompt)) in flat  # and what the model read, the template's tokens included
+    assert "<bos>system:thecat<eos>" in flat
