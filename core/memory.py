@@ -35,7 +35,7 @@ def format_bytes(n: float) -> str:
 def free_bytes(device) -> int:
     """Memory a run may still take on ``device``: free GPU memory (plus what torch's allocator holds
     cached), or the system's available memory for the CPU."""
-    import torch
+    import torch  # deferred: the estimate itself is torch-free (the GUI may call it before torch loads)
 
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -151,7 +151,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     try:
-        import torch
+        import torch  # deferred: the estimate itself is torch-free
 
         if isinstance(exc, torch.OutOfMemoryError):
             return True
@@ -180,9 +180,9 @@ def memory_guard(device, advice: str, doing: str = "running"):
             raise
         del exc  # its traceback holds the frames' tensors
         try:
-            import gc
+            import gc  # deferred: only when memory ran out
 
-            import torch
+            import torch  # deferred: the estimate itself is torch-free
 
             gc.collect()
             if torch.cuda.is_available():
