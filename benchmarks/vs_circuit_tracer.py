@@ -500,10 +500,13 @@ def main() -> None:
     for r in range(args.repeat):
         for n in sizes:
             for tool, py in (("ct", str(ct_python)), ("cd", sys.executable)):
+                load_before = os.getloadavg()[0]
                 res = run_child(py, tool, work, n, batch, args.threads)
                 results.setdefault((tool, n), []).append(res)
+                # the load average says whether other work shared the cores during the run
                 print(f"  round {r + 1}, {n} nodes, {'circuit-tracer' if tool == 'ct' else 'Circuit Desk':>14}: "
-                      f"{res['seconds']:.1f} s, peak RSS {res['peak_rss_mb'] / 1024:.2f} GB", flush=True)
+                      f"{res['seconds']:.1f} s, peak RSS {res['peak_rss_mb'] / 1024:.2f} GB (load average "
+                      f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} cores)", flush=True)
 
     for n in sizes:
         ct, cd = results[("ct", n)], results[("cd", n)]
