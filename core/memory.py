@@ -121,7 +121,8 @@ def attribution_estimate(facts, n_tokens: int, *, max_nodes: int, batch: int, ca
             "cache": cache, "errors": L * P * d * f32,
             "retained graph": batch * L * (P * saved + pattern),
             "gradients": 2 * (L + 1) * batch * P * d * f32,
-            "contributions": batch * L * P * d_mlp * f32 if not transcoder_width else batch * candidates * f32,
+            "contributions": batch * L * P * d_mlp * f32 if not transcoder_width else 3 * batch * candidates * f32,
+            "write vectors by position": 2 * candidates * d * f32,
             "rows": rows * row_width * f32,
         },
         "assembling the graph": {

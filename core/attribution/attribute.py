@@ -344,11 +344,14 @@ def _attribute(model, prompt, ids: torch.Tensor, settings: AttributionSettings, 
                 grads_out.append(g)
             grads = torch.autograd.grad(outs, leaves, grads_out, retain_graph=True, allow_unused=True)
             backward_passes += 1
-            grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)]
-            g0, gw = grads[0].float(), grads[1:]
+            # a write point no row of the batch reads gets no gradient (None): its layer is skipped
+            g0 = grads[0].float() if grads[0] is not None else torch.zeros_like(leaves[0], dtype=torch.float32)
+            gw = list(grads[1:])
             emb = (g0 * token_vectors).sum(-1)  # [B, P]
-            err = torch.stack([(gw[l].float() * enc.errors[l].to(gw[l].device)).sum(-1).to(g0.device)
-                               for l in range(L)], 1)
+            err = torch.zeros(B, L, P, device=emb.device)
+            for l in range(L):
+                if gw[l] is not None:
+                    err[:, l] = (gw[l].float() * enc.errors[l].to(gw[l].device)).sum(-1).to(err.device)
             rest = torch.cat([err.reshape(B, L * P), emb], 1)
             return basis.contributions(enc, gw), rest
 

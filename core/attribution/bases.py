@@ -50,7 +50,7 @@ class Encoded:
     value: torch.Tensor  # [n] the node's linear value (completeness): activation or pre-activation
     errors: torch.Tensor  # [L, P, d_model] float32, at the write points
     layer_start: list[int]  # features of layer l are [layer_start[l], layer_start[l+1])
-    columns: dict = field(default_factory=dict)  # the basis' per-layer working data (NeuronBasis._columns)
+    columns: dict = field(default_factory=dict)  # the basis' per-layer working data (position blocks)
 
     @property
     def n(self) -> int:
@@ -159,6 +159,41 @@ def top_candidates(effect: torch.Tensor, size: torch.Tensor, first_pos: int, max
     return mask, stats
 
 
+class PositionBlocks:
+    """One layer's features grouped by position: their write vectors [d] in one padded block
+    [positions, d, m] (m = the most features at one position), so a batch's contributions from
+    the gradients g [B, P, d] at their write point are one batched product, g[:, p] · block[p],
+    instead of a gather of [B, n, d] gradient rows (or a product per position) every batch.
+
+    ``build`` returns None when padding would more than double the block (features crowded at a
+    few positions); the caller multiplies position by position then."""
+
+    def __init__(self, positions: torch.Tensor, block: torch.Tensor, take: torch.Tensor) -> None:
+        self.positions, self.block, self.take = positions, block, take
+
+    @classmethod
+    def build(cls, pos: torch.Tensor, vectors, device) -> "PositionBlocks | None":
+        """``pos`` [n] sorted; ``vectors()`` gives the write vectors [n, d] (called only if built)."""
+        uniq, counts = torch.unique_consecutive(pos, return_counts=True)
+        n, m = pos.numel(), int(counts.max())
+        if uniq.numel() * m > 2 * n + 64:
+            return None
+        group = torch.repeat_interleave(torch.arange(uniq.numel()), counts)
+        first = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(n) - first[group]
+        v = vectors().float().to(device)
+        block = torch.zeros(uniq.numel(), m, v.shape[1], device=device)
+        block[group.to(device), slot.to(device)] = v
+        return cls(uniq.to(device), block.transpose(1, 2).contiguous(), (group * m + slot).to(device))
+
+    def apply(self, g: torch.Tensor) -> torch.Tensor:
+        """[B, n]: each feature's write vector · the gradient at its position."""
+        B = g.shape[0]
+        x = g.index_select(1, self.positions.to(g.device)).float().transpose(0, 1)  # [positions, B, d]
+        out = torch.bmm(x, self.block.to(g.device))  # [positions, B, m]
+        return out.transpose(0, 1).reshape(B, -1).index_select(1, self.take.to(g.device))
+
+
 class NeuronBasis:
     name = "neurons"
 
@@ -257,6 +292,8 @@ class NeuronBasis:
             s, e = enc.layer_start[l], enc.layer_start[l + 1]
             if e == s:
                 continue
+            if grads[l] is None:  # no row of the batch reads this layer's writes
+                continue
             g = grads[l].float()  # [B, P, d]
             P, d_mlp = g.shape[1], self.W_down.shape(l)[1]
             if 4 * (e - s) >= P * d_mlp:
@@ -265,13 +302,27 @@ class NeuronBasis:
                 if flat.numel() < per_neuron.shape[1]:
                     per_neuron = per_neuron.index_select(1, flat.to(per_neuron.device))
             else:
-                per_neuron = torch.cat([g[:, p] @ W.to(g.device) for p, W in self._columns(enc, l)], 1)
+                blocks = self._columns(enc, l)
+                if isinstance(blocks, PositionBlocks):
+                    per_neuron = blocks.apply(g)
+                else:
+                    per_neuron = torch.cat([g[:, p] @ W.to(g.device) for p, W in blocks], 1)
             yield s, per_neuron * enc.activation[s:e].to(per_neuron.device)
 
-    def _columns(self, enc: Encoded, l: int) -> list[tuple[int, torch.Tensor]]:
-        """Layer ``l``'s candidates by position: (position, their W_down columns [d, n_p])."""
+    def _columns(self, enc: Encoded, l: int) -> "PositionBlocks | list[tuple[int, torch.Tensor]]":
+        """Layer ``l``'s candidates' W_down columns by position: one padded block, or (crowded
+        positions) a list of (position, their columns [d, n_p])."""
         if l not in enc.columns:
             s, e = enc.layer_start[l], enc.layer_start[l + 1]
+            index = enc.index[s:e]
+            def vectors():
+                W = self.W_down[l]
+                return W[:, index.to(W.device)].T
+
+            blocks = PositionBlocks.build(enc.pos[s:e], vectors, self.device)
+            if blocks is not None:
+                enc.columns[l] = blocks
+                return blocks
             pos, counts = torch.unique_consecutive(enc.pos[s:e], return_counts=True)
             W = self.W_down[l].float()
             out, at = [], s
@@ -386,14 +437,30 @@ class TranscoderBasis:
             s, e = enc.layer_start[l], enc.layer_start[l + 1]
             if e == s:
                 continue
-            pos, idx = enc.pos[s:e], enc.index[s:e]
-            W_dec = self.tc.layers[l].W_dec[idx.to(self.tc.layers[l].W_dec.device)]  # [n, n_out, d]
             total = None
-            for k in range(W_dec.shape[1]):
-                g = grads[l + k].float()[:, pos.to(grads[l + k].device)]  # [B, n, d]
-                part = (g * W_dec[:, k].to(g.device)).sum(-1)
+            for k in range(self.tc.layers[l].W_dec.shape[1]):  # CLT: every output layer from l on
+                g = grads[l + k]
+                if g is None:  # no row of the batch reads that layer's writes
+                    continue
+                part = self._blocks(enc, l, k, g.device)
+                if isinstance(part, PositionBlocks):
+                    part = part.apply(g)
+                else:  # crowded positions: the features' gradient rows, gathered
+                    part = (g.float()[:, enc.pos[s:e].to(g.device)] * part.to(g.device)).sum(-1)
                 total = part if total is None else total + part
-            yield s, total * enc.activation[s:e].to(total.device)
+            if total is not None:
+                yield s, total * enc.activation[s:e].to(total.device)
+
+    def _blocks(self, enc: Encoded, l: int, k: int, device) -> "PositionBlocks | torch.Tensor":
+        """Layer ``l``'s features' decoder vectors into output layer ``l + k``, by position (built
+        once per prompt), or the vectors [n, d] themselves when positions are too crowded."""
+        key = (l, k)
+        if key not in enc.columns:
+            s, e = enc.layer_start[l], enc.layer_start[l + 1]
+            W_dec = self.tc.layers[l].W_dec
+            vectors = lambda: W_dec[enc.index[s:e].to(W_dec.device), k]  # noqa: E731
+            enc.columns[key] = PositionBlocks.build(enc.pos[s:e], vectors, device) or vectors().float()
+        return enc.columns[key]
 
     def values(self, enc: Encoded, trace: Trace) -> torch.Tensor:
         return _per_feature(enc, lambda l: self.tc.encode_pre(l, trace[self.input_point(l)][0].float()))

@@ -176,3 +176,20 @@ def test_out_of_memory_while_scoring_a_circuit_is_one_sentence(tiny_model, monke
     with pytest.raises(CircuitDeskError, match=r"^Ran out of memory on cpu while scoring edges with eap; "
                                                r"try --batch-size 1, --dtype bfloat16 or --offload\.$"):
         find_circuit(m, pairs, CircuitSettings(method="eap", batch_size=4))
+
+
+def test_position_blocks_give_each_features_write_dot_its_gradient():
+    from core.attribution.bases import PositionBlocks
+
+    torch.manual_seed(1)
+    B, P, d = 3, 9, 8
+    pos = torch.tensor([1, 1, 1, 2, 4, 4, 5, 5, 5, 7])
+    vectors = torch.randn(pos.numel(), d)
+    g = torch.randn(B, P, d)
+    blocks = PositionBlocks.build(pos, lambda: vectors, "cpu")
+    assert blocks is not None and blocks.block.shape == (5, d, 3)
+    expected = (g[:, pos] * vectors).sum(-1)
+    assert torch.allclose(blocks.apply(g), expected, atol=1e-6)
+    # features crowded at one position: padding would more than double the block, so no block
+    crowded = torch.tensor([0] * 100 + list(range(1, 9)))
+    assert PositionBlocks.build(crowded, lambda: torch.randn(108, d), "cpu") is None
