@@ -7,7 +7,7 @@ from core.models.adapters import ADAPTERS, SUPPORTED_MODEL_TYPES, Adapter, adapt
 from core.models.catalog import DEFAULT_SPEC, default_gguf_path, list_models
 from core.models.fingerprint import Fingerprint
 
-_LAZY = {"DTYPES", "LoadedModel", "ModelFacts", "load_model", "resolve_device", "resolve_dtype"}
+_LAZY = {"DTYPES", "LoadedModel", "ModelFacts", "load_model", "model_in_memory", "resolve_device", "resolve_dtype"}
 
 
 def __getattr__(name: str):

@@ -297,6 +297,30 @@ def _load_folder(
     )
 
 
+def model_in_memory(hf, tokenizer, name: str = "in-memory model") -> LoadedModel:
+    """A ``LoadedModel`` around a transformers causal LM already in memory on one device (a model
+    built from a config with random weights: benchmarks of a real model's shape, tests).
+
+    No file holds it, so its fingerprint is empty and it cannot be verified later; everything
+    else (adapter, facts, instrumentation) is what ``load_model`` gives a folder of that model."""
+    model_type = str(getattr(hf.config, "model_type", ""))
+    adapter = adapter_for(model_type)
+    if adapter is None:
+        raise CircuitDeskError(f"Unsupported model_type '{model_type}'; supported: {', '.join(SUPPORTED_MODEL_TYPES)}.")
+    dtype = resolve_dtype(hf.dtype)
+    devices = {p.device for p in hf.parameters()}
+    if len(devices) != 1:
+        raise CircuitDeskError(f"The model {name} is spread over {len(devices)} devices; "
+                               "an in-memory model must sit on one.")
+    hf.eval()
+    hf.requires_grad_(False)  # as load_model: gradients w.r.t. activations only
+    device = devices.pop()
+    facts = _facts(hf, adapter, model_type)
+    return LoadedModel(hf=hf, tokenizer=tokenizer, adapter=adapter, facts=facts, device=device, dtype=dtype,
+                       name=name, spec=name, source=Path(name), fingerprint=Fingerprint(),
+                       instrument=Instrumentation(hf, adapter, facts.n_heads, device))
+
+
 def _placing(device: torch.device, dtype: torch.dtype, fingerprint: Fingerprint, placement: PlacementSettings,
              device_map: dict | None) -> dict:
     """``from_pretrained``'s placement arguments: none for one device, else accelerate's device map

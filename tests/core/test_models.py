@@ -211,3 +211,32 @@ def test_predict_matches_softmax_of_plain_forward(family, tiny_model):
     assert [t.token_id for t in pred.top] == ref.indices.tolist()
     assert [t.probability for t in pred.top] == pytest.approx(ref.values.tolist(), abs=1e-6)
     assert len(pred.prompt_tokens) == ids.shape[1]
+
+
+def test_model_in_memory_matches_the_loaded_folder(tiny_folder, tiny_model):
+    """A model built in memory (benchmarks at real shapes) is what load_model gives its saved folder."""
+    from transformers import AutoModelForCausalLM
+
+    from core.models import model_in_memory
+
+    ref = tiny_model("gemma2")
+    hf = AutoModelForCausalLM.from_pretrained(tiny_folder("gemma2"), dtype=torch.float32)
+    m = model_in_memory(hf, ref.tokenizer, name="random gemma2")
+    assert m.facts == ref.facts and m.adapter == ref.adapter
+    assert m.device == ref.device and m.dtype == torch.float32 and m.fingerprint.files == {}
+    assert not any(p.requires_grad for p in m.hf.parameters()) and not m.hf.training
+    pa, pb = predict_next(m, "when mary and john went to the store", 5), predict_next(ref, "when mary and john went to the store", 5)
+    assert [t.token_id for t in pa.top] == [t.token_id for t in pb.top]
+    assert [t.probability for t in pa.top] == pytest.approx([t.probability for t in pb.top], abs=1e-6)
+
+
+def test_model_in_memory_refuses_an_unsupported_architecture():
+    from transformers import AutoModelForCausalLM, BertConfig
+
+    from core.models import model_in_memory
+
+    hf = AutoModelForCausalLM.from_config(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=16, is_decoder=True))
+    with pytest.raises(CircuitDeskError) as info:
+        model_in_memory(hf, None)
+    assert "bert" in _one_sentence(info.value)
