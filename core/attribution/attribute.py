@@ -193,14 +193,16 @@ def row_batch(settings: AttributionSettings, n_tokens: int) -> int:
     return max(1, min(settings.batch_size, ROW_BATCH_TOKENS // n_tokens))
 
 
-def memory_estimate(model, n_tokens: int, settings: AttributionSettings, basis) -> Estimate:
-    """Peak memory of the attribution of an ``n_tokens`` prompt (start token included)."""
+def memory_estimate(model, n_tokens: int, settings: AttributionSettings, basis,
+                    dtype: torch.dtype | None = None) -> Estimate:
+    """Peak memory of the attribution of an ``n_tokens`` prompt (start token included), with the
+    model at its own precision or at ``dtype``."""
     width = basis.width()
     return attribution_estimate(
         model.facts, n_tokens, max_nodes=settings.max_nodes, batch=row_batch(settings, n_tokens),
         candidates=min(settings.max_candidates, model.facts.n_layers * n_tokens * width),
         transcoder_width=width if basis.name == "transcoders" else 0,
-        dtype_bytes=torch.finfo(model.dtype).bits // 8, max_logits=settings.max_logits)
+        dtype_bytes=torch.finfo(dtype or model.dtype).bits // 8, max_logits=settings.max_logits)
 
 
 def _what_fits(model, n_tokens: int, settings: AttributionSettings, basis, budget: int) -> list[str]:
@@ -218,13 +220,8 @@ def _what_fits(model, n_tokens: int, settings: AttributionSettings, basis, budge
             out.append(f"--max-candidates {cand.max_candidates}")
     if row_batch(settings, n_tokens) > 1 and fits(dataclasses.replace(settings, batch_size=1)):
         out.append("--batch-size 1")
-    if model.dtype == torch.float32:
-        half = attribution_estimate(model.facts, n_tokens, max_nodes=settings.max_nodes,
-                                    batch=row_batch(settings, n_tokens), dtype_bytes=2,
-                                    candidates=min(settings.max_candidates, model.facts.n_layers * n_tokens * basis.width()),
-                                    transcoder_width=basis.width() if basis.name == "transcoders" else 0)
-        if half.total <= budget:
-            out.append("--dtype bfloat16")
+    if model.dtype == torch.float32 and memory_estimate(model, n_tokens, settings, basis, torch.bfloat16).total <= budget:
+        out.append("--dtype bfloat16")
     shorter = n_tokens
     while shorter > 2 and not fits(settings, shorter):
         shorter = shorter * 3 // 4
