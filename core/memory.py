@@ -104,6 +104,7 @@ def attribution_estimate(facts, n_tokens: int, *, max_nodes: int, batch: int, ca
     # per token and layer, what a forward with its graph retained keeps for backward
     saved = (10 * d + 5 * d_mlp) * s
     cache = L * pattern + L * P * (2 * d_mlp + 4 * d) * s  # patterns, multipliers, activations, in/out points
+    cache += L * 2 * transcoder_width * d * f32  # the transcoders' encoders and decoders, loaded by the run
     rows = max_logits + min(max_nodes, candidates)  # no more feature rows than candidates
     row_width = candidates + L * P + P
     # edges come from the features with rows, the error and the token nodes; a row reads the

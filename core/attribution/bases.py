@@ -160,38 +160,62 @@ def top_candidates(effect: torch.Tensor, size: torch.Tensor, first_pos: int, max
 
 
 class PositionBlocks:
-    """One layer's features grouped by position: their write vectors [d] in one padded block
-    [positions, d, m] (m = the most features at one position), so a batch's contributions from
-    the gradients g [B, P, d] at their write point are one batched product, g[:, p] · block[p],
-    instead of a gather of [B, n, d] gradient rows (or a product per position) every batch.
+    """One layer's features grouped by position: their write vectors [d] in padded blocks
+    [positions, d, m], so a batch's contributions from the gradients g [B, P, d] at their write
+    point are a few batched products, g[:, p] · block[p], instead of a gather of [B, n, d]
+    gradient rows (or a product per position) every batch.
 
-    ``build`` returns None when padding would more than double the block (features crowded at a
-    few positions); the caller multiplies position by position then."""
+    Positions hold very different numbers of features (a high-norm token fires many more), so the
+    features are laid out in tiers: each tier takes up to m more features of every position, m
+    as large as keeps that tier's padding within twice its features; the crowded positions' rest
+    goes to the next tier. The blocks never take more than about twice the features' vectors."""
 
-    def __init__(self, positions: torch.Tensor, block: torch.Tensor, take: torch.Tensor) -> None:
-        self.positions, self.block, self.take = positions, block, take
+    def __init__(self, tiers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], order: torch.Tensor) -> None:
+        self.tiers, self.order = tiers, order  # tiers: (positions, block [p, d, m], take); order: back to input order
 
     @classmethod
-    def build(cls, pos: torch.Tensor, vectors, device) -> "PositionBlocks | None":
-        """``pos`` [n] sorted; ``vectors()`` gives the write vectors [n, d] (called only if built)."""
+    def build(cls, pos: torch.Tensor, vectors: torch.Tensor, device) -> "PositionBlocks":
+        """``pos`` [n] sorted, ``vectors`` [n, d]: each feature's position and write vector."""
+        pos = pos.cpu()
         uniq, counts = torch.unique_consecutive(pos, return_counts=True)
-        n, m = pos.numel(), int(counts.max())
-        if uniq.numel() * m > 2 * n + 64:
-            return None
         group = torch.repeat_interleave(torch.arange(uniq.numel()), counts)
-        first = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(n) - first[group]
-        v = vectors().float().to(device)
-        block = torch.zeros(uniq.numel(), m, v.shape[1], device=device)
-        block[group.to(device), slot.to(device)] = v
-        return cls(uniq.to(device), block.transpose(1, 2).contiguous(), (group * m + slot).to(device))
+        slot = torch.arange(pos.numel()) - (torch.cumsum(counts, 0) - counts)[group]
+        v = vectors.float().to(device)
+        tiers, members, left, offset = [], [], counts.clone(), 0
+        while int(left.max()) > 0:
+            live = left[left > 0]
+            m = cls._tier_width(live)
+            inside = (slot >= offset) & (slot < offset + m)
+            idx = torch.nonzero(inside).flatten()
+            where = torch.nonzero(left > 0).flatten()  # this tier's positions (as groups)
+            row = torch.searchsorted(where, group[idx])
+            block = torch.zeros(where.numel(), m, v.shape[1], device=device)
+            block[row.to(device), (slot[idx] - offset).to(device)] = v[idx.to(device)]
+            tiers.append((uniq[where].to(device), block.transpose(1, 2).contiguous(),
+                          (row * m + slot[idx] - offset).to(device)))
+            members.append(idx)
+            left = (left - m).clamp(min=0)
+            offset += m
+        order = torch.argsort(torch.cat(members)).to(device)
+        return cls(tiers, order)
+
+    @staticmethod
+    def _tier_width(counts: torch.Tensor) -> int:
+        """The largest m with (positions × m) ≤ 2 × (features the tier covers) + 64."""
+        c = torch.sort(counts).values
+        below = torch.cat([torch.zeros(1, dtype=c.dtype), torch.cumsum(c, 0)[:-1]])  # sum of the smaller counts
+        covered = below + c * (c.numel() - torch.arange(c.numel()))  # Σ min(count, c_k) for m = c_k
+        ok = c * c.numel() <= 2 * covered + 64
+        return int(c[ok].max()) if bool(ok.any()) else 1
 
     def apply(self, g: torch.Tensor) -> torch.Tensor:
         """[B, n]: each feature's write vector · the gradient at its position."""
-        B = g.shape[0]
-        x = g.index_select(1, self.positions.to(g.device)).float().transpose(0, 1)  # [positions, B, d]
-        out = torch.bmm(x, self.block.to(g.device))  # [positions, B, m]
-        return out.transpose(0, 1).reshape(B, -1).index_select(1, self.take.to(g.device))
+        B, parts = g.shape[0], []
+        for positions, block, take in self.tiers:
+            x = g.index_select(1, positions.to(g.device)).float().transpose(0, 1)  # [positions, B, d]
+            out = torch.bmm(x, block.to(g.device))  # [positions, B, m]
+            parts.append(out.transpose(0, 1).reshape(B, -1).index_select(1, take.to(g.device)))
+        return torch.cat(parts, 1).index_select(1, self.order.to(g.device))
 
 
 class NeuronBasis:
@@ -302,34 +326,15 @@ class NeuronBasis:
                 if flat.numel() < per_neuron.shape[1]:
                     per_neuron = per_neuron.index_select(1, flat.to(per_neuron.device))
             else:
-                blocks = self._columns(enc, l)
-                if isinstance(blocks, PositionBlocks):
-                    per_neuron = blocks.apply(g)
-                else:
-                    per_neuron = torch.cat([g[:, p] @ W.to(g.device) for p, W in blocks], 1)
+                per_neuron = self._columns(enc, l).apply(g)
             yield s, per_neuron * enc.activation[s:e].to(per_neuron.device)
 
-    def _columns(self, enc: Encoded, l: int) -> "PositionBlocks | list[tuple[int, torch.Tensor]]":
-        """Layer ``l``'s candidates' W_down columns by position: one padded block, or (crowded
-        positions) a list of (position, their columns [d, n_p])."""
+    def _columns(self, enc: Encoded, l: int) -> PositionBlocks:
+        """Layer ``l``'s candidates' W_down columns by position (built once per prompt)."""
         if l not in enc.columns:
             s, e = enc.layer_start[l], enc.layer_start[l + 1]
-            index = enc.index[s:e]
-            def vectors():
-                W = self.W_down[l]
-                return W[:, index.to(W.device)].T
-
-            blocks = PositionBlocks.build(enc.pos[s:e], vectors, self.device)
-            if blocks is not None:
-                enc.columns[l] = blocks
-                return blocks
-            pos, counts = torch.unique_consecutive(enc.pos[s:e], return_counts=True)
-            W = self.W_down[l].float()
-            out, at = [], s
-            for p, c in zip(pos.tolist(), counts.tolist()):
-                out.append((p, W[:, enc.index[at:at + c].to(W.device)]))
-                at += c
-            enc.columns[l] = out
+            W = self.W_down[l]
+            enc.columns[l] = PositionBlocks.build(enc.pos[s:e], W[:, enc.index[s:e].to(W.device)].T, self.device)
         return enc.columns[l]
 
     def values(self, enc: Encoded, trace: Trace) -> torch.Tensor:
@@ -442,24 +447,19 @@ class TranscoderBasis:
                 g = grads[l + k]
                 if g is None:  # no row of the batch reads that layer's writes
                     continue
-                part = self._blocks(enc, l, k, g.device)
-                if isinstance(part, PositionBlocks):
-                    part = part.apply(g)
-                else:  # crowded positions: the features' gradient rows, gathered
-                    part = (g.float()[:, enc.pos[s:e].to(g.device)] * part.to(g.device)).sum(-1)
+                part = self._blocks(enc, l, k, g.device).apply(g)
                 total = part if total is None else total + part
             if total is not None:
                 yield s, total * enc.activation[s:e].to(total.device)
 
-    def _blocks(self, enc: Encoded, l: int, k: int, device) -> "PositionBlocks | torch.Tensor":
+    def _blocks(self, enc: Encoded, l: int, k: int, device) -> PositionBlocks:
         """Layer ``l``'s features' decoder vectors into output layer ``l + k``, by position (built
-        once per prompt), or the vectors [n, d] themselves when positions are too crowded."""
+        once per prompt)."""
         key = (l, k)
         if key not in enc.columns:
             s, e = enc.layer_start[l], enc.layer_start[l + 1]
             W_dec = self.tc.layers[l].W_dec
-            vectors = lambda: W_dec[enc.index[s:e].to(W_dec.device), k]  # noqa: E731
-            enc.columns[key] = PositionBlocks.build(enc.pos[s:e], vectors, device) or vectors().float()
+            enc.columns[key] = PositionBlocks.build(enc.pos[s:e], W_dec[enc.index[s:e].to(W_dec.device), k], device)
         return enc.columns[key]
 
     def values(self, enc: Encoded, trace: Trace) -> torch.Tensor:

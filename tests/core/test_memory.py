@@ -182,14 +182,16 @@ def test_position_blocks_give_each_features_write_dot_its_gradient():
     from core.attribution.bases import PositionBlocks
 
     torch.manual_seed(1)
-    B, P, d = 3, 9, 8
-    pos = torch.tensor([1, 1, 1, 2, 4, 4, 5, 5, 5, 7])
-    vectors = torch.randn(pos.numel(), d)
+    B, P, d = 3, 120, 8
     g = torch.randn(B, P, d)
-    blocks = PositionBlocks.build(pos, lambda: vectors, "cpu")
-    assert blocks is not None and blocks.block.shape == (5, d, 3)
-    expected = (g[:, pos] * vectors).sum(-1)
-    assert torch.allclose(blocks.apply(g), expected, atol=1e-6)
-    # features crowded at one position: padding would more than double the block, so no block
-    crowded = torch.tensor([0] * 100 + list(range(1, 9)))
-    assert PositionBlocks.build(crowded, lambda: torch.randn(108, d), "cpu") is None
+    even = torch.tensor([1, 1, 1, 2, 4, 4, 5, 5, 5, 7])
+    crowded = torch.tensor([0] * 100 + list(range(1, 90)) + [95] * 30 + [119] * 7)  # one position fires 100
+    for pos in (even, crowded):
+        vectors = torch.randn(pos.numel(), d)
+        blocks = PositionBlocks.build(pos, vectors, "cpu")
+        assert torch.allclose(blocks.apply(g), (g[:, pos] * vectors).sum(-1), atol=1e-5)
+        # padding stays within about twice the vectors, however crowded a position is
+        padded = sum(block.shape[0] * block.shape[2] for _, block, _ in blocks.tiers)
+        assert padded <= 2 * pos.numel() + 64 * len(blocks.tiers)
+    assert len(PositionBlocks.build(even, torch.randn(10, d), "cpu").tiers) == 1
+    assert len(PositionBlocks.build(crowded, torch.randn(crowded.numel(), d), "cpu").tiers) > 1
