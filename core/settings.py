@@ -310,8 +310,8 @@ ATTRIBUTION_SETTINGS = declare(
             metavar="DIR", group="basis"),
     Setting("max_nodes", "feature nodes to compute rows for (default 1000)", "--max-nodes", label="Max nodes",
             tooltip="Most feature nodes computed in the graph", minimum=10, maximum=20000, step=100),
-    Setting("batch_size", "rows per backward pass (default 32; fewer for long prompts, at most 512 tokens "
-                          "per pass)", "--batch-size"),
+    Setting("batch_size", "rows per backward pass (default 32; fewer for long prompts: on the CPU at most 512 "
+                          "tokens per pass, on a GPU as many as its memory holds)", "--batch-size"),
     Setting("max_candidates", "neuron basis: at most this many candidate neurons, those with the largest total "
                               "effect on the explained logits; the rest of each (layer, position) is its error "
                               "node (default 65536)", "--max-candidates"),

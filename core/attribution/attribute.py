@@ -188,18 +188,28 @@ def make_basis(model, settings: AttributionSettings):
     return NeuronBasis(model)
 
 
-def row_batch(settings: AttributionSettings, n_tokens: int) -> int:
-    """Rows per backward pass: the setting, at most ``ROW_BATCH_TOKENS`` tokens of copies."""
-    return max(1, min(settings.batch_size, ROW_BATCH_TOKENS // n_tokens))
+def row_batch(settings: AttributionSettings, n_tokens: int, tokens_per_pass: int = ROW_BATCH_TOKENS) -> int:
+    """Rows per backward pass: the setting, at most ``tokens_per_pass`` tokens of prompt copies."""
+    return max(1, min(settings.batch_size, tokens_per_pass // n_tokens))
+
+
+def gpu_tokens_per_pass(n_tokens: int, settings: AttributionSettings, fits) -> int:
+    """On a GPU a larger batch is nearly free per row, so the gradient pass takes as many prompt
+    copies as the budget holds (``fits(tokens_per_pass)``), up to ``batch_size`` copies; never
+    fewer than the CPU's ``ROW_BATCH_TOKENS``."""
+    tokens = settings.batch_size * n_tokens
+    while tokens > ROW_BATCH_TOKENS and not fits(tokens):
+        tokens //= 2
+    return max(tokens, ROW_BATCH_TOKENS)
 
 
 def memory_estimate(model, n_tokens: int, settings: AttributionSettings, basis,
-                    dtype: torch.dtype | None = None) -> Estimate:
+                    dtype: torch.dtype | None = None, tokens_per_pass: int = ROW_BATCH_TOKENS) -> Estimate:
     """Peak memory of the attribution of an ``n_tokens`` prompt (start token included), with the
     model at its own precision or at ``dtype``."""
     width = basis.width()
     return attribution_estimate(
-        model.facts, n_tokens, max_nodes=settings.max_nodes, batch=row_batch(settings, n_tokens),
+        model.facts, n_tokens, max_nodes=settings.max_nodes, batch=row_batch(settings, n_tokens, tokens_per_pass),
         candidates=min(settings.max_candidates, model.facts.n_layers * n_tokens * width),
         transcoder_width=width if basis.name == "transcoders" else 0,
         dtype_bytes=torch.finfo(dtype or model.dtype).bits // 8, max_logits=settings.max_logits)
@@ -246,17 +256,22 @@ def attribute(model, prompt, settings: AttributionSettings | None = None,
     ids = traced_ids(model, prompt, settings.prepend_bos)
     basis = basis or make_basis(model, settings)
     P = ids.shape[1]
-    estimate = memory_estimate(model, P, settings, basis)
     budget, where = budget_bytes(model.device, settings.memory_gb)
+    tokens_per_pass = ROW_BATCH_TOKENS
+    if torch.device(model.device).type == "cuda":
+        tokens_per_pass = gpu_tokens_per_pass(P, settings, lambda t: memory_estimate(
+            model, P, settings, basis, tokens_per_pass=t).total <= 0.8 * budget)
+    estimate = memory_estimate(model, P, settings, basis, tokens_per_pass=tokens_per_pass)
     if estimate.total > budget:
         refuse_if_too_big(estimate, budget, where, _what_fits(model, P, settings, basis, budget))
     advice = ", ".join(_what_fits(model, P, settings, basis, estimate.total // 2)) or "use a shorter prompt"
     with memory_guard(model.device, f"try {advice}", "running the prompt") as doing:
-        return _attribute(model, prompt, ids, settings, ctx, basis, start, estimate, doing)
+        return _attribute(model, prompt, ids, settings, ctx, basis, start, estimate, doing,
+                          row_batch(settings, P, tokens_per_pass))
 
 
 def _attribute(model, prompt, ids: torch.Tensor, settings: AttributionSettings, ctx: JobContext, basis,
-               start: float, estimate: Estimate, doing) -> AttributionResult:
+               start: float, estimate: Estimate, doing, batch: int) -> AttributionResult:
     P = ids.shape[1]
     L = model.facts.n_layers
     inst = model.instrument
@@ -307,7 +322,7 @@ def _attribute(model, prompt, ids: torch.Tensor, settings: AttributionSettings, 
 
     # Phase 3: the gradient pass (batch copies, graph retained).
     n_rows_max = n_logits + min(settings.max_nodes, enc.n)
-    B = min(row_batch(settings, P), n_rows_max)
+    B = min(batch, n_rows_max)
     doing.what = f"computing attribution rows ({B} per backward pass)"
     batch_ids = ids.expand(B, P)
     write_points = [basis.write_point(l) for l in range(L)]

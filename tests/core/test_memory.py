@@ -195,3 +195,17 @@ def test_position_blocks_give_each_features_write_dot_its_gradient():
         assert padded <= 2 * pos.numel() + 64 * len(blocks.tiers)
     assert len(PositionBlocks.build(even, torch.randn(10, d), "cpu").tiers) == 1
     assert len(PositionBlocks.build(crowded, torch.randn(crowded.numel(), d), "cpu").tiers) > 1
+
+
+def test_a_gpu_takes_the_largest_batch_the_budget_holds():
+    from core.attribution.attribute import ROW_BATCH_TOKENS, gpu_tokens_per_pass, row_batch
+
+    settings = AttributionSettings(batch_size=64)
+    # plenty of memory: every copy the setting asks for
+    assert row_batch(settings, 1024, gpu_tokens_per_pass(1024, settings, lambda t: True)) == 64
+    # a budget for 8 copies of a 1024-token prompt
+    tokens = gpu_tokens_per_pass(1024, settings, lambda t: t <= 8 * 1024)
+    assert row_batch(settings, 1024, tokens) == 8
+    # never fewer than the CPU's cap, which the pre-flight then judges
+    assert gpu_tokens_per_pass(1024, settings, lambda t: False) == ROW_BATCH_TOKENS
+    assert row_batch(settings, 1024) == 1 and row_batch(settings, 16) == 32
