@@ -112,7 +112,7 @@ class ModelPanel(QWidget):
         self.prompt_edit.setPlaceholderText("Type a prompt, e.g. The capital of France is")
         self.prompt_edit.setMinimumHeight(80)
         self.top_k = setting_spin_box(_PREDICT["top_k"])
-        self.chat_box = setting_check_box(_CHAT["chat"], "as a user message, in the model's chat template")
+        self.chat_box = setting_check_box(_CHAT["chat"], "in the model's chat template")
         self.chat_box.toggled.connect(self._chat_toggled)
         self.system_edit = setting_line_edit(_CHAT["system"], "none")
         self.messages_file = ""  # a conversation opened from a JSON file (File → Open Conversation…)

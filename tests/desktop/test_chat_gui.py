@@ -130,6 +130,7 @@ def test_gui_command_line_chat_options_fill_the_panel(qtbot, chat_folder, tmp_pa
     args = build_parser().parse_args(["gui", "--messages", str(path), "--system", "be brief"])
     assert app.run_gui(chat=settings_from_args(ChatSettings, args)) == 0
     (window,) = shown
+    qtbot.addWidget(window)  # closed after the test, as the app closes it (its workers stopped)
     req = window.panel.request()
     assert (req.chat, req.system, req.messages_file) == (True, "be brief", str(path))
     # checked before a run: --system cannot go before a file that starts with a system message of its own

@@ -129,7 +129,6 @@ def test_a_click_on_a_node_focuses_it_esc_and_empty_canvas_restore_the_view(work
 def test_the_edge_under_the_pointer_is_named_with_its_weight(workbench):
     w = workbench.graph()
     pane, v, qtbot = w.graph_pane, w.state.view, workbench.qtbot
-    qtbot.wait(50)  # the layout settles (labels placed, view ranged) before points are measured
     d = pane.drawn
     edges = pane._edges_shown
     a = np.searchsorted(d.nodes, d.src[edges])
