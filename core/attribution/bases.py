@@ -393,7 +393,7 @@ class TranscoderBasis:
                 acts.append(act)
         pool = sum(int((a != 0).sum()) for a in acts)
         if pool <= settings.max_candidates:
-            return None, {"candidate_pool": pool, "candidates": pool}
+            return None, {}  # the reference's graph: every active feature
         grads, _ = total_effect_grads(self.model, ids, directions, weights, writes, [])
         effect = []
         for l in range(self.L):

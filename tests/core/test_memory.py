@@ -209,3 +209,23 @@ def test_a_gpu_takes_the_largest_batch_the_budget_holds():
     # never fewer than the CPU's cap, which the pre-flight then judges
     assert gpu_tokens_per_pass(1024, settings, lambda t: False) == ROW_BATCH_TOKENS
     assert row_batch(settings, 1024) == 1 and row_batch(settings, 16) == 32
+
+
+def test_reports_of_transcoder_graphs_name_their_candidates_when_capped(tiny_model, tmp_path):
+    """A transcoder graph under the cap is the reference's (no candidate sentence); over it, the
+    report says how many features were kept and what they carry."""
+    from core.report import Paragraph, build_report
+    from core.runs import attribution_session
+    from core.session import save_session
+
+    m = tiny_model("llama")
+    folder = str(_write_plt(tmp_path / "plt", _random_plt(m, d_tc=64)))
+    texts = []
+    for cap in (10**6, 40):
+        session, res = attribution_session(m, "tiny", PROMPT, AttributionSettings(transcoders=folder,
+                                                                                  max_candidates=cap))
+        path = save_session(tmp_path / f"cap{cap}.cdesk", session)
+        report = build_report(session, path)
+        texts.append(" ".join(b.text for b in report.blocks if isinstance(b, Paragraph)))
+    assert "Candidate transcoder features" not in texts[0]
+    assert f"Candidate transcoder features: the 40 of {res.stats['candidate_pool']:,} active" in texts[1]
