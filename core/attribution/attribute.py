@@ -230,7 +230,8 @@ def _what_fits(model, n_tokens: int, settings: AttributionSettings, basis, budge
             out.append(f"--max-candidates {cand.max_candidates}")
     if row_batch(settings, n_tokens) > 1 and fits(dataclasses.replace(settings, batch_size=1)):
         out.append("--batch-size 1")
-    if model.dtype == torch.float32 and memory_estimate(model, n_tokens, settings, basis, torch.bfloat16).total <= budget:
+    half = memory_estimate(model, n_tokens, settings, basis, torch.bfloat16)
+    if model.dtype == torch.float32 and half.total <= budget:
         out.append("--dtype bfloat16")
     shorter = n_tokens
     while shorter > 2 and not fits(settings, shorter):
@@ -292,7 +293,7 @@ def _attribute(model, prompt, ids: torch.Tensor, settings: AttributionSettings, 
     logit_w = torch.tensor([t.weight for t in targets])
     ctx.progress(0.01, "Choosing candidate features")
     doing.what = "choosing candidate features"
-    candidates, candidate_stats = basis.select(ids, directions, logit_w, first_pos, settings)
+    candidates, candidate_stats = basis.select(clean, ids, directions, logit_w, first_pos, settings)
     enc: Encoded = basis.encode(clean, first_pos, candidates)
     enc.errors[:, :first_pos] = 0.0  # the start position's MLP outputs are constants
     n_logits = len(targets)

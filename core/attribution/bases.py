@@ -104,12 +104,12 @@ def _per_feature(enc: Encoded, matrix_of_layer) -> torch.Tensor:
 
 
 def total_effect_grads(model, ids: torch.Tensor, directions: torch.Tensor, weights: torch.Tensor,
-                       writes: list[str], keep: list[str]) -> tuple[list[torch.Tensor], dict]:
+                       writes: list[str]) -> list[torch.Tensor]:
     """∂v/∂(write point) [P, d] per layer, for v = Σ_t w_t·value_t (the targets weighted as in the
     influence), in the linear replacement model with the MLPs *not* cut (attention, norm scales
-    and MLP multipliers frozen): one backward pass. Also the clean values of the ``keep`` points."""
+    and MLP multipliers frozen): one backward pass."""
     inst = model.instrument
-    with torch.enable_grad(), inst.session(cache=["final_norm"] + keep, grad=writes, freeze_attention=True,
+    with torch.enable_grad(), inst.session(cache=["final_norm"], grad=writes, freeze_attention=True,
                                            freeze_norms=True, freeze_mlp=True, keep_graph=True) as live:
         body(model)(input_ids=ids, use_cache=False)
         out = live.cache["final_norm"]
@@ -117,10 +117,8 @@ def total_effect_grads(model, ids: torch.Tensor, directions: torch.Tensor, weigh
         inject[0, -1] = (weights.float().to(out.device) @ directions.float().to(out.device)).to(out.dtype)
         grads = torch.autograd.grad(out, [live.leaf(w) for w in writes], inject, allow_unused=True)
         d = out.shape[-1]
-        grads = [torch.zeros(out.shape[1], d, device=out.device) if g is None else g[0].detach().float()
-                 for g in grads]
-        cache = {name: live.cache[name].detach() for name in keep}
-    return grads, cache
+        return [torch.zeros(out.shape[1], d, device=out.device) if g is None else g[0].detach().float()
+                for g in grads]
 
 
 def top_candidates(effect: torch.Tensor, size: torch.Tensor, first_pos: int, max_candidates: int,
@@ -250,22 +248,20 @@ class NeuronBasis:
     def bias_points(self) -> list[str]:
         return [f"blocks.{l}.mlp.post" for l in range(self.L)]
 
-    def select(self, ids: torch.Tensor, directions: torch.Tensor, weights: torch.Tensor, first_pos: int,
-               settings: AttributionSettings) -> tuple[torch.Tensor, dict]:
+    def select(self, clean: Trace, ids: torch.Tensor, directions: torch.Tensor, weights: torch.Tensor,
+               first_pos: int, settings: AttributionSettings) -> tuple[torch.Tensor, dict]:
         """Candidate neurons [L, P, d_mlp] and how much of the MLPs they carry.
 
         A neuron's score is its total effect on the explained output in the linear replacement
-        model (``total_effect_grads``): |a_i · (W_dec[:, i] · ∂v/∂out_{l,p})|. Unlike the size
+        model (``total_effect_grads``): |a_i · (W_down[:, i] · ∂v/∂out_{l,p})|. Unlike the size
         of its write (|a_i|·‖W_down[:, i]‖, whose mass is spread over most neurons of every cell),
         this ranks the neurons the answer depends on, directly or through later layers.
         Candidates: the highest scores until they carry ``candidate_share`` of the total, at most
         ``max_candidates`` (share 1: every active neuron); zero activations never."""
-        posts = [f"blocks.{l}.mlp.post" for l in range(self.L)]
-        grads, cache = total_effect_grads(self.model, ids, directions, weights,
-                                          [self.write_point(l) for l in range(self.L)], posts)
+        grads = total_effect_grads(self.model, ids, directions, weights, [self.write_point(l) for l in range(self.L)])
         effect, size = [], []
         for l in range(self.L):
-            a = cache[posts[l]][0].float()  # [P, d_mlp]
+            a = clean[f"blocks.{l}.mlp.post"][0].float()  # [P, d_mlp], from the prompt's run
             W = self.W_down[l].float().to(a.device)
             effect.append(((grads[l].to(a.device) @ W) * a).abs().to(self.device))
             size.append((a.abs() * W.norm(dim=0)).to(self.device))
@@ -374,7 +370,7 @@ class TranscoderBasis:
     def bias_points(self) -> list[str]:
         return [self.input_point(l) for l in range(self.L)]
 
-    def select(self, ids, directions, weights, first_pos: int,
+    def select(self, clean: Trace, ids, directions, weights, first_pos: int,
                settings: AttributionSettings) -> tuple[torch.Tensor | None, dict]:
         """Every active transcoder feature is a candidate (transcoders are sparse already, and the
         reference keeps them all), unless more than ``max_candidates`` are active (long prompts):
@@ -382,19 +378,15 @@ class TranscoderBasis:
         (|a_i · Σ_k W_dec[i, k] · ∂v/∂out_{l+k,p}|, as for neurons), and every other feature's
         write is in its (layer, position) error node, so rows stay exact and their width bounded."""
         tc = self.tc
-        inputs = [self.input_point(l) for l in range(self.L)]
-        writes = [self.write_point(l) for l in range(self.L)]
-        with torch.no_grad():
-            _, clean = self.model.instrument.forward(ids, cache=inputs)
-            acts = []
-            for l in range(self.L):
-                act = tc.activate(l, tc.encode_pre(l, clean[inputs[l]][0].float().to(tc.device)))
-                act[:first_pos] = 0
-                acts.append(act)
+        acts = []
+        for l in range(self.L):  # from the prompt's run
+            act = tc.activate(l, tc.encode_pre(l, clean[self.input_point(l)][0].float().to(tc.device)))
+            act[:first_pos] = 0
+            acts.append(act)
         pool = sum(int((a != 0).sum()) for a in acts)
         if pool <= settings.max_candidates:
             return None, {}  # the reference's graph: every active feature
-        grads, _ = total_effect_grads(self.model, ids, directions, weights, writes, [])
+        grads = total_effect_grads(self.model, ids, directions, weights, [self.write_point(l) for l in range(self.L)])
         effect = []
         for l in range(self.L):
             W_dec = tc.layers[l].W_dec  # [d_tc, n_out, d]
