@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import CircuitDeskError
+from core.paths import read_user_text
 from core.prompt import EMPTY_PROMPT, require_utf8
 from core.settings import ChatSettings
 
@@ -111,17 +112,7 @@ def parse_messages(data, where: str) -> Conversation:
 
 def read_messages(path: str | Path) -> Conversation:
     """The conversation in a JSON file of messages (see ``parse_messages``)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CircuitDeskError(f"The messages file {path} does not exist.")
-    if path.stat().st_size > MAX_MESSAGES_FILE_BYTES:
-        raise CircuitDeskError(f"The messages file {path} is larger than {MAX_MESSAGES_FILE_BYTES // 1024**2} MB.")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise CircuitDeskError(f"The messages file {path} is not UTF-8 text; save it as UTF-8.") from None
-    except OSError as e:
-        raise CircuitDeskError(f"Cannot read {path}: {e.strerror or e}.") from None
+    path, text = read_user_text(path, "messages file", MAX_MESSAGES_FILE_BYTES, "; save it as UTF-8")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

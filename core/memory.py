@@ -18,6 +18,7 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 from core.errors import CircuitDeskError
 
@@ -26,10 +27,7 @@ BUDGET_ENV = "CIRCUITDESK_MEMORY_GB"  # a default budget for every run (e.g. a s
 
 
 def format_bytes(n: float) -> str:
-    for unit, size in (("GB", GB), ("MB", 1024 ** 2)):
-        if n >= size or unit == "MB":
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"  # pragma: no cover
+    return f"{n / GB:.1f} GB" if n >= GB else f"{n / 1024 ** 2:.1f} MB"
 
 
 def free_bytes(device) -> int:
@@ -55,9 +53,9 @@ def free_bytes(device) -> int:
 
 
 def budget_bytes(device, memory_gb: float | None) -> tuple[int, str]:
-    """(bytes a run may use, where that figure comes from) on ``device``."""
+    """(bytes a run may use on ``device``, where that figure comes from, as "is free on cpu")."""
     if memory_gb:
-        return int(memory_gb * GB), "the --memory-gb budget"
+        return int(memory_gb * GB), "is allowed by the --memory-gb budget"
     env = os.environ.get(BUDGET_ENV, "").strip()
     if env:
         try:
@@ -65,8 +63,8 @@ def budget_bytes(device, memory_gb: float | None) -> tuple[int, str]:
         except ValueError:
             raise CircuitDeskError(f"{BUDGET_ENV}={env!r} is not a number of gigabytes (e.g. 8 or 0.5).") from None
         if value > 0:
-            return int(value * GB), f"the {BUDGET_ENV} budget"
-    return free_bytes(device), f"free on {device}"
+            return int(value * GB), f"is allowed by the {BUDGET_ENV} budget"
+    return free_bytes(device), f"is free on {device}"
 
 
 @dataclass
@@ -133,15 +131,15 @@ def attribution_estimate(facts, n_tokens: int, *, max_nodes: int, batch: int, ca
     return Estimate(phases)
 
 
-def refuse_if_too_big(estimate: Estimate, budget: int, where: str, fixes: list[str]) -> None:
-    """One sentence when ``estimate`` exceeds ``budget``: what it needs, what there is, what fits."""
+def refuse_if_too_big(estimate: Estimate, budget: int, where: str, fixes: Callable[[], list[str]]) -> None:
+    """One sentence when ``estimate`` exceeds ``budget``: what it needs, what there is (``where``,
+    from ``budget_bytes``), and what would fit (``fixes()``, asked only then)."""
     if estimate.total <= budget:
         return
-    fix = ", or ".join(fixes) if fixes else "a shorter prompt or a machine with more memory"
+    fix = ", or ".join(fixes()) or "a shorter prompt or a machine with more memory"
     raise CircuitDeskError(
         f"This run needs about {format_bytes(estimate.total)} of memory ({estimate.peak_phase}) but only "
-        f"{format_bytes(budget)} is {where if where.startswith('free') else 'allowed by ' + where}; "
-        f"it would fit with {fix}."
+        f"{format_bytes(budget)} {where}; it would fit with {fix}."
     )
 
 

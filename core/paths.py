@@ -18,6 +18,21 @@ from core.errors import CircuitDeskError
 APP = "circuitdesk"
 
 
+def read_user_text(path: str | Path, what: str, max_bytes: int, utf8_fix: str = "") -> tuple[Path, str]:
+    """(path, text) of a text file a user gave as ``what`` (e.g. "pair file"), at most ``max_bytes``;
+    each problem (missing, too large, not UTF-8, unreadable) is one sentence naming the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CircuitDeskError(f"The {what} {path} does not exist.")
+    if path.stat().st_size > max_bytes:
+        raise CircuitDeskError(f"The {what} {path} is larger than {max_bytes // 1024**2} MB.")
+    try:
+        return path, path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise CircuitDeskError(f"The {what} {path} is not UTF-8 text{utf8_fix}.") from None
+    except OSError as e:
+        raise CircuitDeskError(f"Cannot read {path}: {e.strerror or e}.") from None
+
 def cache_dir() -> Path:
     """User cache dir (converted models, fingerprints); ``CIRCUITDESK_CACHE_DIR`` overrides it."""
     override = os.environ.get("CIRCUITDESK_CACHE_DIR")

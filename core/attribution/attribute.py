@@ -263,8 +263,7 @@ def attribute(model, prompt, settings: AttributionSettings | None = None,
         tokens_per_pass = gpu_tokens_per_pass(P, settings, lambda t: memory_estimate(
             model, P, settings, basis, tokens_per_pass=t).total <= 0.8 * budget)
     estimate = memory_estimate(model, P, settings, basis, tokens_per_pass=tokens_per_pass)
-    if estimate.total > budget:
-        refuse_if_too_big(estimate, budget, where, _what_fits(model, P, settings, basis, budget))
+    refuse_if_too_big(estimate, budget, where, lambda: _what_fits(model, P, settings, basis, budget))
     advice = ", ".join(_what_fits(model, P, settings, basis, estimate.total // 2)) or "use a shorter prompt"
     with memory_guard(model.device, f"try {advice}", "running the prompt") as doing:
         return _attribute(model, prompt, ids, settings, ctx, basis, start, estimate, doing,

@@ -35,7 +35,7 @@ import torch
 from core.attribution.attribute import start_token, with_bos
 from core.attribution.targets import resolve_token
 from core.errors import CircuitDeskError
-from core.paths import resources_dir
+from core.paths import read_user_text, resources_dir
 from core.predict import encode_prompt, predict_next
 from core.prompt import require_prompt
 from core.settings import TASK_PAIRS, TASKS, PairSource  # the keys and their labels, declared with the settings
@@ -205,17 +205,7 @@ def prompt_pair(model, clean: str, corrupted: str, answer: str | None = None, co
 def load_pairs(model, path: str | Path, n_pairs: int | None = None, prepend_bos: bool = True) -> PairSet:
     """Pairs from a JSONL file: one ``{"clean", "corrupted", "answer", "counterfactual"}`` object per
     line (answer/counterfactual: a token's text, ``#id``, or a list of them)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CircuitDeskError(f"The pair file {path} does not exist.")
-    if path.stat().st_size > MAX_PAIR_FILE_BYTES:
-        raise CircuitDeskError(f"The pair file {path} is larger than {MAX_PAIR_FILE_BYTES // 1024**2} MB.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise CircuitDeskError(f"The pair file {path} is not UTF-8 text.") from None
-    except OSError as e:
-        raise CircuitDeskError(f"Cannot read {path}: {e.strerror or e}.") from None
+    path, text = read_user_text(path, "pair file", MAX_PAIR_FILE_BYTES)
     pairs: list[PromptPair] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
