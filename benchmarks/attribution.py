@@ -5,6 +5,8 @@ Cases, each in its own process (so peak RSS is the case's own):
 * ``france`` and ``ioi``: the demo prompts. Targets, the five most influential nodes, the
   replacement / completeness scores of the full and the pruned graph, and what the workbench
   draws by default (nodes and edges of the default view).
+* ``chat``: a multi-turn conversation of about 200 tokens in the model's chat template (system
+  prompt, two user turns, one assistant turn), traced at the assistant's next answer.
 * ``16``, ``64``, ``256``: prompts of that many tokens (start token included). Wall time,
   backward passes, peak RSS, the candidates' share of the total effect and of the MLP output
   mass, and the overhead ratio = attribution time / the time of the same number of plain
@@ -52,7 +54,20 @@ STORY = (
     "every town they had sent him further south. Then the stranger smiled, took off his hat, and said that his name "
     "was also"
 )
-CASES = ("france", "ioi", "16", "64", "256")
+CHAT = [
+    {"role": "system", "content": "You are a careful assistant for a city library. Answer briefly and truthfully."},
+    {"role": "user", "content": "Hello! I am planning a trip to Europe next spring with my two children, and I would "
+                                "like them to learn a little about each country before we go. We will visit Spain, "
+                                "Italy and France, in that order, and we will spend about a week in each."},
+    {"role": "assistant", "content": "What a lovely plan. Spain's capital is Madrid, famous for the Prado museum. "
+                                     "Italy's capital is Rome, where children enjoy the Colosseum and the fountains. "
+                                     "I can suggest books about each country from our collection if you like, "
+                                     "with pictures for younger readers."},
+    {"role": "user", "content": "Yes please, books would be wonderful. One more question before that: my daughter "
+                                "asked me this morning at breakfast and I was not sure, so I promised her that I would "
+                                "ask you. What is the capital of France?"},
+]
+CASES = ("france", "ioi", "chat", "16", "64", "256")
 LENGTHS = ("16", "64", "256", "1024")
 
 
@@ -61,6 +76,10 @@ def prompt_of(model, case: str) -> str:
         return FRANCE
     if case == "ioi":
         return IOI
+    if case == "chat":
+        from core.chat import parse_messages
+
+        return parse_messages(CHAT, "the benchmark's conversation")
     n = int(case) - 1  # the start token makes it n + 1
     ids = model.tokenizer(STORY, add_special_tokens=False).input_ids
     ids = (ids * (n // len(ids) + 1))[:n]  # the story told again for the longest prompts
