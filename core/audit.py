@@ -66,7 +66,9 @@ from core.session import save_session
 log = logging.getLogger("circuitdesk.audit")
 
 MAX_CASES = 1000
-SUITE_KEYS = {"name", "model", "device", "dtype", "auditor", "defaults", "cases"}
+SUITE_KEYS = {"name", "model", "device", "dtype", "auditor", "defaults", "cases", "compare"}
+# a case's labels for behaviour studies (``circuitdesk compare``): read there, ignored by the run itself
+LABEL_KEYS = ("group", "answers", "labels")
 # a case's keys: the command line's settings (``scoring`` for circuit's --method), from their declarations
 ATTRIBUTION_KEYS = {"prompt": str, **suite_keys(CHAT_SETTINGS, ATTRIBUTION_SETTINGS)}  # chat, system, messages too
 CIRCUIT_KEYS = suite_keys(PAIR_SOURCE_SETTINGS, CIRCUIT_SETTINGS)
@@ -83,6 +85,7 @@ class Suite:
     cases: list[dict]  # as written, "name" always set (unique, usable as a file name)
     folder: Path  # relative paths in the suite are relative to this
     defaults: dict = field(default_factory=dict)  # applied to the cases whose method has the setting
+    compare: dict = field(default_factory=dict)  # the [compare] table: settings of ``circuitdesk compare``
 
     def case(self, k: int) -> dict:
         """Case ``k`` with the defaults that apply to its method."""
@@ -142,8 +145,12 @@ def load_suite(path: str | Path) -> Suite:
         raise CircuitDeskError(f"{path.name} lists no cases; add [[cases]] tables (see the README).")
     if len(cases) > MAX_CASES:
         raise CircuitDeskError(f"{path.name} lists {len(cases)} cases; split it into suites of at most {MAX_CASES}.")
+    compare = doc.get("compare", {})
+    if not isinstance(compare, dict):
+        raise CircuitDeskError(f"{path.name}: [compare] must be a table of compare settings.")
     merged, seen = [], set()
     for k, case in enumerate(cases, 1):
+        _check_labels(case, f"{path.name}, case {k}")
         c = dict(case)
         name = _file_name(str(c.get("name") or f"case-{k}"))
         while name in seen:
@@ -153,7 +160,22 @@ def load_suite(path: str | Path) -> Suite:
         merged.append(c)
     return Suite(name=doc.get("name") or path.stem, model=doc.get("model", "default"),
                  device=doc.get("device", "auto"), dtype=doc.get("dtype", "float32"),
-                 auditor=doc.get("auditor", ""), cases=merged, folder=path.resolve().parent, defaults=defaults)
+                 auditor=doc.get("auditor", ""), cases=merged, folder=path.resolve().parent, defaults=defaults,
+                 compare=compare)
+
+
+def _check_labels(case: dict, where: str) -> None:
+    """A case's labels: ``group`` text, ``answers`` text or a list of texts, ``labels`` a table of texts."""
+    if "group" in case and not isinstance(case["group"], str):
+        raise CircuitDeskError(f"{where}: 'group' must be text (e.g. group = \"correct\").")
+    answers = case.get("answers", [])
+    if isinstance(answers, str):
+        answers = [answers]
+    if not isinstance(answers, list) or not all(isinstance(a, str) and a for a in answers):
+        raise CircuitDeskError(f"{where}: 'answers' must be a list of texts (e.g. answers = [\" Paris\"]).")
+    labels = case.get("labels", {})
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise CircuitDeskError(f"{where}: 'labels' must be a table of texts (e.g. labels = {{ topic = \"dosage\" }}).")
 
 
 def _file_name(name: str) -> str:
@@ -190,7 +212,7 @@ def run_suite(suite: Suite, out_dir: str | Path, ctx: JobContext | None = None,
         outcome = CaseOutcome(case["name"], str(case.get("method", "attribution")))
         t0 = time.perf_counter()
         try:
-            session, outcome.result, outcome.command = _run_case(model, model_spec, suite, case, part)
+            session, outcome.result, outcome.command = run_case(model, model_spec, suite, case, part)
             session_path = out / f"{outcome.name}.cdesk"
             save_session(session_path, session)
             outcome.session = session_path.name
@@ -252,7 +274,7 @@ def _resolve(folder: Path, value: str) -> str:
 
 def _check_keys(case: dict, allowed: dict, method: str) -> None:
     for key, value in case.items():
-        if key in ("name", "method"):
+        if key in ("name", "method") or key in LABEL_KEYS:
             continue
         if key not in allowed:
             other = "circuit" if method == "attribution" else "attribution"
@@ -268,7 +290,7 @@ def _check_keys(case: dict, allowed: dict, method: str) -> None:
                                    f"(got {value!r}).")
 
 
-def _run_case(model, model_spec: str, suite: Suite, case: dict, ctx: JobContext) -> tuple:
+def run_case(model, model_spec: str, suite: Suite, case: dict, ctx: JobContext) -> tuple:
     """(Session, summary fields, regenerate command) of one case."""
     method = case.get("method", "attribution")
     if method not in METHODS:

@@ -280,6 +280,52 @@ class PlacementSettings:
 
 
 TRANSCODER_DEVICES = ("model", "cpu")
+CORRECTIONS = ("maxt", "holm", "bh")
+EXECUTORS = ("local", "ray")
+CORRECT_RULE = "correct"  # --groups correct: the model's top token is one of the case's answers, or not
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """A behaviour study of a suite (``core.behaviour.study``): aggregate, contrast two groups of
+    cases, compare two model versions, check the top differences by intervention."""
+
+    model_b: str | None = None  # a second version of the model (same architecture): compare the two
+    groups: str | None = None  # the label that splits the cases (default: "group" if cases have one, else
+    #                            "correct" if they have answers)
+    group_a: str | None = None  # which label is group A (default: the labels in sorted order)
+    group_b: str | None = None
+    permutations: int = 10000  # random relabellings (fewer possible ones: all of them, exactly)
+    correction: str = "maxt"  # for the number of nodes compared: Westfall–Young max-T, Holm, Benjamini–Hochberg
+    alpha: float = 0.05  # a difference is significant when its corrected p-value is at most this
+    checks: int = 5  # the top differing nodes checked by intervention (0: none)
+    min_recurrence: float = 0.25  # the behaviour graph keeps edges recurring in at least this share of cases
+    permutation_seed: int = 0
+    executor: str = "local"  # where cases run: in this process, or on an existing Ray cluster
+    address: str | None = None  # the Ray cluster (with --executor ray)
+
+    def validate(self) -> None:
+        if self.permutations < 100:
+            raise CircuitDeskError(f"--permutations must be at least 100 (got {self.permutations}).")
+        if self.correction not in CORRECTIONS:
+            raise CircuitDeskError(f"Unknown --correction {self.correction!r}; use {', '.join(CORRECTIONS)}.")
+        if not 0.0 < self.alpha < 1.0:
+            raise CircuitDeskError(f"--alpha must be between 0 and 1 (got {self.alpha}).")
+        if not 0 <= self.checks <= 50:
+            raise CircuitDeskError(f"--checks must be between 0 and 50 (got {self.checks}).")
+        if not 0.0 < self.min_recurrence <= 1.0:
+            raise CircuitDeskError(f"--min-recurrence must be in (0, 1] (got {self.min_recurrence}).")
+        if self.executor not in EXECUTORS:
+            raise CircuitDeskError(f"Unknown --executor {self.executor!r}; use local or ray.")
+        if self.executor == "ray" and not self.address:
+            raise CircuitDeskError("--executor ray needs the cluster's --address (e.g. 10.0.0.5:6379, or 'auto').")
+        if (self.group_a is None) != (self.group_b is None):
+            raise CircuitDeskError("Give both --group-a and --group-b, or neither.")
+        if self.group_a is not None and self.group_a == self.group_b:
+            raise CircuitDeskError("--group-a and --group-b must be different labels.")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -419,9 +465,38 @@ PREDICT_SETTINGS = (
             stored=False, type=int, default=10),
 )
 
+COMPARE_SETTINGS = declare(
+    CompareSettings,
+    Setting("model_b", "a second version of the model (same architecture: a fine-tune, another checkpoint, a "
+                       "quantised copy): run the suite on both and compare", "--model-b", metavar="M2"),
+    Setting("groups", "the label that splits the cases into two groups: 'group' (a case's group = \"...\"), "
+                      "a key of the cases' labels table, or 'correct' (the model's top token is one of the case's "
+                      "answers, or not); default: 'group' when cases have one, else 'correct' when they have answers",
+            "--groups", metavar="KEY"),
+    Setting("group_a", "the label of group A (default: the first of the two labels, sorted)", "--group-a",
+            metavar="LABEL"),
+    Setting("group_b", "the label of group B", "--group-b", metavar="LABEL"),
+    Setting("permutations", "random relabellings of the permutation test (default 10000; when there are fewer "
+                            "possible ones, all of them, exactly)", "--permutations"),
+    Setting("correction", "correction for the number of nodes compared: maxt (Westfall-Young max-T, default), "
+                          "holm (Holm-Bonferroni) or bh (Benjamini-Hochberg false discovery rate)", "--correction",
+            choices=CORRECTIONS),
+    Setting("alpha", "a difference is significant when its corrected p-value is at most this (default 0.05)",
+            "--alpha"),
+    Setting("checks", "the top differing nodes checked by ablating them across the cases (default 5; 0: none)",
+            "--checks"),
+    Setting("min_recurrence", "the behaviour graph keeps edges (and draws nodes) recurring in at least this share "
+                              "of the cases (default 0.25)", "--min-recurrence"),
+    Setting("permutation_seed", "seed of the random relabellings (default 0)", "--permutation-seed"),
+    Setting("executor", "where the cases run: local (this process, default) or ray (an existing Ray cluster; "
+                        "pip install 'circuitdesk[ray]')", "--executor", choices=EXECUTORS),
+    Setting("address", "with --executor ray: the cluster's address (host:port, or 'auto')", "--address"),
+)
+
 DECLARATIONS: dict[type, tuple[Setting, ...]] = {
     AttributionSettings: ATTRIBUTION_SETTINGS, CircuitSettings: CIRCUIT_SETTINGS, PairSource: PAIR_SOURCE_SETTINGS,
     AtlasSettings: ATLAS_SETTINGS, ChatSettings: CHAT_SETTINGS, PlacementSettings: PLACEMENT_SETTINGS,
+    CompareSettings: COMPARE_SETTINGS,
 }
 
 

@@ -1,0 +1,112 @@
+"""What one case of a suite says about a behaviour: its nodes' values under keys that mean the same
+thing in every case, so that many cases (and two model versions) can be laid side by side.
+
+Keys (``node_key``):
+
+* attribution graphs: a feature is ``L{layer}/N{neuron}`` (neuron basis) or ``L{layer}/F{feature}``
+  (transcoders), whatever the position it fired at; an error node is ``L{layer}/error``; every token
+  embedding is ``tokens``; the logits are ``logits``. A key's value is the sum of its nodes'
+  influence on the logits (circuit-tracer's influence in the full graph, the one pruning ranks by);
+  it is *present* in a case when one of its nodes survives pruning.
+* component circuits: the circuit's own node names (``input``, ``a{l}.h{h}``, ``m{l}``, ``logits``); a
+  node's value is its node score (the sum of its outgoing edge scores), present when a circuit edge
+  touches it. Edges keep their names (``a3.h1->m5``): value the edge score, present in the circuit.
+
+Edges of attribution graphs are summed over positions by (source key, destination key), from the
+pruned graph only (the full graph holds millions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT
+
+TOKENS, LOGITS = "tokens", "logits"
+
+
+@dataclass
+class CaseProfile:
+    """One case's keyed values (``nodes``), the keys present in its pruned graph or circuit, its
+    keyed edges, and what the model answered."""
+
+    name: str
+    method: str  # attribution | circuit
+    nodes: dict[str, float]
+    present: frozenset[str]
+    edges: dict[tuple[str, str], float] = field(default_factory=dict)
+    present_edges: frozenset[tuple[str, str]] = frozenset()
+    prediction: str = ""  # the model's top next token on the case's prompt
+    probability: float = 0.0  # its probability
+    target: str = ""  # what the graph explains (attribution) / the answer of the first pair (circuit)
+    basis: str = ""  # attribution: "neurons" or the transcoder set's name; circuit: ""
+    labels: dict[str, str] = field(default_factory=dict)  # the case's group labels
+
+
+def node_key(layer: int, kind: int, index: int, unit: str) -> str:
+    """The key of an attribution-graph node, the same for that neuron/feature at every position."""
+    if kind == FEATURE:
+        return f"L{layer}/{unit}{index}"
+    if kind == ERROR:
+        return f"L{layer}/error"
+    return TOKENS if kind == EMBEDDING else LOGITS
+
+
+def key_layer(key: str, n_layers: int) -> int:
+    """The layer a key lives on: -1 for tokens/input, ``n_layers`` for logits."""
+    if key in (TOKENS, "input"):
+        return -1
+    if key == LOGITS:
+        return n_layers
+    if key.startswith("L"):
+        return int(key[1:key.index("/")])
+    return int(key[1:].split(".")[0])  # a3.h1, m5
+
+
+def attribution_profile(session, name: str = "", prediction: tuple[str, float] = ("", 0.0)) -> CaseProfile:
+    """The profile of an attribution-graph session."""
+    g = session.graph
+    unit = g.feature_unit
+    keys = np.array([node_key(int(l), int(k), int(i), unit) for l, k, i in zip(g.layer, g.kind, g.index)], dtype=object)
+    influence = g.influence if g.influence is not None else np.zeros(g.n_nodes, np.float32)
+    nodes: dict[str, float] = {}
+    for k, v in zip(keys, influence.astype(np.float64)):
+        nodes[k] = nodes.get(k, 0.0) + float(v)
+    mask = g.node_mask if g.node_mask is not None else np.ones(g.n_nodes, bool)
+    present = frozenset(keys[mask].tolist())
+    emask = g.edge_mask if g.edge_mask is not None else np.zeros(g.n_edges, bool)
+    edges: dict[tuple[str, str], float] = {}
+    for s, d, w in zip(keys[g.src[emask]], keys[g.dst[emask]], g.weight[emask].astype(np.float64)):
+        edges[(s, d)] = edges.get((s, d), 0.0) + float(w)
+    targets = session.manifest.get("targets") or [{}]
+    basis = g.meta.get("basis", "neurons")
+    return CaseProfile(name, "attribution", nodes, present, edges, frozenset(edges), prediction[0],
+                       float(prediction[1]), str(targets[0].get("token", "")), str(basis))
+
+
+def circuit_profile(session, name: str = "", prediction: tuple[str, float] = ("", 0.0)) -> CaseProfile:
+    """The profile of a component-circuit session (every edge kept: at most a few hundred thousand)."""
+    r = session.circuit
+    g = r.graph
+    names = g.node_names
+    scores = g.node_scores(r.scores)
+    inside = g.nodes_in(r.circuit)
+    nodes = {n: float(s) for n, s in zip(names, scores.astype(np.float64))}
+    present = frozenset(n for n, i in zip(names, inside) if i)
+    src, dst = np.nonzero(g.edge_mask)
+    dst_names = g.destination_names
+    src_names = g.source_names
+    edges = {(src_names[s], dst_names[d]): float(r.scores[s, d]) for s, d in zip(src, dst)}
+    present_edges = frozenset((src_names[s], dst_names[d]) for s, d in zip(*np.nonzero(r.circuit)))
+    answer = (r.pairs[0].get("answer_text") or [""])[0] if r.pairs else ""
+    return CaseProfile(name, "circuit", nodes, present, edges, present_edges, prediction[0], float(prediction[1]),
+                       str(answer))
+
+
+def profile_of(session, name: str = "", prediction: tuple[str, float] = ("", 0.0)) -> CaseProfile:
+    """The profile of a session of either kind."""
+    if session.graph is not None:
+        return attribution_profile(session, name, prediction)
+    return circuit_profile(session, name, prediction)
