@@ -1,0 +1,1 @@
+"""Behaviour audits: findings about a behaviour over a suite of prompts."""
