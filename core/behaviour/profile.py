@@ -42,7 +42,7 @@ class CaseProfile:
     probability: float = 0.0  # its probability
     target: str = ""  # what the graph explains (attribution) / the answer of the first pair (circuit)
     basis: str = ""  # attribution: "neurons" or the transcoder set's name; circuit: ""
-    labels: dict[str, str] = field(default_factory=dict)  # the case's group labels
+    session: object = None  # the case's Session (the checks read its token ids, targets and pairs)
 
 
 def node_key(layer: int, kind: int, index: int, unit: str) -> str:
@@ -83,7 +83,7 @@ def attribution_profile(session, name: str = "", prediction: tuple[str, float] =
     targets = session.manifest.get("targets") or [{}]
     basis = g.meta.get("basis", "neurons")
     return CaseProfile(name, "attribution", nodes, present, edges, frozenset(edges), prediction[0],
-                       float(prediction[1]), str(targets[0].get("token", "")), str(basis))
+                       float(prediction[1]), str(targets[0].get("token", "")), str(basis), session)
 
 
 def circuit_profile(session, name: str = "", prediction: tuple[str, float] = ("", 0.0)) -> CaseProfile:
@@ -102,7 +102,7 @@ def circuit_profile(session, name: str = "", prediction: tuple[str, float] = (""
     present_edges = frozenset((src_names[s], dst_names[d]) for s, d in zip(*np.nonzero(r.circuit)))
     answer = (r.pairs[0].get("answer_text") or [""])[0] if r.pairs else ""
     return CaseProfile(name, "circuit", nodes, present, edges, present_edges, prediction[0], float(prediction[1]),
-                       str(answer))
+                       str(answer), "", session)
 
 
 def profile_of(session, name: str = "", prediction: tuple[str, float] = ("", 0.0)) -> CaseProfile:
