@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT
+from core.graph import EMBEDDING, ERROR, FEATURE
 
 TOKENS, LOGITS = "tokens", "logits"
 

@@ -48,6 +48,7 @@ FORMAT_VERSION = 1
 TOP_ROWS = 200  # ranked differences kept per contrast in comparison.json
 CHECK_PAIRS = 8  # pairs of a circuit case the checks run on
 MAX_COMPARISON_BYTES = 64 * 1024**2
+FIXED_KEYS = ("tokens", "logits", "input")  # the graph's endpoints: always there, never compared
 
 
 @dataclass
@@ -273,7 +274,7 @@ def _section(kind, records, profiles, groups, settings: CompareSettings, version
         if len(both) >= 2:
             graph_b = aggregate([profiles["b"][n] for n in both], n_layers, settings.min_recurrence)
             section["behaviour"]["b"] = _graph_json(graph_b)
-            keys = sorted(set(graph_a.keys) | set(graph_b.keys))
+            keys = sorted(k for k in set(graph_a.keys) | set(graph_b.keys) if k not in FIXED_KEYS)
             va = np.array([[profiles["a"][n].nodes.get(k, 0.0) for k in keys] for n in both])
             vb = np.array([[profiles["b"][n].nodes.get(k, 0.0) for k in keys] for n in both])
             c = contrast_paired(va, vb, tuple(keys), permutations=settings.permutations,
@@ -298,7 +299,7 @@ def _n_layers(p: CaseProfile) -> int:
 
 def _tested_keys(g: BehaviourGraph) -> tuple[str, ...]:
     """Keys compared between groups: features, errors, heads and MLPs (not the fixed endpoints)."""
-    return tuple(k for k in g.keys if k not in ("tokens", "logits", "input"))
+    return tuple(k for k in g.keys if k not in FIXED_KEYS)
 
 
 def _graph_json(g: BehaviourGraph) -> dict:
