@@ -80,8 +80,11 @@ class Contrast:
     tested: np.ndarray  # bool: False for keys with no variation at all
 
     def ranked(self) -> np.ndarray:
-        """Key indices: smallest adjusted p first, then largest |effect size|, then |difference|."""
-        return np.lexsort((-np.abs(self.difference), -np.abs(self.effect_size), self.p_adjusted))
+        """Key indices: smallest adjusted p first, then the largest |difference| (ties in p are common:
+        exact tests have a floor; a difference is in the values' own units, influence or score, so
+        it ranks what matters most to the behaviour, where a standardised effect would rank a
+        tiny but steady difference first), then the largest |effect size|."""
+        return np.lexsort((-np.abs(self.effect_size), -np.abs(self.difference), self.p_adjusted))
 
     def to_json(self, k: int | None = None) -> list[dict]:
         """The top ``k`` keys (all when None) in ranked order, as plain JSON rows."""
