@@ -16,8 +16,8 @@ Groups come from the cases' labels (``group = "fabricated"``, or ``labels = {top
 Differences between groups use the independent-samples permutation test, between versions the
 paired one (``core.behaviour.stats``); both are corrected for the number of nodes compared.
 
-Checks: each of the top ``checks`` significant nodes (or, when none is significant, the top ranked
-ones, said so) is zero-ablated at every position but the start token, in every case of the
+Checks: each of the top ``checks`` ranked nodes that one unit carries (a neuron, a head, an MLP; not
+an error node), significant or not (each check says which), is zero-ablated at every position but the start token, in every case of the
 contrast, and the study reports per group how often the top answer changes, how the target's
 probability (attribution) or the answer's logit difference (circuits) moves, and for the
 ``correct`` rule how often a correct answer turns wrong and the other way round.
@@ -155,7 +155,7 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
         folder.mkdir(exist_ok=True)
         jobs = [case_job(spec, suite.device, suite.dtype, str(suite.folder), suite.case(k), suite.name)
                 for k in range(len(suite.cases))]
-        part = ctx.sub(vi * share, (vi + 1) * share, f"Model {version.upper()}: ")
+        part = ctx.sub(vi * share, (vi + 1) * share, f"Model {version.upper()}")
         for k, res in executor.run(jobs, part):
             records[k].runs[version] = _record_run(res, folder, version, profiles[version], records[k].name)
             if notify is not None:
@@ -166,7 +166,7 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
     sections = []
     kinds = sorted({(p.method, p.basis) for p in profiles["a"].values()})
     for i, kind in enumerate(kinds):
-        sctx = ctx.sub(0.8 + 0.2 * i / len(kinds), 0.8 + 0.2 * (i + 1) / len(kinds), f"{kind[0]}: ")
+        sctx = ctx.sub(0.8 + 0.2 * i / len(kinds), 0.8 + 0.2 * (i + 1) / len(kinds), kind[0])
         sections.append(_section(kind, records, profiles, groups, settings, versions, suite, sctx))
     comparison = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": core.__version__,
@@ -373,19 +373,17 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
 
     out = []
     todo = []
-    for what, c, cases, mask in contrasts:
-        order = [i for i in c.ranked() if c.tested[i]]
-        sig = [i for i in order if c.p_adjusted[i] <= settings.alpha]
-        chosen = [i for i in (sig or order) if intervention_for(c.keys[i], 2) is not None][:settings.checks]
-        for i in chosen:
-            todo.append((what, c.keys[i], bool(sig), cases))
+    for what, c, cases, mask in contrasts:  # the top-ranked nodes a single unit carries (not error nodes)
+        order = [i for i in c.ranked() if c.tested[i] and intervention_for(c.keys[i], 2) is not None]
+        for i in order[:settings.checks]:
+            todo.append((what, c.keys[i], bool(c.p_adjusted[i] <= settings.alpha), float(c.p_adjusted[i]), cases))
     if not todo:
         return out
     needed = ["a"] + (["b"] if any(what == "versions" for what, *_ in todo) else [])
     for vi, version in enumerate(needed):
         model = loaded(versions[version], suite.device, suite.dtype)
         answers = {n: answer_ids(model, by_name[n].answers) for n in by_name if by_name[n].answers}
-        for ti, (what, key, significant, cases) in enumerate(todo):
+        for ti, (what, key, significant, p_adjusted, cases) in enumerate(todo):
             if what == "groups" and version != "a":
                 continue
             ctx.check_cancelled()
@@ -397,6 +395,7 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
                 label = groups[by_name[n].group] if what == "groups" else "all cases"
                 by_group.setdefault(label, []).append(e)
             out.append({"key": key, "contrast": what, "model": version, "significant": significant,
+                        "p_adjusted": p_adjusted,
                         "intervention": "zero-ablation at every position but the start token",
                         "groups": {g: _summarise(es) for g, es in sorted(by_group.items())}})
     return out
