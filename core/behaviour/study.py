@@ -357,9 +357,10 @@ def intervention_for(key: str, n_positions: int, start: int = 1):
     from core.interventions import Intervention
 
     pos = tuple(range(start, n_positions))
-    if key.startswith("L") and "/N" in key:
-        layer, idx = key[1:].split("/N")
-        return Intervention("neuron", int(layer), int(idx), pos)
+    if key.startswith("L") and ("/N" in key or "/F" in key):
+        unit = "/N" if "/N" in key else "/F"
+        layer, idx = key[1:].split(unit)
+        return Intervention("neuron" if unit == "/N" else "feature", int(layer), int(idx), pos)
     if key.startswith("a") and ".h" in key:
         layer, head = key[1:].split(".h")
         return Intervention("head", int(layer), int(head), pos)
@@ -382,14 +383,15 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
     needed = ["a"] + (["b"] if any(what == "versions" for what, *_ in todo) else [])
     for vi, version in enumerate(needed):
         model = loaded(versions[version], suite.device, suite.dtype)
+        transcoder_sets: dict = {}  # folder -> TranscoderSet, loaded once per model for feature checks
         answers = {n: answer_ids(model, by_name[n].answers) for n in by_name if by_name[n].answers}
         for ti, (what, key, significant, p_adjusted, cases) in enumerate(todo):
             if what == "groups" and version != "a":
                 continue
             ctx.check_cancelled()
             ctx.progress((vi + ti / len(todo)) / len(needed), f"ablating {key} (model {version.upper()})")
-            effects = [_case_effect(model, profiles[version][n].session, key, answers.get(n)) for n in cases
-                       if n in profiles[version]]
+            effects = [_case_effect(model, profiles[version][n].session, key, answers.get(n), transcoder_sets)
+                       for n in cases if n in profiles[version]]
             by_group: dict[str, list] = {}
             for n, e in zip([n for n in cases if n in profiles[version]], effects):
                 label = groups[by_name[n].group] if what == "groups" else "all cases"
@@ -401,11 +403,21 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
     return out
 
 
-def _case_effect(model, session, key: str, answers: set[int] | None) -> dict:
+def _case_effect(model, session, key: str, answers: set[int] | None, transcoder_sets: dict) -> dict:
     """What ablating ``key`` does to one case: answer changed, metric change, correctness flip."""
     import torch
 
     from core.interventions import intervene
+
+    tc = None
+    if "/F" in key:  # a transcoder feature: the edit needs the graph's transcoders
+        from core.attribution.transcoders import load_transcoders
+
+        folder = session.manifest["settings"].get("transcoders")
+        if folder not in transcoder_sets:
+            transcoder_sets[folder] = load_transcoders(folder, model.facts.n_layers, model.facts.d_model,
+                                                       device=model.device)
+        tc = transcoder_sets[folder]
 
     if session.graph is not None:
         prompts = [(session.graph.token_ids, int(session.manifest["targets"][0]["token_id"]), None)]
@@ -415,7 +427,7 @@ def _case_effect(model, session, key: str, answers: set[int] | None) -> dict:
     changed, deltas, flips_to_wrong, flips_to_right = 0, [], 0, 0
     for ids, target, foil in prompts:
         iv = intervention_for(key, len(ids))
-        r = intervene(model, torch.tensor([ids]), [iv], target_id=target, top_k=1)
+        r = intervene(model, torch.tensor([ids]), [iv], target_id=target, top_k=1, transcoders=tc)
         before, after = int(r.logits_before.argmax()), int(r.logits_after.argmax())
         changed += before != after
         if foil is None:

@@ -247,3 +247,25 @@ def test_a_comparison_file_from_anyone_is_checked(tmp_path):
         load_comparison(tmp_path)
     with pytest.raises(CircuitDeskError, match="does not exist"):
         load_comparison(tmp_path / "missing.json")
+
+
+def test_transcoder_features_are_keyed_and_checked(tiny_folder, tmp_path):
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    folder = tmp_path / "plt"
+    folder.mkdir()
+    for i in range(2):  # random per-layer ReLU transcoders for the tiny Llama (d_model 32)
+        save_file({"W_enc": torch.randn(48, 32, generator=gen) * 0.3, "W_dec": torch.randn(48, 32, generator=gen) * 0.2,
+                   "b_enc": torch.randn(48, generator=gen) * 0.1, "b_dec": torch.randn(32, generator=gen) * 0.1},
+                  str(folder / f"layer_{i}.safetensors"))
+    suite = load_suite(_suite(tmp_path, _attribution_cases()[:16], str(tiny_folder("llama")),
+                              defaults=f'max_nodes = 40\ntranscoders = "{folder}"'))
+    comp = run_study(suite, tmp_path / "out", CompareSettings(permutations=200, checks=1))
+    (section,) = comp["sections"]
+    assert section["basis"] == "transcoders"
+    assert all("/N" not in n["key"] for n in section["behaviour"]["a"]["nodes"])
+    assert any("/F" in n["key"] for n in section["behaviour"]["a"]["nodes"])
+    (check,) = section["checks"]
+    assert "/F" in check["key"] and set(check["groups"]) == {"cat", "dog"}
+    assert all(g["cases"] == 2 for g in check["groups"].values())
