@@ -448,7 +448,7 @@ def _layout(graph: dict, version: str, con: dict | None):
 
 def _differences(con: dict, method: str) -> list:
     # the columns name the groups by their labels when those are short, else as A and B
-    short = all(len(str(con[k])) <= SHORT_LABEL for k in ("label_a", "label_b"))
+    short = con.get("what") == "groups" and all(len(str(con[k])) <= SHORT_LABEL for k in ("label_a", "label_b"))
     a, b = (con["label_a"], con["label_b"]) if short else ("A", "B")
     paired = con.get("what") == "versions"
     rows = con.get("rows", [])
@@ -459,7 +459,7 @@ def _differences(con: dict, method: str) -> list:
             if con.get("exact") else f"{_int(con.get('permutations'))} seeded random "
                                      f"{'sign flips' if paired else 'relabellings'}")
     name = CORRECTION_TEXT.get(con.get("correction"), (con.get("correction"),))[0]
-    named = "" if short else f" (A: {con['label_a']}; B: {con['label_b']})"
+    named = "" if short or con.get("what") != "groups" else f" (A: {con['label_a']}; B: {con['label_b']})"
     text = (f"{_contrast_title(con)}{named}: {how} ({perm}); p corrected by {name} over the "
             f"{con.get('keys_compared', '?')} "
             f"keys tested; {con.get('significant', 0)} significant at {fmt(con.get('alpha'), 'g')}. Ranked by "

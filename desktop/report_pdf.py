@@ -423,8 +423,11 @@ class _Renderer:
             paint_fn(p, QRectF(x, y, self.w, height), block)
             p.restore()
         pieces = [_Piece(height, paint, gap=8 * PT, keep_with_next=bool(caption))]
-        if caption:
-            pieces += self.text_pieces(caption, self.caption, GREY, gap=3 * PT)
+        if caption:  # a figure and its whole caption stay on one page
+            lines = self.text_pieces(caption, self.caption, GREY, gap=3 * PT)
+            for line in lines[:-1]:
+                line.keep_with_next = True
+            pieces += lines
         return pieces
 
     def contents_pieces(self) -> list[_Piece]:
