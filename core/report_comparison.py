@@ -38,6 +38,7 @@ UNCOMPARED_COLOUR = "#d9dee3"  # a node with no effect size (untested, or outsid
 SHORT_LABEL = 12  # a group label this short names a table's columns ("Mean wrong"); longer ones are A / B
 SECTION_NAMES = 40  # case names listed at the top of a section (all of them are under Cases)
 LABELS_PER_FIGURE = 40  # node names offered to the renderer (it skips one that would cover another)
+FIGURE_EDGES = 200  # edges drawn in a behaviour graph: the most recurrent (a real model's graph holds thousands)
 
 CORRECTION_TEXT = {
     "maxt": ("Westfall–Young single-step max-T", "the family-wise error rate (the chance of any false positive "
@@ -170,7 +171,7 @@ def _cover(c: dict, auditor: str, when: str) -> Facts:
     for v, m in sorted(c.get("models", {}).items()):
         name = f"Model {v.upper()}"
         rows += [(name, str(m.get("name") or m.get("spec") or "?")),
-                 (f"{name} family, parameters", f"{m.get('family', '?')}, {params(m.get('n_params'))}"),
+                 (f"{name} family, parameters", f"{m.get('family') or 'n/a'}, {params(m.get('n_params'))}"),
                  (f"{name} weights sha256", str(m.get("sha256") or "not recorded (no case of this model succeeded)"))]
     tool = core.__version__
     if c.get("tool_version") and c["tool_version"] != tool:
@@ -264,8 +265,8 @@ def _check_sentence(chk: dict) -> str:
     moved = " and ".join(f"{fmt(v.get('mean_delta'), '+.3f')}" + ("" if g == "all cases" else f" in {g}")
                          for g, v in groups.items())
     which = "" if chk.get("significant") else " (top ranked, not significant)"
-    return (f"Ablating {chk.get('key', '?')}{which} in model {str(chk.get('model', 'a')).upper()} changed the top answer "
-            f"in {changed}; {metric} moved by {moved} on average.")
+    return (f"Ablating {chk.get('key', '?')}{which} in model {str(chk.get('model', 'a')).upper()} changed the top "
+            f"answer in {changed}; {metric} moved by {moved} on average.")
 
 
 def _metric(v: dict) -> str:
@@ -386,7 +387,9 @@ def _figure_blocks(s: dict, version: str, con: dict | None, c: dict, alpha: floa
     graph = s.get("behaviour", {}).get(version)
     if graph is None:
         return []
-    nodes, edges = _layout(graph, version, con)
+    nodes, all_edges = _layout(graph, version, con)
+    # the most recurrent edges (then the strongest): a real model's behaviour graph holds thousands
+    edges = sorted(all_edges, key=lambda e: (-e.recurrence, -abs(e.mean)))[:FIGURE_EDGES]
     who = f"Model {version.upper()} ({_model_name(c, version)})"
     if not nodes:
         return [Paragraph(f"{who}: the behaviour graph has no node.", "note")]
@@ -415,7 +418,9 @@ def _figure_blocks(s: dict, version: str, con: dict | None, c: dict, alpha: floa
     caption = (f"{who}: the behaviour graph of {len(graph.get('cases', []))} cases, {drawn} nodes drawn (at most 12 "
                f"a layer: the most influential, and every significant one) of the {n_nodes.get(version, 0)} that "
                f"recur in at least {fmt(graph.get('min_recurrence'), '.0%')} of the cases or end a recurring edge; "
-               f"{len(edges)} edges. Node size: mean |influence| over the cases; edges: darker and wider the more "
+               + (f"{len(edges)} edges" if len(edges) == len(all_edges) else
+                  f"the {len(edges)} most recurrent of the {len(all_edges):,} edges between the nodes drawn")
+               + ". Node size: mean |influence| over the cases; edges: darker and wider the more "
                "cases hold them; squares: the graph's endpoints (never compared).")
     if con is not None:
         caption += (f" Colour: the contrast's effect size ({effect}), blue where the node is higher in "
@@ -584,7 +589,7 @@ def _cases(c: dict, folder: Path | None) -> list:
             if run is not None and not ok:
                 failures.append((x["name"], v.upper(), str(run.get("error") or "no reason recorded")))
             name, digest = _session_file(folder, (run or {}).get("session"))
-            files.append((x["name"], v.upper(), name, digest))
+            files.append((x["name"], name, digest))  # the file's folder (a/, b/) names the model
     caption = ("Every case of the suite: its labels, "
                + ("the group it was put in (—: in neither), " if groups else "")
                + "the model's top next token with its probability"
@@ -595,10 +600,11 @@ def _cases(c: dict, folder: Path | None) -> list:
         out += [Heading("Failed cases", 2),
                 Table(("Case", "Model", "Reason"), tuple(failures), widths=(1.3, 0.7, 6))]
     out += [Heading("Session files", 2),
-            Table(("Case", "Model", "Session file", "sha256"), tuple(files), widths=(0.85, 0.65, 1.2, 6.1),
-                  caption="Each case's session as saved by the study (under the comparison's folder"
-                          + (f", {folder}" if folder else "") + "), with the sha256 of the file as it is now: open "
-                          "one with circuitdesk report or the workbench to see that case's own graph.")]
+            Table(("Case", "Session file", "sha256"), tuple(files), widths=(0.9, 1.9, 6.1),
+                  caption="Each case's session as the study saved it, under the comparison's folder"
+                          + (f" {folder}" if folder else "") + " (a/: model A, b/: model B), with the sha256 of the "
+                          "file as it is now: open one with circuitdesk report or the workbench to see that case's "
+                          "own graph.")]
     return out
 
 

@@ -375,11 +375,11 @@ class BehaviourPainter:
 
     @staticmethod
     def edge_colour(rec: float) -> QColor:
-        return QColor(*EDGE_INK, int(40 + 170 * min(max(rec, 0.0), 1.0)))
+        return QColor(*EDGE_INK, int(25 + 95 * min(max(rec, 0.0), 1.0)))
 
     @staticmethod
     def edge_width(rec: float) -> float:
-        return (0.3 + 1.5 * min(max(rec, 0.0), 1.0)) * PT
+        return (0.2 + 0.7 * min(max(rec, 0.0), 1.0)) * PT
 
     def paint(self, p: QPainter, r: QRectF, b) -> None:
         fm = self.f.metrics(self.f.small)

@@ -226,3 +226,15 @@ def test_cli_compare_writes_the_pdf(tiny_folder, tmp_path):
     text = "\n".join(p.extract_text().replace("\t", " ") for p in PdfReader(pdf).pages)
     assert "Behaviour comparison" in text and all(f"k{i}" in text for i in range(4))
     assert "circuitdesk compare" in text and "cli.toml" in text
+
+
+def test_the_figure_keeps_the_most_recurrent_edges(group_study, monkeypatch):
+    import core.report_comparison as rc
+
+    (full,) = [b for b in build_comparison_report(group_study).blocks if isinstance(b, BehaviourFigure)]
+    assert len(full.src) > 10
+    monkeypatch.setattr(rc, "FIGURE_EDGES", 10)
+    (capped,) = [b for b in build_comparison_report(group_study).blocks if isinstance(b, BehaviourFigure)]
+    assert len(capped.src) == 10
+    assert capped.recurrence.min() >= np.sort(full.recurrence)[-10]
+    assert "the 10 most recurrent of the" in capped.caption
