@@ -23,7 +23,7 @@ from core.errors import CircuitDeskError
 from core.graph import FEATURE, KIND_NAMES
 from core.jobs import JobContext
 from core.models.catalog import add_model_path, list_models, remove_model_path
-from core.report import build_report, report_atlas
+from core.report import build_comparison_report, build_report, report_atlas
 from core.runs import attribution_session, circuit_session, traced_prompt
 from core.session import load_session, save_session
 from core.settings import (
@@ -348,7 +348,6 @@ def cmd_compare(args) -> int:
 
     comparison = run_study(suite, out, settings, ctx=JobContext(StderrProgress(enabled=True)), notify=notify)
     if not args.no_pdf:
-        from core.report import build_comparison_report
         from desktop.report_pdf import auditor_name, write_pdf  # deferred: Qt loads only to write a PDF
 
         comparison["folder"] = str(out.resolve())

@@ -28,6 +28,7 @@ import numpy as np
 from core.graph import EMBEDDING, ERROR, FEATURE
 
 TOKENS, LOGITS = "tokens", "logits"
+FIXED_KEYS = (TOKENS, LOGITS, "input")  # the graph's endpoints: always there, never compared
 
 
 @dataclass

@@ -37,7 +37,7 @@ import core
 from core.audit import Suite
 from core.behaviour.aggregate import BehaviourGraph, aggregate
 from core.behaviour.cases import case_job
-from core.behaviour.profile import CaseProfile, profile_of
+from core.behaviour.profile import FIXED_KEYS, CaseProfile, profile_of
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
 from core.paths import atomic_write
@@ -48,7 +48,6 @@ FORMAT_VERSION = 1
 TOP_ROWS = 200  # ranked differences kept per contrast in comparison.json
 CHECK_PAIRS = 8  # pairs of a circuit case the checks run on
 MAX_COMPARISON_BYTES = 64 * 1024**2
-FIXED_KEYS = ("tokens", "logits", "input")  # the graph's endpoints: always there, never compared
 
 
 @dataclass
@@ -171,7 +170,8 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
     comparison = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": core.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "started": started,
-        "suite": suite.name, "auditor": suite.auditor, "model_spec": {v: s for v, s in versions.items()},
+        "suite": suite.name, "suite_file": str(suite.path) if suite.path else None, "suite_sha256": suite.sha256 or None,
+        "auditor": suite.auditor, "model_spec": {v: s for v, s in versions.items()},
         "models": models, "settings": settings.to_json(), "groups": groups,
         "seconds": round(time.perf_counter() - start, 3),
         "cases_ok": sum(r.ok("a") for r in records), "cases_failed": sum(not r.ok("a") for r in records),
