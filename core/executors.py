@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from core.behaviour.cases import run_case_job
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
 
@@ -16,12 +17,10 @@ class LocalExecutor:
     """Every case in this process, in order (the model is loaded once)."""
 
     def run(self, jobs: list[dict], ctx: JobContext) -> Iterator[tuple[int, dict]]:
-        from core.behaviour.cases import run_case_job
-
         n = len(jobs)
         for k, job in enumerate(jobs):
             ctx.check_cancelled()
-            yield k, run_case_job(job, ctx.sub(k / n, (k + 1) / n, f"[{k + 1}/{n}] {job['case']['name']}: "))
+            yield k, run_case_job(job, ctx.sub(k / n, (k + 1) / n, f"[{k + 1}/{n}] {job['case']['name']}"))
 
 
 def executor_for(settings) -> LocalExecutor:

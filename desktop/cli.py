@@ -7,6 +7,7 @@ Exit codes: 0 success, 2 usage error, 1 any other error with a one-line reason o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import numpy as np
 
 import core
 from core.audit import load_suite, run_suite
+from core.behaviour.study import run_study, study_summary, suite_settings
 from core.errors import CircuitDeskError
 from core.graph import FEATURE, KIND_NAMES
 from core.jobs import JobContext
@@ -324,12 +326,8 @@ def cmd_audit(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    import dataclasses
-
-    from core.behaviour.study import _suite_settings, run_study, study_summary
-
     suite = load_suite(args.suite)
-    from_suite = CompareSettings(**_suite_settings(suite))
+    from_suite = CompareSettings(**suite_settings(suite))
     given = {s.name: getattr(args, s.name) for s in COMPARE_SETTINGS if getattr(args, s.name) is not None}
     settings = dataclasses.replace(from_suite, **given)
     if settings.model_b and settings.model_b != "default" and "model_b" in given:
@@ -528,7 +526,7 @@ def check_output_path(path: str, suffix: str) -> Path:
 def cmd_trace(args) -> int:
     from core.models import load_model  # deferred: torch loads only when a command needs it
 
-    prompt = _traced(args)
+    _traced(args)  # the prompt checked before spending seconds on loading
     out = check_output_path(args.out, ".cdesk")
     settings = settings_from_args(AttributionSettings, args)
     settings.validate()

@@ -8,12 +8,16 @@ once and keeps it for the next job.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
 
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
+from core.session import save_session
+
+log = logging.getLogger("circuitdesk.behaviour")
 
 _MODELS: dict[tuple, object] = {}  # (spec, device, dtype) -> LoadedModel, per worker process
 
@@ -63,9 +67,7 @@ def run_case_job(job: dict, ctx: JobContext | None = None) -> dict:
     except (KeyboardInterrupt, InterruptedError):
         raise
     except Exception as e:  # a bug: the case fails, the study goes on, the traceback goes to the log
-        import logging
-
-        logging.getLogger("circuitdesk.behaviour").exception("case %s failed", case["name"])
+        log.exception("case %s failed", case["name"])
         out["error"] = f"internal error: {e}"
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
@@ -79,7 +81,7 @@ def _prompt_ids(session) -> list[int]:
 
 
 def _top_token(model, ids: list[int]) -> tuple[int, str, float]:
-    import torch
+    import torch  # deferred: torch loads only when a case runs
 
     with torch.inference_mode():
         logits = model.hf(input_ids=torch.tensor([ids], device=model.device), use_cache=False).logits[0, -1].float()
@@ -103,8 +105,6 @@ def answer_ids(model, answers) -> set[int]:
 
 def session_bytes(session) -> bytes:
     """The session file's bytes (what a remote worker sends back)."""
-    from core.session import save_session
-
     with tempfile.TemporaryDirectory(prefix="circuitdesk-case-") as tmp:
         path = Path(tmp) / "case.cdesk"
         save_session(path, session)

@@ -36,12 +36,14 @@ import numpy as np
 import core
 from core.audit import Suite
 from core.behaviour.aggregate import BehaviourGraph, aggregate
-from core.behaviour.cases import case_job
+from core.behaviour.cases import answer_ids, case_job, loaded
 from core.behaviour.profile import FIXED_KEYS, CaseProfile, profile_of
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
+from core.behaviour.stats import contrast_groups, contrast_paired
 from core.paths import atomic_write
-from core.settings import CORRECT_RULE, CompareSettings
+from core.session import load_session
+from core.settings import COMPARE_SETTINGS, CORRECT_RULE, CompareSettings, suite_keys
 
 FORMAT = "circuitdesk-comparison"
 FORMAT_VERSION = 1
@@ -131,7 +133,7 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
     (default: in this process)."""
     from core.executors import LocalExecutor, executor_for  # deferred: Ray loads only when asked for
 
-    settings = settings or CompareSettings(**_suite_settings(suite))
+    settings = settings or CompareSettings(**suite_settings(suite))
     settings.validate()
     ctx = ctx or JobContext()
     executor = executor or (executor_for(settings) if settings.executor != "local" else LocalExecutor())
@@ -183,10 +185,8 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
     return comparison
 
 
-def _suite_settings(suite: Suite) -> dict:
+def suite_settings(suite: Suite) -> dict:
     """The suite's [compare] table as CompareSettings arguments (unknown keys: one sentence)."""
-    from core.settings import COMPARE_SETTINGS, suite_keys
-
     known = suite_keys(COMPARE_SETTINGS)
     out = {}
     for key, value in suite.compare.items():
@@ -214,8 +214,6 @@ def _spec(suite: Suite, model: str) -> str:
 
 def _record_run(res: dict, folder: Path, version: str, profiles: dict, name: str) -> dict:
     """Save a job's session, read it back through the session checks, and profile it."""
-    from core.session import load_session
-
     run = {k: res.get(k) for k in ("status", "error", "seconds", "result", "command", "correct")}
     run["prediction"], run["probability"] = res.get("prediction") or ["", 0.0]
     run["session"] = None
@@ -231,8 +229,6 @@ def _record_run(res: dict, folder: Path, version: str, profiles: dict, name: str
 
 def _model_facts(folder: Path, records: list[CaseRecord], version: str, spec: str) -> dict:
     """The model's provenance as its sessions recorded it (name, sha256, family, parameters)."""
-    from core.session import load_session
-
     for r in records:
         run = r.runs.get(version, {})
         if run.get("session"):
@@ -244,8 +240,6 @@ def _model_facts(folder: Path, records: list[CaseRecord], version: str, spec: st
 
 # -- one kind of case ------------------------------------------------------------------------------
 def _section(kind, records, profiles, groups, settings: CompareSettings, versions, suite, ctx) -> dict:
-    from core.behaviour.stats import contrast_groups, contrast_paired
-
     method, basis = kind
     names = [r.name for r in records if r.name in profiles["a"] and (profiles["a"][r.name].method,
                                                                      profiles["a"][r.name].basis) == kind]
@@ -328,8 +322,6 @@ def _contrast_json(what, c, cases, mask, settings, groups) -> dict:
 def _edge_changes(pa: list[CaseProfile], pb: list[CaseProfile], settings: CompareSettings) -> list[dict]:
     """Circuit edges gained, lost and changed in score between the versions (edges in either
     version's circuit in at least one case), ranked by the paired test."""
-    from core.behaviour.stats import contrast_paired
-
     edges = sorted(set().union(*(p.present_edges for p in pa), *(p.present_edges for p in pb)))
     if not edges:
         return []
@@ -354,7 +346,7 @@ def _edge_changes(pa: list[CaseProfile], pb: list[CaseProfile], settings: Compar
 def intervention_for(key: str, n_positions: int, start: int = 1):
     """The zero-ablation of a key at every position from ``start`` on (the start token's computation is
     left alone: it is not part of the graph), or None for keys no single unit carries (errors, tokens)."""
-    from core.interventions import Intervention
+    from core.interventions import Intervention  # deferred: torch loads only when a study checks nodes
 
     pos = tuple(range(start, n_positions))
     if key.startswith("L") and ("/N" in key or "/F" in key):
@@ -370,8 +362,6 @@ def intervention_for(key: str, n_positions: int, start: int = 1):
 
 
 def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSettings, groups, ctx) -> list[dict]:
-    from core.behaviour.cases import answer_ids, loaded
-
     out = []
     todo = []
     for what, c, cases, mask in contrasts:  # the top-ranked nodes a single unit carries (not error nodes)
@@ -405,13 +395,13 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
 
 def _case_effect(model, session, key: str, answers: set[int] | None, transcoder_sets: dict) -> dict:
     """What ablating ``key`` does to one case: answer changed, metric change, correctness flip."""
-    import torch
+    import torch  # deferred: torch loads only when a study checks nodes
 
-    from core.interventions import intervene
+    from core.interventions import intervene  # deferred: as torch
 
     tc = None
     if "/F" in key:  # a transcoder feature: the edit needs the graph's transcoders
-        from core.attribution.transcoders import load_transcoders
+        from core.attribution.transcoders import load_transcoders  # deferred: as torch
 
         folder = session.manifest["settings"].get("transcoders")
         if folder not in transcoder_sets:
