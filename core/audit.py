@@ -34,6 +34,7 @@ as ``circuitdesk report`` does.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -86,6 +87,8 @@ class Suite:
     folder: Path  # relative paths in the suite are relative to this
     defaults: dict = field(default_factory=dict)  # applied to the cases whose method has the setting
     compare: dict = field(default_factory=dict)  # the [compare] table: settings of ``circuitdesk compare``
+    path: Path | None = None  # the suite file (None: a suite built in code), and its sha256 when read
+    sha256: str = ""
 
     def case(self, k: int) -> dict:
         """Case ``k`` with the defaults that apply to its method."""
@@ -120,8 +123,9 @@ def load_suite(path: str | Path) -> Suite:
     path = Path(path).expanduser()
     if not path.is_file():
         raise CircuitDeskError(f"The suite file {path} does not exist.")
+    data = path.read_bytes()
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        doc = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise CircuitDeskError(f"{path.name} is not a text file.") from None
     except tomllib.TOMLDecodeError as e:
@@ -161,7 +165,7 @@ def load_suite(path: str | Path) -> Suite:
     return Suite(name=doc.get("name") or path.stem, model=doc.get("model", "default"),
                  device=doc.get("device", "auto"), dtype=doc.get("dtype", "float32"),
                  auditor=doc.get("auditor", ""), cases=merged, folder=path.resolve().parent, defaults=defaults,
-                 compare=compare)
+                 compare=compare, path=path.resolve(), sha256=hashlib.sha256(data).hexdigest())
 
 
 def _check_labels(case: dict, where: str) -> None:

@@ -2,7 +2,8 @@
 
 Node kinds: ``neuron`` (MLP neuron, at ``blocks.{l}.mlp.post``), ``feature`` (transcoder feature:
 the MLP output moves by (new − old activation) × its decoder, at every layer it writes to),
-``head`` (an attention head's output before the output projection), ``error`` (an attribution
+``head`` (an attention head's output before the output projection), ``mlp`` (a whole MLP's output,
+what the block adds to the residual stream), ``error`` (an attribution
 error node: the MLP output minus what the basis reconstructs at that layer and position).
 
 ``freeze`` chooses the model the edit runs in:
@@ -28,7 +29,7 @@ from core.attribution.attribute import frozen_patches, frozen_points
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
 
-KINDS = ("neuron", "feature", "head", "error")
+KINDS = ("neuron", "feature", "head", "mlp", "error")
 MODES = ("zero", "scale", "set")
 FREEZE = ("none", "attention", "replacement")
 
@@ -45,7 +46,7 @@ class Intervention:
     def describe(self) -> str:
         what = {"zero": "zero", "scale": f"×{self.value:g}", "set": f"= {self.value:g}"}[self.mode]
         at = "all positions" if self.positions is None else "pos " + ",".join(map(str, self.positions))
-        idx = "" if self.kind == "error" else f" {self.index}"
+        idx = "" if self.kind in ("error", "mlp") else f" {self.index}"
         return f"{self.kind} L{self.layer}{idx} @ {at}: {what}"
 
     def to_json(self) -> dict:
@@ -106,7 +107,7 @@ def _check(model, iv: Intervention, P: int, transcoders) -> None:
         raise CircuitDeskError(f"{iv.kind.capitalize()} {iv.index} does not exist in layer {iv.layer} (0–{limit - 1}).")
     if iv.positions is not None and any(not 0 <= p < P for p in iv.positions):
         raise CircuitDeskError(f"Positions must lie within the prompt's {P} tokens.")
-    if iv.mode == "set" and iv.kind in ("head", "error"):
+    if iv.mode == "set" and iv.kind in ("head", "mlp", "error"):
         raise CircuitDeskError(f"A {iv.kind} output is a vector; zero or scale it instead of setting a value.")
 
 
@@ -139,6 +140,12 @@ def build_patches(model, interventions: list[Intervention], P: int, live, basis_
                 x[:, pos, iv.index] = _edit(x[:, pos, iv.index], iv.mode, iv.value)
                 return x
             add(f"blocks.{l}.mlp.post" if iv.kind == "neuron" else f"blocks.{l}.attn.z", fn)
+        elif iv.kind == "mlp":
+            def fn(x, iv=iv, pos=pos):
+                x = x.clone()
+                x[:, pos] = _edit(x[:, pos], iv.mode, iv.value)
+                return x
+            add(f"blocks.{l}.mlp_out", fn)
         elif iv.kind == "error":
             if basis_errors is None:
                 raise CircuitDeskError("Error-node interventions need the graph's error vectors.")

@@ -298,7 +298,7 @@ class GraphView:
         if self.kind == "attribution" and CATEGORIES[self.category[node]] == "logit" and isinstance(g, Graph):
             token = g.meta.get("target_tokens", {}).get(str(node))
             if token is not None:
-                return f"{token!r} p={float(g.activation[node]):.2f}"
+                return f"{token!r} p={probability_text(float(g.activation[node]))}"
         return self.labels[node]
 
     def canvas_labels(self, d: "Drawing", notes: dict[int, str] | None = None, k: int = LABELLED_NODES,
@@ -696,3 +696,11 @@ def short_token(token: str, n: int) -> str:
         close = "|>" if t.endswith("|>") else ">"
         return t[: room - len(close) - 1] + "…" + close
     return t if len(t) <= n else t[: n - 1] + "…"
+
+
+def probability_text(p: float) -> str:
+    """A probability in two decimals, or its order of magnitude when it would read as 0
+    (``0.41``, ``4e-03``): a chosen target the model finds unlikely is never shown as "p=0.00"."""
+    if p >= 0.005:
+        return f"{p:.2f}"
+    return f"{p:.0e}" if p > 0 else "0"

@@ -23,7 +23,7 @@ from core.errors import CircuitDeskError
 from core.graph import FEATURE, KIND_NAMES
 from core.jobs import JobContext
 from core.models.catalog import add_model_path, list_models, remove_model_path
-from core.report import build_report, report_atlas
+from core.report import build_comparison_report, build_report, report_atlas
 from core.runs import attribution_session, circuit_session, traced_prompt
 from core.session import load_session, save_session
 from core.settings import (
@@ -31,6 +31,7 @@ from core.settings import (
     ATTRIBUTION_SETTINGS,
     CHAT_SETTINGS,
     CIRCUIT_SETTINGS,
+    COMPARE_SETTINGS,
     PAIR_SOURCE_SETTINGS,
     PLACEMENT_SETTINGS,
     PREDICT_SETTINGS,
@@ -38,6 +39,7 @@ from core.settings import (
     AttributionSettings,
     ChatSettings,
     CircuitSettings,
+    CompareSettings,
     PairSource,
     PlacementSettings,
     add_arguments,
@@ -139,6 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--no-pdf", action="store_true", help="write sessions and summary.json only (faster)")
     audit.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
+    compare = sub.add_parser(
+        "compare", help="behaviour audit: a suite's circuits aggregated, contrasted between groups of cases and "
+                        "between model versions, checked by intervention",
+        description="Run every case of a TOML suite (on the suite's model, and on --model-b when given), merge the "
+                    "cases' graphs into a behaviour graph, contrast two groups of cases (labels, or --groups correct: "
+                    "the model's answer is one of the case's answers) and the two versions with corrected "
+                    "permutation tests, and ablate the top differences across the cases. Settings can also be given "
+                    "in the suite's [compare] table; flags win. Writes DIR/comparison.json, DIR/comparison.pdf and "
+                    "every case's session under DIR/a (and DIR/b).")
+    compare.add_argument("suite", metavar="SUITE.toml", help="the suite file")
+    compare.add_argument("--out", required=True, metavar="DIR", help="folder for the comparison and the sessions")
+    add_arguments(compare, COMPARE_SETTINGS)
+    compare.set_defaults(**{s.name: None for s in COMPARE_SETTINGS})  # not given: the suite's [compare], then the default
+    compare.add_argument("--no-pdf", action="store_true", help="write comparison.json and the sessions only")
+    compare.add_argument("--json", action="store_true", help="print the comparison's summary as one JSON object")
+
     atlas = sub.add_parser("atlas", help="feature atlas: what each neuron / transcoder feature responds to",
                            description="Build a feature atlas from a local corpus (top-activating windows, density, "
                                        "histograms and a label per feature), or show one feature's dashboard.")
@@ -229,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return {"models": cmd_models, "predict": cmd_predict, "trace": cmd_trace, "circuit": cmd_circuit,
-                "export": cmd_export, "report": cmd_report, "audit": cmd_audit, "atlas": cmd_atlas,
+                "export": cmd_export, "report": cmd_report, "audit": cmd_audit, "compare": cmd_compare, "atlas": cmd_atlas,
                 "verify": cmd_verify}[command](args)
     except CircuitDeskError as err:
         log.info("user error: %s", err)
@@ -301,6 +319,50 @@ def cmd_audit(args) -> int:
               f"{Path(args.out) / 'summary.json'}")
     if summary["cases_failed"]:
         print(f"circuitdesk: {summary['cases_failed']} of {n} cases failed (reasons in summary.json).", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import dataclasses
+
+    from core.behaviour.study import _suite_settings, run_study, study_summary
+
+    suite = load_suite(args.suite)
+    from_suite = CompareSettings(**_suite_settings(suite))
+    given = {s.name: getattr(args, s.name) for s in COMPARE_SETTINGS if getattr(args, s.name) is not None}
+    settings = dataclasses.replace(from_suite, **given)
+    if settings.model_b and settings.model_b != "default" and "model_b" in given:
+        settings = dataclasses.replace(settings, model_b=str(Path(settings.model_b).expanduser().resolve()))
+    settings.validate()
+    out = Path(args.out)
+    n = len(suite.cases)
+    versions = 2 if settings.model_b else 1
+    print(f"suite {suite.name!r}: {n} case{'s' * (n != 1)} on {versions} model version{'s' * (versions > 1)}",
+          file=sys.stderr)
+
+    def notify(version, k, record) -> None:
+        run = record.runs[version]
+        what = f"ok, {run['seconds']:.2f} s" if run["status"] == "ok" else f"FAILED: {run['error']}"
+        print(f"[{version.upper()} {k + 1}/{n}] {record.name}: {what}", file=sys.stderr)
+
+    comparison = run_study(suite, out, settings, ctx=JobContext(StderrProgress(enabled=True)), notify=notify)
+    if not args.no_pdf:
+        from desktop.report_pdf import auditor_name, write_pdf  # deferred: Qt loads only to write a PDF
+
+        comparison["folder"] = str(out.resolve())
+        write_pdf(build_comparison_report(comparison, auditor=suite.auditor or auditor_name()), out / "comparison.pdf")
+    summary = study_summary(comparison)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        for line in summary["findings"]:
+            print(line)
+        print(f"{comparison['cases_ok']} of {n} cases ok, {comparison['seconds']:.1f} s; comparison in "
+              f"{out / 'comparison.json'}")
+    if comparison["cases_failed"]:
+        print(f"circuitdesk: {comparison['cases_failed']} of {n} cases failed (reasons in comparison.json).",
+              file=sys.stderr)
         return 1
     return 0
 

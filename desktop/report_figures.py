@@ -1,5 +1,6 @@
 """The report's figures painted as vectors: the circuit graph, heatmaps and line charts
-(``core.report`` figure blocks), for ``desktop.report_pdf``'s page layout."""
+(``core.report`` figure blocks), and a comparison's behaviour graph (``core.report_comparison``), for
+``desktop.report_pdf``'s page layout."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QBrush, QColor, QFont, QFontMetricsF, QPainter, QPainterPath, QPen
 
-from core.report import GraphFigure, Heatmap, LineChart
+from core.report_blocks import GraphFigure, Heatmap, LineChart
+from core.report_comparison import ENDPOINT_COLOUR, UNCOMPARED_COLOUR
 from core.view import NEGATIVE, POSITIVE
 
 DPI = 300
@@ -254,3 +256,217 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     start = math.ceil(lo / step) * step
     return [round(start + k * step, 10) for k in range(int((hi - start) / step + 1e-9) + 1)]
+
+
+# -- the behaviour graph of a comparison ----------------------------------------------------------------
+EDGE_INK = (82, 96, 109)  # behaviour-graph edges: grey, darker and wider the more cases hold them
+NODE_RIM = QColor("#9aa5b1")
+
+
+class BehaviourPainter:
+    """Paints a ``core.report_comparison.BehaviourFigure``: layers bottom to top, nodes coloured by
+    effect size, significant ones outlined, and a legend below the plot."""
+
+    def __init__(self, figures: FigurePainter) -> None:
+        self.f = figures
+
+    def height(self, b) -> float:
+        rows = len(b.y_ticks)
+        plot = min(self.f.h * 0.6, max(0.42 * self.f.w, rows * 16 * PT))
+        return self.title_height() + plot + self.legend_height(b)
+
+    def title_height(self) -> float:
+        return self.f.metrics(self.f.table_bold).height() + 4 * PT
+
+    # the legend: items flowed over lines of the figure's width
+    def legend_items(self, b) -> list[tuple[float, Callable[[QPainter, float, float], None]]]:
+        """(width, paint(painter, x, y of the swatches' centre line)) of each legend entry; the colour
+        bar comes first (its tick values hang below the line)."""
+        fm = self.f.metrics(self.f.small)
+        sw = 12 * PT  # a swatch's width (symbol + gap)
+        items = []
+
+        def text_at(p, x, y, text):
+            p.setFont(self.f.small)
+            p.setPen(GREY)
+            p.drawText(QPointF(x, y + fm.ascent() / 2 - 1 * PT), text)
+
+        if b.scale:
+            bar_w = 110 * PT
+            # a group's label is the user's text: elided so the bar's line fits the page
+            low, high = (fm.elidedText(t, Qt.TextElideMode.ElideRight, 0.22 * self.f.w)
+                         for t in (b.scale_low, b.scale_high))
+            wl, wh = fm.horizontalAdvance(low), fm.horizontalAdvance(high)
+            lo_v, hi_v = b.scale[0][0], b.scale[-1][0]
+
+            def bar(p, x, y):
+                text_at(p, x, y, low)
+                left = x + wl + 4 * PT
+                n = len(b.scale)
+                cell = bar_w / n
+                p.setPen(Qt.PenStyle.NoPen)
+                for k, (_, colour) in enumerate(b.scale):
+                    p.setBrush(QColor(colour))
+                    p.drawRect(QRectF(left + k * cell, y - 3.5 * PT, cell + 0.3, 7 * PT))
+                p.setPen(QPen(GREY, 0.4 * PT))
+                p.setBrush(Qt.BrushStyle.NoBrush)
+                p.drawRect(QRectF(left, y - 3.5 * PT, bar_w, 7 * PT))
+                p.setFont(self.f.small)
+                for val, at in ((lo_v, 0.0), (0.0, 0.5), (hi_v, 1.0)):
+                    t = "0" if val == 0 else f"{'≤ −' if val < 0 else '≥ +'}{abs(val):g}"
+                    tx = left + at * bar_w - fm.horizontalAdvance(t) / 2
+                    p.drawText(QPointF(tx, y + 3.5 * PT + 1 * PT + fm.ascent()), t)
+                text_at(p, left + bar_w + 4 * PT, y, high)
+            items.append((wl + wh + bar_w + 8 * PT, bar))
+            sig_text = f"significant (corrected p ≤ {b.alpha:g})"
+
+            def sig(p, x, y):
+                p.setBrush(QColor("#ffffff"))
+                p.setPen(QPen(INK, 1.6 * PT))
+                p.drawEllipse(QPointF(x + 4 * PT, y), 3.5 * PT, 3.5 * PT)
+                text_at(p, x + sw, y, sig_text)
+            items.append((sw + fm.horizontalAdvance(sig_text), sig))
+            pale = "not tested"
+
+            def untested(p, x, y):
+                p.setBrush(QColor(UNCOMPARED_COLOUR))
+                p.setPen(QPen(NODE_RIM, 0.5 * PT))
+                p.drawEllipse(QPointF(x + 4 * PT, y), 3.5 * PT, 3.5 * PT)
+                text_at(p, x + sw, y, pale)
+            items.append((sw + fm.horizontalAdvance(pale), untested))
+        end = "endpoint (tokens / input, logits)"
+
+        def endpoint(p, x, y):
+            p.setBrush(QColor(ENDPOINT_COLOUR))
+            p.setPen(QPen(QColor("white"), 0.5 * PT))
+            p.drawRect(QRectF(x + 1 * PT, y - 3 * PT, 6 * PT, 6 * PT))
+            text_at(p, x + sw, y, end)
+        items.append((sw + fm.horizontalAdvance(end), endpoint))
+        rec = "edge held by 25% / 100% of the cases"
+
+        def edges(p, x, y):
+            for k, r in enumerate((0.25, 1.0)):
+                p.setPen(QPen(self.edge_colour(r), self.edge_width(r)))
+                p.drawLine(QPointF(x, y - 1.5 * PT + 3 * PT * k), QPointF(x + 14 * PT, y - 1.5 * PT + 3 * PT * k))
+            text_at(p, x + 18 * PT, y, rec)
+        items.append((18 * PT + fm.horizontalAdvance(rec), edges))
+        return items
+
+    def legend_lines(self, b) -> list[list[tuple[float, float, Callable]]]:
+        """The legend's entries flowed over lines of the figure's width: (x, width, paint) each."""
+        gap = 14 * PT
+        lines: list[list] = [[]]
+        x = 0.0
+        for w, paint in self.legend_items(b):
+            if lines[-1] and x + w > self.f.w:
+                lines.append([])
+                x = 0.0
+            lines[-1].append((x, w, paint))
+            x += w + gap
+        return lines
+
+    def legend_height(self, b) -> float:
+        return sum(self.line_height(b, k) for k in range(len(self.legend_lines(b)))) + 6 * PT
+
+    def line_height(self, b, k: int) -> float:
+        """Line ``k`` of the legend: the first holds the colour bar and its ticks when there is one."""
+        fm = self.f.metrics(self.f.small)
+        return (8 * PT + 2 * fm.height() if k == 0 and b.scale else fm.height() + 4 * PT)
+
+    @staticmethod
+    def edge_colour(rec: float) -> QColor:
+        return QColor(*EDGE_INK, int(25 + 95 * min(max(rec, 0.0), 1.0)))
+
+    @staticmethod
+    def edge_width(rec: float) -> float:
+        return (0.2 + 0.7 * min(max(rec, 0.0), 1.0)) * PT
+
+    def paint(self, p: QPainter, r: QRectF, b) -> None:
+        fm = self.f.metrics(self.f.small)
+        tfm = self.f.metrics(self.f.table_bold)
+        p.setFont(self.f.table_bold)
+        p.setPen(INK)
+        p.drawText(QPointF(r.left(), r.top() + tfm.ascent()), b.title)
+        left = max(fm.horizontalAdvance(t) for _, t in b.y_ticks) + 8 * PT
+        top = r.top() + self.title_height()
+        legend_h = self.legend_height(b)
+        plot = QRectF(r.left() + left, top, r.width() - left - 2 * PT, r.bottom() - legend_h - top)
+        span = max(float(np.abs(b.x).max()) if len(b.x) else 0.0, 2.0) + 0.7
+        x_lo, x_hi = -span, span
+        y_lo, y_hi = min(t for t, _ in b.y_ticks) - 0.6, max(t for t, _ in b.y_ticks) + 0.6
+        sx = lambda v: plot.left() + (v - x_lo) / (x_hi - x_lo) * plot.width()  # noqa: E731
+        sy = lambda v: plot.bottom() - (v - y_lo) / (y_hi - y_lo) * plot.height()  # noqa: E731
+        row_h = plot.height() / (y_hi - y_lo)
+        col_w = plot.width() / (x_hi - x_lo)
+        r_max = min(6.5 * PT, 0.3 * row_h, 0.42 * col_w)
+        r_min = min(1.8 * PT, r_max)
+        radius = np.maximum(r_min, r_max * np.asarray(b.size, float))
+        p.setPen(QPen(RULE, 0.5 * PT))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.drawRect(plot)
+        p.setFont(self.f.small)
+        step = max(1, math.ceil(len(b.y_ticks) * fm.height() / plot.height()))
+        for k, (v, text) in enumerate(b.y_ticks):
+            if k % step and k != len(b.y_ticks) - 1:
+                continue
+            y = sy(v)
+            p.setPen(QPen(QColor("#eef0f2"), 0.4 * PT))
+            p.drawLine(QPointF(plot.left(), y), QPointF(plot.right(), y))
+            p.setPen(GREY)
+            p.drawText(QPointF(plot.left() - 4 * PT - fm.horizontalAdvance(text), y + fm.ascent() / 2 - 1 * PT), text)
+        # edges: the rarest first, one path per band of recurrence
+        rec = np.asarray(b.recurrence, float)
+        for lo, hi in ((0.0, 0.4), (0.4, 0.7), (0.7, 1.01)):
+            sel = np.flatnonzero((rec >= lo) & (rec < hi))
+            if not len(sel):
+                continue
+            mid = float(rec[sel].mean())
+            path = QPainterPath()
+            for e in sel:
+                s, t = int(b.src[e]), int(b.dst[e])
+                a, z = QPointF(sx(b.x[s]), sy(b.y[s])), QPointF(sx(b.x[t]), sy(b.y[t]))
+                path.moveTo(a)
+                if b.y[s] == b.y[t]:  # within a layer (a head into its layer's MLP): an arc, not a line through
+                    bend = min(0.45 * row_h, 0.25 * abs(z.x() - a.x()) + 4 * PT)  # the nodes between them
+                    path.quadTo(QPointF((a.x() + z.x()) / 2, a.y() - 2 * bend), z)
+                else:
+                    path.lineTo(z)
+            p.setPen(QPen(self.edge_colour(mid), self.edge_width(mid)))
+            p.setBrush(Qt.BrushStyle.NoBrush)
+            p.drawPath(path)
+        # nodes
+        boxes: list[QRectF] = []
+        for k in range(len(b.x)):
+            c = QPointF(sx(b.x[k]), sy(b.y[k]))
+            rad = float(radius[k])
+            p.setBrush(QBrush(QColor(b.colour[k])))
+            if b.outline[k]:
+                p.setPen(QPen(INK, 1.6 * PT))
+            else:
+                p.setPen(QPen(QColor("white") if b.square[k] else NODE_RIM, 0.5 * PT))
+            if b.square[k]:
+                p.drawRect(QRectF(c.x() - rad, c.y() - rad, 2 * rad, 2 * rad))
+            else:
+                p.drawEllipse(c, rad, rad)
+            boxes.append(QRectF(c.x() - rad, c.y() - rad, 2 * rad, 2 * rad))
+        # names: below the node, else above it; one that would cover a node or a name is left out
+        p.setFont(self.f.small)
+        taken = list(boxes)
+        for k, text in b.labels.items():
+            w = fm.horizontalAdvance(text) + 2 * PT
+            cx, cy, rad = sx(b.x[k]), sy(b.y[k]), float(radius[k])
+            for top_y in (cy + rad + 0.5 * PT, cy - rad - 0.5 * PT - fm.height()):
+                box = QRectF(cx - w / 2, top_y, w, fm.height())
+                if not plot.contains(box) or any(box.intersects(o) for i, o in enumerate(taken) if i != k):
+                    continue
+                taken.append(box)
+                p.fillRect(box, QColor(255, 255, 255, 210))
+                p.setPen(INK)
+                p.drawText(QPointF(box.left() + 1 * PT, box.top() + fm.ascent()), text)
+                break
+        # legend
+        y = plot.bottom() + 5 * PT
+        for k, line in enumerate(self.legend_lines(b)):
+            for x, _, paint in line:
+                paint(p, r.left() + x, y + max(3.5 * PT, fm.height() / 2))
+            y += self.line_height(b, k)

@@ -24,9 +24,10 @@ from PySide6.QtGui import (QColor, QFont, QFontMetricsF, QGuiApplication, QPageL
 
 from core.errors import CircuitDeskError
 from core.paths import atomic_write
-from core.report import (Contents, Facts, FeatureExamples, GraphFigure, Heading, Heatmap, LineChart, PageBreak,
-                         Paragraph, Report, Snippet, Table)
-from desktop.report_figures import DPI, GREY, HEADER_BG, INK, PT, RULE, FigurePainter
+from core.report_blocks import (Contents, Facts, FeatureExamples, GraphFigure, Heading, Heatmap, LineChart, PageBreak,
+                                Paragraph, Report, Snippet, Table)
+from core.report_comparison import BehaviourFigure
+from desktop.report_figures import DPI, GREY, HEADER_BG, INK, PT, RULE, BehaviourPainter, FigurePainter
 
 MARGIN_MM = 16
 SANS = ["DejaVu Sans", "Noto Sans", "Liberation Sans", "Helvetica", "Arial"]
@@ -178,6 +179,7 @@ class _Renderer:
         self.footer_h = 12 * PT
         self.contents: list[tuple[str, int, int]] = []  # (title, level, page), filled after layout
         self.figures = FigurePainter(self.small, self.table_bold, self.w, self.h, self.metrics)
+        self.behaviour = BehaviourPainter(self.figures)
 
     # -- text helpers ----------------------------------------------------------------------------
     def check_cancelled(self) -> None:
@@ -238,6 +240,7 @@ class _Renderer:
                     title = f"{numbers[0]}.{numbers[1]}  {block.text}"
                 font = self.h1 if block.level == 1 else self.h2
                 fm = self.metrics(font)
+                title = fm.elidedText(title, Qt.TextElideMode.ElideRight, self.w)  # one line, never past the margin
 
                 def paint(p, x, y, title=title, font=font, fm=fm, level=block.level):
                     p.setFont(font)
@@ -266,6 +269,8 @@ class _Renderer:
                 out += self.figure(block, self.figures.graph_height(block), self.figures.paint_graph, block.caption)
             elif isinstance(block, Heatmap):
                 out += self.figure(block, self.figures.heatmap_height(block), self.figures.paint_heatmap, block.caption)
+            elif isinstance(block, BehaviourFigure):
+                out += self.figure(block, self.behaviour.height(block), self.behaviour.paint, block.caption)
             elif isinstance(block, LineChart):
                 out += self.figure(block, 0.42 * self.w, self.figures.paint_chart, block.caption)
             elif isinstance(block, Contents):
@@ -418,8 +423,11 @@ class _Renderer:
             paint_fn(p, QRectF(x, y, self.w, height), block)
             p.restore()
         pieces = [_Piece(height, paint, gap=8 * PT, keep_with_next=bool(caption))]
-        if caption:
-            pieces += self.text_pieces(caption, self.caption, GREY, gap=3 * PT)
+        if caption:  # a figure and its whole caption stay on one page
+            lines = self.text_pieces(caption, self.caption, GREY, gap=3 * PT)
+            for line in lines[:-1]:
+                line.keep_with_next = True
+            pieces += lines
         return pieces
 
     def contents_pieces(self) -> list[_Piece]:
@@ -443,6 +451,8 @@ class _Renderer:
                 p.setPen(INK if level == 1 else GREY)
                 indent = 0 if level == 1 else 14 * PT
                 num = str(page)
+                room = self.w - indent - self.metrics(font).horizontalAdvance(num) - 8 * PT
+                text = self.metrics(font).elidedText(text, Qt.TextElideMode.ElideRight, room)
                 p.drawText(QPointF(x + indent, y + fm.ascent()), text)
                 p.drawText(QPointF(x + self.w - self.metrics(font).horizontalAdvance(num), y + fm.ascent()), num)
                 left = x + indent + self.metrics(font).horizontalAdvance(text) + 4 * PT

@@ -57,7 +57,7 @@ class BehaviourGraph:
         keep = self.recurrence >= self.min_recurrence
         index = {k: i for i, k in enumerate(self.keys)}
         for s, d in self.edges:
-            keep[index[s]] = keep[index[d]] = True
+            keep[index[s]] = keep[index[node_of(d)]] = True
         return np.flatnonzero(keep)
 
     def node_rows(self, idx=None) -> list[dict]:
@@ -73,6 +73,11 @@ class BehaviourGraph:
                 for (s, d), c, r, m in zip(self.edges, self.edge_present.sum(0), rec, mean)]
 
 
+def node_of(key: str) -> str:
+    """The node an edge's endpoint belongs to: a head's q/k/v input (``a3.h1<q>``) is the head."""
+    return key.split("<", 1)[0]
+
+
 def aggregate(profiles: list[CaseProfile], n_layers: int, min_recurrence: float = MIN_RECURRENCE) -> BehaviourGraph:
     """Merge the profiles of one method and basis into a behaviour graph."""
     if not profiles:
@@ -83,7 +88,8 @@ def aggregate(profiles: list[CaseProfile], n_layers: int, min_recurrence: float 
     if not 0.0 < min_recurrence <= 1.0:
         raise CircuitDeskError(f"The minimum recurrence must be in (0, 1] (got {min_recurrence}).")
     method, basis = kinds.pop()
-    seen = sorted(set().union(*(p.present for p in profiles)))
+    # attribution: the keys some case's pruned graph holds; circuits: every node (each case scores them all)
+    seen = sorted(set().union(*(p.present for p in profiles)) if method == "attribution" else profiles[0].nodes)
     values = np.array([[p.nodes.get(k, 0.0) for k in seen] for p in profiles], dtype=np.float64).reshape(len(profiles), -1)
     order = sorted(range(len(seen)), key=lambda i: (key_layer(seen[i], n_layers), -abs(values[:, i].mean()), seen[i]))
     keys = tuple(seen[i] for i in order)

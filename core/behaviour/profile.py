@@ -9,8 +9,11 @@ Keys (``node_key``):
   influence on the logits (circuit-tracer's influence in the full graph, the one pruning ranks by);
   it is *present* in a case when one of its nodes survives pruning.
 * component circuits: the circuit's own node names (``input``, ``a{l}.h{h}``, ``m{l}``, ``logits``); a
-  node's value is its node score (the sum of its outgoing edge scores), present when a circuit edge
-  touches it. Edges keep their names (``a3.h1->m5``): value the edge score, present in the circuit.
+  node's value is the magnitude of its node score (the sum of its outgoing edge scores), present when
+  a circuit edge touches it. Edges keep their names (``a3.h1->m5``): value the edge score's magnitude,
+  present in the circuit. Magnitudes, because a score's sign follows the pair (which answer the
+  corruption favours) while how much a component matters is what cases share; a head that matters
+  four times as much in one version then differs consistently, whichever way each pair pushes.
 
 Edges of attribution graphs are summed over positions by (source key, destination key), from the
 pruned graph only (the full graph holds millions).
@@ -22,9 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT
+from core.graph import EMBEDDING, ERROR, FEATURE
 
 TOKENS, LOGITS = "tokens", "logits"
+FIXED_KEYS = (TOKENS, LOGITS, "input")  # the graph's endpoints: always there, never compared
 
 
 @dataclass
@@ -42,7 +46,7 @@ class CaseProfile:
     probability: float = 0.0  # its probability
     target: str = ""  # what the graph explains (attribution) / the answer of the first pair (circuit)
     basis: str = ""  # attribution: "neurons" or the transcoder set's name; circuit: ""
-    labels: dict[str, str] = field(default_factory=dict)  # the case's group labels
+    session: object = None  # the case's Session (the checks read its token ids, targets and pairs)
 
 
 def node_key(layer: int, kind: int, index: int, unit: str) -> str:
@@ -83,7 +87,7 @@ def attribution_profile(session, name: str = "", prediction: tuple[str, float] =
     targets = session.manifest.get("targets") or [{}]
     basis = g.meta.get("basis", "neurons")
     return CaseProfile(name, "attribution", nodes, present, edges, frozenset(edges), prediction[0],
-                       float(prediction[1]), str(targets[0].get("token", "")), str(basis))
+                       float(prediction[1]), str(targets[0].get("token", "")), str(basis), session)
 
 
 def circuit_profile(session, name: str = "", prediction: tuple[str, float] = ("", 0.0)) -> CaseProfile:
@@ -93,16 +97,16 @@ def circuit_profile(session, name: str = "", prediction: tuple[str, float] = (""
     names = g.node_names
     scores = g.node_scores(r.scores)
     inside = g.nodes_in(r.circuit)
-    nodes = {n: float(s) for n, s in zip(names, scores.astype(np.float64))}
+    nodes = {n: abs(float(s)) for n, s in zip(names, scores.astype(np.float64))}
     present = frozenset(n for n, i in zip(names, inside) if i)
     src, dst = np.nonzero(g.edge_mask)
     dst_names = g.destination_names
     src_names = g.source_names
-    edges = {(src_names[s], dst_names[d]): float(r.scores[s, d]) for s, d in zip(src, dst)}
+    edges = {(src_names[s], dst_names[d]): abs(float(r.scores[s, d])) for s, d in zip(src, dst)}
     present_edges = frozenset((src_names[s], dst_names[d]) for s, d in zip(*np.nonzero(r.circuit)))
     answer = (r.pairs[0].get("answer_text") or [""])[0] if r.pairs else ""
     return CaseProfile(name, "circuit", nodes, present, edges, present_edges, prediction[0], float(prediction[1]),
-                       str(answer))
+                       str(answer), "", session)
 
 
 def profile_of(session, name: str = "", prediction: tuple[str, float] = ("", 0.0)) -> CaseProfile:

@@ -213,3 +213,11 @@ def test_nearest_segment_measures_to_the_segment_not_the_line():
     i, dist = nearest_segment(13.0, 4.0, x0, y0, x1, y1)  # past the end: distance to the end point
     assert i == 0 and dist == pytest.approx(5.0)
     assert nearest_segment(0.0, 0.0, x0[:0], y0[:0], x1[:0], y1[:0]) == (-1, float("inf"))
+
+
+def test_an_unlikely_targets_probability_is_never_printed_as_zero():
+    from core.view import probability_text
+
+    assert probability_text(0.41) == "0.41" and probability_text(0.005) == "0.01"
+    assert probability_text(0.0042) == "4e-03" and probability_text(3.2e-7) == "3e-07"
+    assert probability_text(0.0) == "0"
