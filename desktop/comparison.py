@@ -60,13 +60,16 @@ from core.behaviour.browse import (
 from core.behaviour.layout import behaviour_layout
 from core.behaviour.study import FIXED_KEYS, load_comparison
 from core.errors import CircuitDeskError
+from core.report_comparison import EFFECT_SCALE, ENDPOINT_COLOUR, UNCOMPARED_COLOUR
+from core.report_comparison import effect_colour as report_colour
 from desktop.runs import GRAPH_TAB
 
 TABLE, GRAPH, WINDOW = "table", "graph", "window"  # the views, as sources of a change
-EFFECT_LIMIT = 2.0  # the colour scale saturates at this effect size (Hedges' g / d_z): a very large effect
-DIVERGING = pg.ColorMap([0.0, 0.25, 0.5, 0.75, 1.0],
-                        [(33, 102, 172), (103, 169, 207), (247, 247, 247), (239, 138, 98), (178, 24, 43)])
-NOT_COMPARED = QColor("#b4b8bf")  # endpoints, and nodes the contrast did not test or rank
+# The comparison report's colours (core.report_comparison), so the window and the PDF read alike: the
+# effect size saturates at ±EFFECT_SCALE, blue where a node is higher in A, red where higher in B (the
+# workbench's colours of a positive and a negative edge), pale grey where there is no effect size.
+DIVERGING = pg.ColorMap(np.linspace(0.0, 1.0, 21), [report_colour(t) for t in np.linspace(-1.0, 1.0, 21)])
+MAX_EDGES = 300  # edges drawn: the most recurrent (then the strongest); a real model's graph holds thousands
 SIGNIFICANT_PEN = pg.mkPen("#111111", width=2.6)  # a significant difference: a dark ring
 PLAIN_PEN = pg.mkPen("#6b7280", width=0.8)
 SELECTED_PEN = ("#f59e0b", 3.0)  # the selected node: an amber ring around it
@@ -78,19 +81,19 @@ SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 KEY_ROLE = Qt.ItemDataRole.UserRole + 2
 
 
-def effect_colour(effect: float | None) -> QColor:
-    """Blue: lower in A than in B, red: higher, white: no difference; grey: not compared."""
-    if effect is None:
-        return QColor(NOT_COMPARED)
-    t = 0.5 + 0.5 * float(np.clip(effect / EFFECT_LIMIT, -1.0, 1.0))
-    return DIVERGING.map(t, mode="qcolor")
+def effect_colour(effect: float | None, endpoint: bool = False) -> QColor:
+    """Blue: higher in A than in B, red: lower, white: no difference; pale grey: no effect size (dark
+    grey: a graph endpoint, never compared)."""
+    if endpoint:
+        return QColor(ENDPOINT_COLOUR)
+    return QColor(UNCOMPARED_COLOUR if effect is None else report_colour(effect / EFFECT_SCALE))
 
 
 # -- the ranked differences ------------------------------------------------------------------------
 class DifferencesModel(QAbstractTableModel):
     """The chosen contrast's ranked rows: rank, node, means, difference, effect size, corrected p, ✓."""
 
-    HEADERS = ("#", "Node", "Mean A", "Mean B", "Difference", "Effect size", "Corrected p", "Significant")
+    HEADERS = ("#", "Node", "Mean A", "Mean B", "Difference", "Effect size", "Corrected p", "Sig.")
 
     def __init__(self) -> None:
         super().__init__()
@@ -120,7 +123,7 @@ class DifferencesModel(QAbstractTableModel):
                     5: "Effect size: Hedges' g between groups, d_z between paired model versions "
                        "(positive: higher in A); the drawing's colour",
                     6: "p-value of the permutation test, corrected for the number of nodes compared",
-                    7: "Corrected p at most the study's α"}.get(section)
+                    7: "Significant: the corrected p at most the study's α"}.get(section)
         return None
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
@@ -230,7 +233,8 @@ class BehaviourPlot(QWidget):
         self.state = state
         self.refresh_counts: dict[str, int] = {}
         self.drawn_nodes = []  # core.behaviour.layout.DrawnNode, in the scatter's order
-        self.drawn_edges = []
+        self.drawn_edges = []  # the edges drawn (the most recurrent of all_edges)
+        self.all_edges = []  # core.behaviour.layout.DrawnEdge between the drawn nodes
         self.plot = pg.PlotWidget(background="w")
         self.plot.setMenuEnabled(False)
         self.plot.hideButtons()
@@ -242,13 +246,8 @@ class BehaviourPlot(QWidget):
         left.setTextPen("#222")
         left.setPen("#888")
         left.setLabel("layer", color="#222")
-        self.edges = QGraphicsPathItem()
-        pen = QPen(QColor(100, 116, 139, 110))
-        pen.setCosmetic(True)
-        pen.setWidthF(1.2)
-        self.edges.setPen(pen)
-        self.edges.setZValue(-10)
-        self.plot.addItem(self.edges)
+        self.edges = self._path_item(QColor(100, 116, 139, 90), 1.0, -10)
+        self.focus_edges = self._path_item(QColor(17, 24, 39, 200), 1.6, -5)  # the selected node's own
         self.nodes = pg.ScatterPlotItem(pxMode=True, hoverable=True, tip=self._tip, hoverPen=pg.mkPen("#111", width=2))
         self.nodes.sigClicked.connect(self._clicked)
         self.plot.addItem(self.nodes)
@@ -263,7 +262,7 @@ class BehaviourPlot(QWidget):
         self.labels: list[pg.TextItem] = []
         self._label_font = QFont()
         self._label_font.setPointSize(8)
-        self.colorbar = pg.ColorBarItem(values=(-EFFECT_LIMIT, EFFECT_LIMIT), colorMap=DIVERGING, width=12,
+        self.colorbar = pg.ColorBarItem(values=(-EFFECT_SCALE, EFFECT_SCALE), colorMap=DIVERGING, width=12,
                                         interactive=False)
         self.colorbar.axis.setTextPen("#222")
         pi.layout.addItem(self.colorbar, 2, 5)
@@ -281,6 +280,25 @@ class BehaviourPlot(QWidget):
         layout.addWidget(self.legend)
         state.subscribe(self.on_change)
 
+    def _path_item(self, colour: QColor, width: float, z: float) -> QGraphicsPathItem:
+        item = QGraphicsPathItem()
+        pen = QPen(colour)
+        pen.setCosmetic(True)
+        pen.setWidthF(width)
+        item.setPen(pen)
+        item.setZValue(z)
+        self.plot.addItem(item)
+        return item
+
+    def _edge_path(self, edges) -> QPainterPath:
+        if not edges:
+            return QPainterPath()
+        xs, ys = np.empty(2 * len(edges)), np.empty(2 * len(edges))
+        nodes = self.drawn_nodes
+        xs[0::2], xs[1::2] = [nodes[e.src].x for e in edges], [nodes[e.dst].x for e in edges]
+        ys[0::2], ys[1::2] = [nodes[e.src].y for e in edges], [nodes[e.dst].y for e in edges]
+        return pg.arrayToQPath(xs, ys, connect="pairs")
+
     # -- state -> view ----------------------------------------------------------------------------
     def on_change(self, change: Change) -> None:
         self._count(change.what)
@@ -296,7 +314,7 @@ class BehaviourPlot(QWidget):
     def _draw_all(self) -> None:
         s, st = self.state.section_data, self.state
         if s is None:
-            self.drawn_nodes, self.drawn_edges = [], []
+            self.drawn_nodes, self.drawn_edges, self.all_edges = [], [], []
             self.nodes.setData([])
             self.edges.setPath(QPainterPath())
             self.caption.setText("")
@@ -305,23 +323,18 @@ class BehaviourPlot(QWidget):
             return
         contrast = st.contrast_data
         nodes, edges = behaviour_layout(s, st.version, contrast, max_per_layer=PER_LAYER)
-        self.drawn_nodes, self.drawn_edges = nodes, edges
+        self.drawn_nodes, self.all_edges = nodes, edges
+        self.drawn_edges = sorted(edges, key=lambda e: (-e.recurrence, -abs(e.mean)))[:MAX_EDGES]
         x = np.array([n.x for n in nodes], dtype=float)
         y = np.array([n.y for n in nodes], dtype=float)
-        if edges:
-            xs, ys = np.empty(2 * len(edges)), np.empty(2 * len(edges))
-            xs[0::2], xs[1::2] = x[[e.src for e in edges]], x[[e.dst for e in edges]]
-            ys[0::2], ys[1::2] = y[[e.src for e in edges]], y[[e.dst for e in edges]]
-            self.edges.setPath(pg.arrayToQPath(xs, ys, connect="pairs"))
-        else:
-            self.edges.setPath(QPainterPath())
+        self.edges.setPath(self._edge_path(self.drawn_edges))
         fixed = np.array([n.key in FIXED_KEYS for n in nodes], dtype=bool)
         means = np.array([abs(n.mean) for n in nodes], dtype=float)
         top = means[~fixed].max() if (~fixed).any() and means[~fixed].max() > 0 else 1.0
         self._fixed, self._influence = fixed, np.sqrt(np.clip(means / top, 0, 1))
         self.nodes.setData(x=x, y=y, data=[n.key for n in nodes], size=self._sizes(),
                            symbol=["s" if f else "o" for f in fixed],
-                           brush=[pg.mkBrush(effect_colour(n.effect)) for n in nodes],
+                           brush=[pg.mkBrush(effect_colour(n.effect, f)) for n, f in zip(nodes, fixed)],
                            pen=[SIGNIFICANT_PEN if n.significant else PLAIN_PEN for n in nodes])
         ax = self.plot.getAxis("left")
         first = "input" if s["method"] == "circuit" else "tokens"
@@ -337,11 +350,12 @@ class BehaviourPlot(QWidget):
         else:
             a, b = contrast["label_a"], contrast["label_b"]
             self.legend.setText(
-                f"<span style='color:#b2182b'>●</span> red: higher in {a} than in {b} · "
-                f"<span style='color:#2166ac'>●</span> blue: lower in {a} · "
-                f"<span style='color:#9ca3af'>●</span> grey: no effect size (graph endpoints, untested or unranked nodes) · "
-                f"dark ring: significant (corrected p ≤ {fmt(contrast['alpha'], 'g')}) · "
-                "size: mean influence · hover a node for its figures")
+                f"<span style='color:{report_colour(1.0)}'>●</span> blue: higher in {a} than in {b} · "
+                f"<span style='color:{report_colour(-1.0)}'>●</span> red: higher in {b} · "
+                f"<span style='color:{UNCOMPARED_COLOUR}'>●</span> pale grey: no effect size (untested, or beyond the "
+                f"ranked rows) · <span style='color:{ENDPOINT_COLOUR}'>■</span> endpoints, never compared · "
+                f"dark ring: significant (corrected p ≤ {fmt(contrast['alpha'], 'g')}) · size: mean influence · "
+                "hover a node for its figures")
         self._draw_selection()
 
     def _sizes(self) -> np.ndarray:
@@ -367,14 +381,22 @@ class BehaviourPlot(QWidget):
         contrast = st.contrast_data
         text = (f"Behaviour graph of {VERSION_NAMES[st.version]} over {len(graph['cases'])} cases: "
                 f"{len(self.drawn_nodes)} nodes (at most {PER_LAYER} a layer, the most influential, plus every significant "
-                f"one), {len(self.drawn_edges)} edges recurring in ≥ {fmt(graph.get('min_recurrence'), '.0%')} of cases")
+                f"one); {self._edges_text()} recurring in ≥ {fmt(graph.get('min_recurrence'), '.0%')} of cases")
         if contrast is not None and contrast["what"] == "groups" and st.version == "b":
             text += "; coloured by the groups contrast, which was measured on model A"
         return text + "."
 
+    def _edges_text(self) -> str:
+        shown, every = len(self.drawn_edges), len(self.all_edges)
+        if shown == every:
+            return f"{every:,} edges"
+        return f"the {shown} most recurrent of {every:,} edges (select a node for all of its own)"
+
     def _draw_selection(self) -> None:
         key = self.state.selected
         i = next((i for i, n in enumerate(self.drawn_nodes) if n.key == key), None)
+        own = [] if i is None else [e for e in self.all_edges if i in (e.src, e.dst)]
+        self.focus_edges.setPath(self._edge_path(own))
         if i is None:
             self.ring.setData([])
         else:
@@ -405,7 +427,8 @@ class BehaviourPlot(QWidget):
         sizes = self.nodes.data["size"] if len(self.nodes.data) == len(nodes) else np.full(len(nodes), 16.0)
         for i in sorted(named):
             n = nodes[i]
-            t = pg.TextItem(n.key, color="#7c2d12" if i == selected else "#222")
+            t = pg.TextItem(n.key, color="#7c2d12" if i == selected else "#222",
+                            fill=pg.mkBrush(255, 255, 255, 190))  # readable over the edges
             t.setFont(self._label_font)
             # clear of the node (and of the selection's ring) by a few pixels: above it, or under it for
             # the tokens (input), whose edges all go up

@@ -221,9 +221,10 @@ def checks_lines(state: ComparisonState, key: str | None) -> list[str]:
                 "contrast; circuitdesk compare --checks sets how many)."]
     out = []
     for chk in found:
-        why = "a significant difference" if chk["significant"] else "a top-ranked difference (none was significant)"
+        p = f" {fmt(chk['p_adjusted'])}" if isinstance(chk.get("p_adjusted"), (int, float)) else ""
+        why = f"{'significant' if chk['significant'] else 'not significant'}, corrected p{p or ' —'}"
         out.append(f"{chk['intervention'].capitalize()} on {VERSION_NAMES.get(chk['model'], chk['model'])} "
-                   f"({chk['contrast']} contrast; checked as {why}):")
+                   f"({chk['contrast']} contrast; one of its top-ranked differences, {why}):")
         for group, v in chk["groups"].items():
             metric = "Δp(target)" if v.get("metric") == "probability" else "Δ logit difference"
             line = (f"    {group} — {v['cases']} cases: answer changed in {fmt(v['answer_changed'], '.0%')}, "

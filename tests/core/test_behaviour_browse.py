@@ -44,7 +44,7 @@ def contrast(what, rows):
 
 
 def check(key, what, model):
-    return {"key": key, "contrast": what, "model": model, "significant": False,
+    return {"key": key, "contrast": what, "model": model, "significant": False, "p_adjusted": 0.4,
             "intervention": "zero-ablation at every position but the start token",
             "groups": {"all cases": {"cases": 4, "answer_changed": 0.25, "metric": "probability", "mean_delta": -0.01,
                                      "sd_delta": 0.02, "correct_to_wrong": 0.0, "wrong_to_correct": 0.0}}}
@@ -131,7 +131,8 @@ def test_rows_and_checks_of_a_node(comparison):
     state.choose_contrast(1)
     assert [(c["contrast"], c["model"]) for c in state.checks("L1/N2")] == [("versions", "b"), ("groups", "a")]
     lines = checks_lines(state, "L1/N2")
-    assert lines[0].startswith("Zero-ablation at every position but the start token on model B (versions contrast")
+    assert lines[0] == ("Zero-ablation at every position but the start token on model B (versions contrast; one of its "
+                        "top-ranked differences, not significant, corrected p 0.4):")
     assert "all cases — 4 cases: answer changed in 25%, mean Δp(target) -0.010 (sd 0.020)" in lines[1]
     assert checks_lines(state, "L0/N1")[0].startswith("L0/N1 was not checked by intervention (the study checks the top 1")
 

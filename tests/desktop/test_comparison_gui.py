@@ -20,6 +20,8 @@ from PySide6.QtWidgets import QApplication, QFileDialog
 from core.behaviour.browse import SELECTION, contrast_title, section_title
 from core.behaviour.layout import behaviour_layout
 from core.behaviour.study import FIXED_KEYS, load_comparison
+from core.report_comparison import EFFECT_SCALE
+from core.report_comparison import effect_colour as report_colour
 from desktop.app import MainWindow
 from desktop.comparison import KEY_ROLE, PER_LAYER, PLAIN_PEN, SIGNIFICANT_PEN, SORT_ROLE
 
@@ -98,7 +100,7 @@ def test_open_comparison_shows_header_selectors_differences_and_graph_without_a_
     groups = section["contrasts"][0]
     assert table_keys(cw) == [r["key"] for r in groups["rows"]]  # ranked as in the file
     headers = [cw.table.model().headerData(i, Qt.Orientation.Horizontal) for i in range(8)]
-    assert headers == ["#", "Node", "Mean x", "Mean y", "Difference", "Effect size", "Corrected p", "Significant"]
+    assert headers == ["#", "Node", "Mean x", "Mean y", "Difference", "Effect size", "Corrected p", "Sig."]
     drawn, _ = behaviour_layout(section, "a", groups, PER_LAYER)
     assert [p.data() for p in cw.plot.nodes.points()] == [n.key for n in drawn]
     assert cw.version_tools["b"].isVisible() and cw.version_tools["a"].isChecked()
@@ -121,6 +123,9 @@ def test_table_and_graph_select_each_other_once_each_way(qtbot, main, monkeypatc
     click_row(qtbot, table, row)
     assert cw.state.selected == keys[row]
     assert ring_at(plot) == [plot.node_position(keys[row])]
+    at = [n.key for n in plot.drawn_nodes].index(keys[row])
+    own = [e for e in plot.all_edges if at in (e.src, e.dst)]
+    assert own and plot.focus_edges.path().elementCount() == 2 * len(own)  # its own edges, drawn forward
     assert plot.refresh_counts.get(SELECTION, 0) == before_plot.get(SELECTION, 0) + 1  # one refresh of the drawing
     assert table.refresh_counts.get(SELECTION, 0) == before_table.get(SELECTION, 0)  # none bounced back
     assert keys[row] in [t.toPlainText() for t in plot.labels]
@@ -207,8 +212,9 @@ def test_contrast_section_and_model_b_selectors(qtbot, main, monkeypatch, compar
 
 
 def test_colours_rings_and_sizes_of_the_drawing(qtbot, main, monkeypatch, comparison_dir, tmp_path):
-    """Colour = effect size (red higher in A, blue lower, grey not compared), a dark ring = significant,
-    size = mean influence: on a copy of the comparison with two rows made a clear difference each way."""
+    """Colour = effect size as the PDF report draws it (blue higher in A, red higher in B, grey not
+    compared), a dark ring = significant, size = mean influence: on a copy of the comparison with two
+    rows made a clear difference each way."""
     folder = copy_of(comparison_dir, tmp_path)
     doc = json.loads((folder / "comparison.json").read_text(encoding="utf-8"))
     section = doc["sections"][0]
@@ -221,19 +227,19 @@ def test_colours_rings_and_sizes_of_the_drawing(qtbot, main, monkeypatch, compar
     (folder / "comparison.json").write_text(json.dumps(doc), encoding="utf-8")
     cw = open_via_menu(qtbot, main, monkeypatch, folder)
     spots = {p.data(): p for p in cw.plot.nodes.points()}
-    red, blue = spots[up["key"]].brush().color(), spots[down["key"]].brush().color()
-    assert red.red() > red.blue() + 60 and blue.blue() > blue.red() + 60
+    blue, red = spots[up["key"]].brush().color(), spots[down["key"]].brush().color()
+    assert blue.blue() > blue.red() + 60 and red.red() > red.blue() + 60
+    assert (blue.name(), red.name()) == (report_colour(1.5 / EFFECT_SCALE), report_colour(-1.5 / EFFECT_SCALE))
     for key in FIXED_KEYS:
         if key in spots:
-            c = spots[key].brush().color()
-            assert max(c.red(), c.green(), c.blue()) - min(c.red(), c.green(), c.blue()) < 20  # grey
+            assert spots[key].brush().color().hsvSaturation() < 70  # grey
     assert spots[up["key"]].pen().widthF() == SIGNIFICANT_PEN.widthF()
     assert spots[down["key"]].pen().widthF() == PLAIN_PEN.widthF()
     means = {n.key: abs(n.mean) for n in drawn if n.key not in FIXED_KEYS}
     by_mean = sorted(means, key=means.get)
     sizes = [spots[k].size() for k in by_mean]
     assert sizes == sorted(sizes) and sizes[-1] > sizes[0]
-    assert "effect size: x − y" in cw.plot.colorbar.axis.labelText
+    assert "effect size: x − y" in cw.plot.colorbar.axis.labelText and "blue: higher in x than in y" in cw.plot.legend.text()
     # hovering a node names it with its figures (the pointer finds the topmost window under it, and the
     # offscreen platform raises none: the workbench is put away first)
     main.hide()
