@@ -124,6 +124,9 @@ ACTIONS: tuple[ActionSpec, ...] = (
                lambda w: w.documents.recoverable),
     ActionSpec("file.open_conversation", "Open &Conversation…", "&File", open_conversation, "Ctrl+Shift+M",
                "Trace a chat conversation: a JSON file of {role, content} messages, in the model's chat template"),
+    ActionSpec("file.open_comparison", "Open Co&mparison…", "&File", lambda w: w.comparisons.open(), "Ctrl+Alt+C",
+               "Browse a behaviour comparison written by circuitdesk compare (its comparison.json): the nodes that "
+               "differ between groups or model versions, and each case's own graph"),
     ActionSpec("file.open_model_folder", "Open Model &Folder…", "&File", lambda w: w.panel.open_model_folder(),
                "Ctrl+O", section=1),
     ActionSpec("file.open_gguf", "Open &GGUF File…", "&File", lambda w: w.panel.open_gguf_file(), "Ctrl+Shift+O",

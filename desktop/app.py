@@ -29,6 +29,7 @@ from core.models.catalog import DEFAULT_SPEC, list_models
 from core.selection import HOVER, VIEW, WorkbenchState
 from desktop.actions import DEMO_CORRUPTED, DEMO_PROMPT, Actions
 from desktop.atlas import AtlasController
+from desktop.comparison import ComparisonController
 from desktop.documents import Documents
 from desktop.exports import Exports
 from desktop.findings import FindingsPane
@@ -94,6 +95,7 @@ class MainWindow(QMainWindow):
         self.status = StatusBar(self, self.runner)
         self.runs = RunController(self.state, self.panel, self.predictions, self.runner, self.status)
         self.documents = Documents(self, self.state, self.runner, self.status, self.settings, self.actions.recent_menu)
+        self.comparisons = ComparisonController(self, self.documents, self.status)
         self.atlas = AtlasController(self, self.state, self.runner, self.status, self.settings, self.runs, self.panel)
         self.exports = Exports(self, self.state, {"graph": self.graph_pane, "heatmap": self.heatmap}, self.documents,
                                self.runner, self.status, self.settings)
@@ -115,6 +117,7 @@ class MainWindow(QMainWindow):
         self.panel.cancel_button.clicked.connect(self.status.cancel)
         self.inspector.intervention_requested.connect(self.runs.intervene)
         self.runs.tab_wanted.connect(self._show_tab)
+        self.comparisons.tab_wanted.connect(self._show_tab)
         self.findings.notice.connect(self.status.say)
         self.suggestions.notice.connect(self.status.say)
         self.documents.about_to_save.connect(self.findings.commit)
@@ -188,6 +191,7 @@ def run_gui(
     trace: bool = False,
     screenshot: str | None = None,
     quit_after_trace: bool = False,
+    comparison: str | None = None,
 ) -> int:
     setup_logging()
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -213,11 +217,14 @@ def run_gui(
     if corrupted is not None:
         window.panel.set_corrupted(corrupted)
     window.show()
+    if comparison is not None:  # in its own window, over the workbench (a bad file: the error dialog)
+        window.comparisons.open(comparison)
 
     def after_run() -> None:
         if screenshot:
             QApplication.processEvents()  # let the layout settle before taking the picture
-            window.grab().save(screenshot)
+            shown = window.comparisons.window
+            (shown if comparison is not None and shown is not None else window).grab().save(screenshot)
         if quit_after_trace:
             app.exit(0 if window.status.last_error is None else 1)
 

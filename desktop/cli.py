@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what a run does: attribution graph (default), component circuit, or prediction only")
     gui.add_argument("--corrupted", help="component circuit: the corrupted prompt to compare with")
     gui.add_argument("--trace", action="store_true", help="run the prompt as soon as the window opens")
-    gui.add_argument("--screenshot", metavar="FILE.png", help="save a picture of the window after the run")
+    gui.add_argument("--comparison", metavar="DIR_OR_JSON",
+                     help="open a behaviour comparison (the folder circuitdesk compare wrote, or its comparison.json)")
+    gui.add_argument("--screenshot", metavar="FILE.png",
+                     help="save a picture of the window after the run (of the comparison's window with --comparison)")
     gui.add_argument("--quit-after-trace", action="store_true", help="close the app when the run has finished")
 
     models = sub.add_parser("models", help="list the models Circuit Desk can open")
@@ -242,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             trace=getattr(args, "trace", False),
             screenshot=getattr(args, "screenshot", None),
             quit_after_trace=getattr(args, "quit_after_trace", False),
+            comparison=getattr(args, "comparison", None),
         )
     # No command reads standard input: detached from it, nothing piped in can answer a question
     # some library might ask (transformers' "Do you wish to run the custom code? [y/N]").

@@ -217,7 +217,7 @@ def test_instrumentation_does_not_know_the_model_loader():
 
 TORCH_FREE = ["core.settings", "core.selection", "core.view", "core.annotations", "core.session", "core.grouping",
               "core.atlas.store", "core.memory",
-              "core.heatmap_scale", "core.prompt", "core.chat", "core.analysis", "core.runs"]
+              "core.heatmap_scale", "core.prompt", "core.chat", "core.analysis", "core.runs", "core.behaviour.browse"]
 
 
 @pytest.mark.parametrize("module", [m for m in TORCH_FREE if m in project_modules()])

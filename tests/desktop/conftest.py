@@ -120,3 +120,38 @@ class Workbench:
 @pytest.fixture
 def workbench(qtbot, tmp_path, tiny_folder, tiny_model):
     return Workbench(qtbot, tmp_path, tiny_folder, tiny_model)
+
+
+ATTRIBUTION_WORDS = ("cat", "dog", "red", "blue", "one", "two")
+CIRCUIT_WORDS = ("cat", "dog", "red", "blue", "green")
+
+
+@pytest.fixture(scope="session")
+def comparison_dir(tiny_folder, tmp_path_factory):
+    """A behaviour comparison written once per session by ``run_study``: six attribution cases in two
+    groups and four circuit cases, on the tiny llama (model A) and a tiny llama of another seed (model
+    B), so it has two sections, both contrasts, checks, circuit edge changes and every case's session."""
+    from tiny_models import make_tiny_model
+
+    from core.audit import load_suite
+    from core.behaviour.study import run_study
+    from core.settings import CompareSettings
+
+    root = tmp_path_factory.mktemp("comparison")
+    model_b = make_tiny_model("llama", root / "llama_b", seed=1)
+    w = ATTRIBUTION_WORDS
+    lines = ['name = "tiny-study"', f'model = "{tiny_folder("llama")}"', 'device = "cpu"', "[defaults]", "max_nodes = 30"]
+    for i, word in enumerate(w):
+        lines += ["[[cases]]", f'name = "c{i}"', f'prompt = "the {word} and the {w[(i + 3) % len(w)]} is"',
+                  f'group = "{"x" if i % 2 else "y"}"']
+    c = CIRCUIT_WORDS
+    for i in range(4):
+        lines += ["[[cases]]", f'name = "p{i}"', 'method = "circuit"', f'prompt = "the {c[i]} and the {c[i + 1]} is"',
+                  f'corrupted = "the {c[i]} and the {c[(i + 2) % len(c)]} is"', f'answer = "{c[i + 1]}"',
+                  f'counterfactual = "{c[(i + 2) % len(c)]}"', 'scoring = "eap"', "top_n = 20",
+                  f'group = "{"x" if i % 2 else "y"}"']
+    suite = root / "suite.toml"
+    suite.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = root / "out"
+    run_study(load_suite(suite), out, CompareSettings(permutations=200, checks=1, model_b=str(model_b)))
+    return out

@@ -91,6 +91,7 @@ class World:
         self._count = 0
         self._session: Path | None = None
         self._atlas: Path | None = None
+        self.comparison: Path | None = None  # a comparison folder (the session's comparison_dir)
         self.windows = []
 
     @property
@@ -215,6 +216,17 @@ def check_open_session(t: Trial) -> None:
     t.fire()
     assert len(calls) == 1 and t.w.documents.session_path == str(path) and t.w.state.analysis.opened is not None
     assert t.w.state.view is not None and t.w.windowTitle().startswith("shared.cdesk —")
+
+
+def check_open_comparison(t: Trial) -> None:
+    w = t.w
+    if w.comparisons.window is not None:  # opened by the previous firing
+        w.comparisons.window.close()
+    calls = t.answer(QFileDialog, "getOpenFileName", lambda *a: (str(t.world.comparison / "comparison.json"), ""))
+    t.fire()
+    cw = w.comparisons.window
+    assert len(calls) == 1 and cw.isVisible() and "tiny-study" in cw.title.text() and cw.table.model().rowCount()
+    assert w.status.last_error is None
 
 
 def check_open_recent(t: Trial) -> None:
@@ -484,6 +496,7 @@ CASES = {
     "File/Save Session As…": Case(SHOWING, lambda t: check_save(t, ask=True)),
     "File/Recover Unsaved Work": Case(frozenset({RECOVERY}), check_recover, fresh=True),
     "File/Open Conversation…": Case(ALL, check_open_conversation),
+    "File/Open Comparison…": Case(ALL, check_open_comparison),
     "File/Open Model Folder…": Case(ALL, check_open_folder),
     "File/Open GGUF File…": Case(ALL, check_open_gguf),
     "File/Export Graph Image…": Case(SHOWING, check_export_image("graph")),
@@ -517,12 +530,13 @@ CASES = {
 
 
 @pytest.mark.parametrize("state", STATES)
-def test_every_menu_action_in_each_state(state, workbench, qtbot, monkeypatch, tmp_path):
+def test_every_menu_action_in_each_state(state, workbench, qtbot, monkeypatch, tmp_path, comparison_dir):
     """Each entry of each menu, found by walking the menu bar (a new action without a case here
     fails): disabled where it makes no sense (its shortcut then does nothing), and where enabled,
     fired through the QAction and through its shortcut, with its effect asserted each time."""
     workbench.reuse_runs(monkeypatch)
     world = World(workbench, qtbot, monkeypatch, tmp_path)
+    world.comparison = comparison_dir
     probe = world.build(state)
     actions = menu_actions(probe)
     assert not {case_key(p) for p, _ in actions} - set(CASES), "menu actions without a test case"
