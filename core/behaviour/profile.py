@@ -46,8 +46,14 @@ class CaseProfile:
     probability: float = 0.0  # its probability
     target: str = ""  # what the graph explains (attribution) / the answer of the first pair (circuit)
     basis: str = ""  # attribution: "neurons" or the transcoder set's name; circuit: ""
-    session: object = None  # the case's Session (the checks read its token ids, targets and pairs)
+    n_layers: int = 0
+    # what the checks by intervention run: (token ids, target id, foil id or None) per prompt (a circuit
+    # case: its first pairs, clean prompt, answer, counterfactual), and the graph's transcoders folder
+    prompts: tuple[tuple[tuple[int, ...], int, int | None], ...] = ()
+    transcoders: str | None = None
 
+
+CHECK_PAIRS = 8  # pairs of a circuit case the checks run on
 
 def node_key(layer: int, kind: int, index: int, unit: str) -> str:
     """The key of an attribution-graph node, the same for that neuron/feature at every position."""
@@ -86,8 +92,10 @@ def attribution_profile(session, name: str = "", prediction: tuple[str, float] =
         edges[(s, d)] = edges.get((s, d), 0.0) + float(w)
     targets = session.manifest.get("targets") or [{}]
     basis = g.meta.get("basis", "neurons")
+    prompts = ((tuple(g.token_ids), int(targets[0].get("token_id", -1)), None),)
     return CaseProfile(name, "attribution", nodes, present, edges, frozenset(edges), prediction[0],
-                       float(prediction[1]), str(targets[0].get("token", "")), str(basis), session)
+                       float(prediction[1]), str(targets[0].get("token", "")), str(basis), g.n_layers, prompts,
+                       session.manifest.get("settings", {}).get("transcoders"))
 
 
 def circuit_profile(session, name: str = "", prediction: tuple[str, float] = ("", 0.0)) -> CaseProfile:
@@ -105,8 +113,10 @@ def circuit_profile(session, name: str = "", prediction: tuple[str, float] = (""
     edges = {(src_names[s], dst_names[d]): abs(float(r.scores[s, d])) for s, d in zip(src, dst)}
     present_edges = frozenset((src_names[s], dst_names[d]) for s, d in zip(*np.nonzero(r.circuit)))
     answer = (r.pairs[0].get("answer_text") or [""])[0] if r.pairs else ""
+    prompts = tuple((tuple(p["clean_ids"]), int(p["answer"][0]), int(p["counterfactual"][0]))
+                    for p in r.pairs[:CHECK_PAIRS])
     return CaseProfile(name, "circuit", nodes, present, edges, present_edges, prediction[0], float(prediction[1]),
-                       str(answer), "", session)
+                       str(answer), "", g.n_layers, prompts)
 
 
 def profile_of(session, name: str = "", prediction: tuple[str, float] = ("", 0.0)) -> CaseProfile:

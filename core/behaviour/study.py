@@ -48,7 +48,6 @@ from core.settings import COMPARE_SETTINGS, CORRECT_RULE, CompareSettings, suite
 FORMAT = "circuitdesk-comparison"
 FORMAT_VERSION = 1
 TOP_ROWS = 200  # ranked differences kept per contrast in comparison.json
-CHECK_PAIRS = 8  # pairs of a circuit case the checks run on
 MAX_COMPARISON_BYTES = 64 * 1024**2
 
 
@@ -243,7 +242,7 @@ def _section(kind, records, profiles, groups, settings: CompareSettings, version
     method, basis = kind
     names = [r.name for r in records if r.name in profiles["a"] and (profiles["a"][r.name].method,
                                                                      profiles["a"][r.name].basis) == kind]
-    n_layers = _n_layers(profiles["a"][names[0]])
+    n_layers = profiles["a"][names[0]].n_layers
     graph_a = aggregate([profiles["a"][n] for n in names], n_layers, settings.min_recurrence)
     section: dict = {"method": method, "basis": basis, "n_layers": n_layers, "cases": names,
                      "behaviour": {"a": _graph_json(graph_a)}, "contrasts": [], "edge_changes": [], "checks": []}
@@ -284,11 +283,6 @@ def _section(kind, records, profiles, groups, settings: CompareSettings, version
         section["checks"] = _checks(contrasts, profiles, by_name, versions, suite, settings, groups,
                                     ctx.sub(0.3, 1.0))
     return section
-
-
-def _n_layers(p: CaseProfile) -> int:
-    s = p.session
-    return int(s.graph.n_layers if s.graph is not None else s.circuit.graph.n_layers)
 
 
 def _tested_keys(g: BehaviourGraph) -> tuple[str, ...]:
@@ -380,7 +374,7 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
                 continue
             ctx.check_cancelled()
             ctx.progress((vi + ti / len(todo)) / len(needed), f"ablating {key} (model {version.upper()})")
-            effects = [_case_effect(model, profiles[version][n].session, key, answers.get(n), transcoder_sets)
+            effects = [_case_effect(model, profiles[version][n], key, answers.get(n), transcoder_sets)
                        for n in cases if n in profiles[version]]
             by_group: dict[str, list] = {}
             for n, e in zip([n for n in cases if n in profiles[version]], effects):
@@ -393,7 +387,7 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
     return out
 
 
-def _case_effect(model, session, key: str, answers: set[int] | None, transcoder_sets: dict) -> dict:
+def _case_effect(model, profile: CaseProfile, key: str, answers: set[int] | None, transcoder_sets: dict) -> dict:
     """What ablating ``key`` does to one case: answer changed, metric change, correctness flip."""
     import torch  # deferred: torch loads only when a study checks nodes
 
@@ -403,17 +397,12 @@ def _case_effect(model, session, key: str, answers: set[int] | None, transcoder_
     if "/F" in key:  # a transcoder feature: the edit needs the graph's transcoders
         from core.attribution.transcoders import load_transcoders  # deferred: as torch
 
-        folder = session.manifest["settings"].get("transcoders")
+        folder = profile.transcoders
         if folder not in transcoder_sets:
             transcoder_sets[folder] = load_transcoders(folder, model.facts.n_layers, model.facts.d_model,
                                                        device=model.device)
         tc = transcoder_sets[folder]
-
-    if session.graph is not None:
-        prompts = [(session.graph.token_ids, int(session.manifest["targets"][0]["token_id"]), None)]
-    else:
-        prompts = [(p["clean_ids"], int(p["answer"][0]), int(p["counterfactual"][0]))
-                   for p in session.circuit.pairs[:CHECK_PAIRS]]
+    prompts = profile.prompts
     changed, deltas, flips_to_wrong, flips_to_right = 0, [], 0, 0
     for ids, target, foil in prompts:
         iv = intervention_for(key, len(ids))
