@@ -83,21 +83,27 @@ def _answers(case: dict) -> list[str]:
     return [a] if isinstance(a, str) else list(a)
 
 
-def resolve_groups(records: list[CaseRecord], settings: CompareSettings) -> dict | None:
-    """Which label splits the cases and which two values are groups A and B; sets each record's
-    ``group``. None when the cases carry no label to split by (and none was asked for)."""
+def group_key(records: list[CaseRecord], settings: CompareSettings) -> str | None:
+    """The label that splits the cases (``--groups``, else "group" when cases have one, else the
+    ``correct`` rule when they have answers); None when there is none."""
     key = settings.groups
     if key is None:
         if any("group" in r.labels for r in records):
-            key = "group"
-        elif any(r.answers for r in records):
-            key = CORRECT_RULE
-        else:
-            return None
+            return "group"
+        return CORRECT_RULE if any(r.answers for r in records) else None
+    if key == CORRECT_RULE and not any(r.answers for r in records):
+        raise CircuitDeskError("--groups correct needs answers: give the cases answers = [\" Paris\", …], the "
+                               "tokens that count as a correct answer.")
+    return key
+
+
+def resolve_groups(records: list[CaseRecord], settings: CompareSettings) -> dict | None:
+    """Which label splits the cases and which two values are groups A and B; sets each record's
+    ``group`` (the ``correct`` rule: from the runs of model A). None when nothing splits them."""
+    key = group_key(records, settings)
+    if key is None:
+        return None
     if key == CORRECT_RULE:
-        if not any(r.answers for r in records):
-            raise CircuitDeskError("--groups correct needs answers: give the cases answers = [\" Paris\", …], the "
-                                   "tokens that count as a correct answer.")
         for r in records:
             c = r.runs.get("a", {}).get("correct")
             if c is not None:
@@ -148,6 +154,8 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
         versions["b"] = _spec(suite, settings.model_b)
     records = [CaseRecord(c["name"], str(c.get("method", "attribution")), _labels(c), _answers(c))
                for c in (suite.case(k) for k in range(len(suite.cases)))]
+    if group_key(records, settings) not in (None, CORRECT_RULE):
+        resolve_groups(records, settings)  # a label that splits nothing is said now, not after every case ran
     profiles: dict[str, dict[str, CaseProfile]] = {v: {} for v in versions}
     share = 0.8 / len(versions)
     for vi, (version, spec) in enumerate(versions.items()):

@@ -227,6 +227,8 @@ def test_bad_group_settings_are_one_sentence(tiny_folder, tmp_path):
         run_study(suite, tmp_path / "o2", CompareSettings(group_a="cat", group_b="bird", checks=0))
     with pytest.raises(CircuitDeskError, match="needs answers"):
         run_study(suite, tmp_path / "o3", CompareSettings(groups="correct", checks=0))
+    # said before any case ran: no session was written
+    assert not any((tmp_path / o / "a").exists() for o in ("o1", "o2", "o3"))
     with pytest.raises(CircuitDeskError, match="--group-a and --group-b"):
         CompareSettings(group_a="cat").validate()
     with pytest.raises(CircuitDeskError, match="--address"):
