@@ -375,3 +375,53 @@ def test_trace_default_model_in_chat_form(default_model, tmp_path):
     assert summary["prompt_tokens"] == [default_model.tokenizer.decode([i]) for i in ids]
     assert summary["prompt_tokens"][0] == "<|im_start|>" and summary["prompt_tokens"][1] != "<|im_start|>"
     assert summary["chat"]["messages"] == messages
+
+
+def _compare_suite(tiny_folder, tmp_path, extra=()):
+    words = ["cat", "dog", "red", "blue", "green", "one"]
+    lines = ['name = "cli compare"', f'model = "{tiny_folder("llama")}"', "[defaults]", "max_nodes = 20",
+             "[compare]", "permutations = 100", "checks = 1", *extra]
+    for i, w in enumerate(words):
+        lines += ["[[cases]]", f'name = "c{i}"', f'prompt = "the {w} and the two"', f'group = "{"x" if i % 2 else "y"}"']
+    suite = tmp_path / "suite.toml"
+    suite.write_text("\n".join(lines) + "\n")
+    return suite
+
+
+def test_compare_json_summary_and_flags_over_the_suite(tiny_folder, tmp_path):
+    suite = _compare_suite(tiny_folder, tmp_path)
+    out = run("compare", str(suite), "--out", str(tmp_path / "out"), "--no-pdf", "--json", "--checks", "0",
+              "--correction", "holm")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["groups"] == {"key": "group", "a": "x", "b": "y"} and summary["cases_ok"] == 6
+    (section,) = summary["sections"]
+    (contrast,) = section["contrasts"]
+    assert contrast["correction"] == "holm" and contrast["permutations"] == 20  # 6 choose 3, exactly
+    assert section["checks"] == [] and summary["findings"]
+    doc = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert doc["settings"]["checks"] == 0 and doc["settings"]["permutations"] == 100  # the suite's, then the flag
+    assert not (tmp_path / "out" / "comparison.pdf").exists()
+    assert all((tmp_path / "out" / c["runs"]["a"]["session"]).is_file() for c in doc["cases"])
+
+
+@pytest.mark.parametrize("args, expect, code", [
+    (["--executor", "ray"], "needs the cluster's --address", 1),
+    (["--group-a", "x"], "both --group-a and --group-b", 1),
+    (["--groups", "topic"], "No case has the label 'topic'", 1),
+    (["--correction", "sidak"], "invalid choice", 2),
+    (["--permutations", "5"], "at least 100", 1),
+])
+def test_compare_bad_settings_say_one_sentence_and_run_nothing(tiny_folder, tmp_path, args, expect, code):
+    suite = _compare_suite(tiny_folder, tmp_path)
+    out = run("compare", str(suite), "--out", str(tmp_path / "out"), "--no-pdf", *args)
+    assert out.returncode == code and expect in out.stderr
+    assert not (tmp_path / "out" / "a").exists()
+
+
+def test_compare_a_bad_compare_table_or_missing_suite(tiny_folder, tmp_path):
+    suite = _compare_suite(tiny_folder, tmp_path, extra=['colour = "red"'])
+    out = run("compare", str(suite), "--out", str(tmp_path / "out"))
+    assert out.returncode == 1 and "Unknown setting 'colour' in [compare]" in out.stderr
+    out = run("compare", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "out"))
+    assert out.returncode == 1 and "does not exist" in out.stderr and len(out.stderr.strip().splitlines()) == 1
