@@ -9,13 +9,14 @@ not bounce it back), so the panes never call each other and never loop.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from core.analysis import Analysis
+from core.observable import Change, Observable  # Change: what the panes receive
+
+__all__ = ["ANNOTATION", "ATLAS", "HOVER", "INTERVENTION", "SELECTION", "THRESHOLD", "VIEW", "Change", "WorkbenchState"]
 from core.annotations import Annotations, Group, cap_findings, cap_label
 from core.view import DEFAULT_EDGES_PER_NODE, DEFAULT_MAX_NODES
-
-Observer = Callable[["Change"], None]
 
 # what a change is about
 VIEW = "view"  # a new analysis (graph or circuit, heatmap data) is shown
@@ -27,14 +28,8 @@ INTERVENTION = "intervention"  # an intervention result arrived for the selectio
 ATLAS = "atlas"  # the feature atlas that describes the graph's nodes changed (or there is none)
 
 
-@dataclass(frozen=True)
-class Change:
-    what: str
-    source: str = ""  # the pane that caused it ("" = the application)
-
-
 @dataclass
-class WorkbenchState:
+class WorkbenchState(Observable):
     """Everything the panes share. Fields are read freely; change them only through methods."""
 
     analysis: Analysis | None = None  # what is on show (None before the first run)
@@ -52,33 +47,11 @@ class WorkbenchState:
     interventions: tuple[dict, ...] = ()  # every intervention on the analysis on show (saved with it)
     atlas: Any = None  # the core.atlas.store.Atlas of the graph's model and basis, or None
     atlas_note: str = ""  # why there is none, or which it is, in one sentence (for the status line)
-    _observers: list[Observer] = field(default_factory=list, repr=False)
-    _delivering: bool = field(default=False, repr=False)
 
     @property
     def view(self):
         """The drawable graph of the analysis on show (``core.view.GraphView``), or None."""
         return None if self.analysis is None else self.analysis.view
-
-    # -- observers --------------------------------------------------------------------------------
-    def subscribe(self, observer: Observer) -> None:
-        self._observers.append(observer)
-
-    def unsubscribe(self, observer: Observer) -> None:
-        if observer in self._observers:
-            self._observers.remove(observer)
-
-    def _emit(self, what: str, source: str) -> None:
-        change = Change(what, source)
-        self._delivering = True
-        try:
-            for obs in list(self._observers):
-                obs(change)
-        finally:
-            self._delivering = False
-
-    def _writable(self) -> bool:
-        return not self._delivering
 
     # -- actions ------------------------------------------------------------------------------------
     def show(self, analysis, source: str = "", annotations: Annotations | None = None) -> None:

@@ -45,7 +45,6 @@ from core.behaviour.browse import (
     SELECTION,
     VERSION,
     VERSION_NAMES,
-    Change,
     ComparisonState,
     case_rows,
     check_browsable,
@@ -60,6 +59,7 @@ from core.behaviour.browse import (
 from core.behaviour.layout import behaviour_layout
 from core.behaviour.study import FIXED_KEYS, load_comparison
 from core.errors import CircuitDeskError
+from core.observable import Change
 from core.report_comparison import EFFECT_SCALE, ENDPOINT_COLOUR, UNCOMPARED_COLOUR
 from core.report_comparison import effect_colour as report_colour
 from desktop.runs import GRAPH_TAB

@@ -14,13 +14,11 @@ anyone is refused with one sentence instead of failing half drawn.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from core.errors import CircuitDeskError
-
-Observer = Callable[["Change"], None]
+from core.observable import Observable
 
 # what a change is about
 COMPARISON = "comparison"  # a comparison was opened: everything else reset
@@ -31,14 +29,8 @@ SELECTION = "selection"  # the selected node key changed
 VERSION_NAMES = {"a": "model A", "b": "model B"}
 
 
-@dataclass(frozen=True)
-class Change:
-    what: str
-    source: str = ""  # the view that caused it ("" = the application)
-
-
 @dataclass
-class ComparisonState:
+class ComparisonState(Observable):
     """What the comparison window's views share. Read fields freely; change them through methods."""
 
     comparison: dict | None = None
@@ -46,24 +38,6 @@ class ComparisonState:
     contrast: int | None = None  # index into the section's contrasts; None: the section has none
     version: str = "a"  # the behaviour graph drawn: "a", or "b" where the section has model B's
     selected: str | None = None  # the selected node key
-    _observers: list[Observer] = field(default_factory=list, repr=False)
-    _delivering: bool = field(default=False, repr=False)
-
-    # -- observers --------------------------------------------------------------------------------
-    def subscribe(self, observer: Observer) -> None:
-        self._observers.append(observer)
-
-    def unsubscribe(self, observer: Observer) -> None:
-        if observer in self._observers:
-            self._observers.remove(observer)
-
-    def _emit(self, what: str, source: str) -> None:
-        self._delivering = True
-        try:
-            for obs in list(self._observers):
-                obs(Change(what, source))
-        finally:
-            self._delivering = False
 
     # -- what is on show --------------------------------------------------------------------------
     @property
@@ -101,7 +75,7 @@ class ComparisonState:
     # -- actions ----------------------------------------------------------------------------------
     def show(self, comparison: dict | None, source: str = "") -> None:
         """Show a comparison (checked by ``check_browsable``): its first section and contrast, model A."""
-        if self._delivering:
+        if not self._writable():
             return
         self.comparison = comparison
         self._reset(0)
@@ -113,7 +87,7 @@ class ComparisonState:
         self.contrast = 0 if s is not None and s["contrasts"] else None
 
     def choose_section(self, index: int, source: str = "") -> bool:
-        if self._delivering or index == self.section or not 0 <= index < len(self.sections):
+        if not self._writable() or index == self.section or not 0 <= index < len(self.sections):
             return False
         self._reset(index)
         self._emit(SECTION, source)
@@ -121,14 +95,14 @@ class ComparisonState:
 
     def choose_contrast(self, index: int, source: str = "") -> bool:
         s = self.section_data
-        if self._delivering or s is None or index == self.contrast or not 0 <= index < len(s["contrasts"]):
+        if not self._writable() or s is None or index == self.contrast or not 0 <= index < len(s["contrasts"]):
             return False
         self.contrast = index
         self._emit(CONTRAST, source)
         return True
 
     def choose_version(self, version: str, source: str = "") -> bool:
-        if self._delivering or version == self.version or version not in self.versions:
+        if not self._writable() or version == self.version or version not in self.versions:
             return False
         self.version = version
         self._emit(VERSION, source)
@@ -136,7 +110,7 @@ class ComparisonState:
 
     def select(self, key: str | None, source: str = "") -> bool:
         """Select a node key (None: nothing). False (and nobody told) when nothing changed."""
-        if self._delivering or key == self.selected:
+        if not self._writable() or key == self.selected:
             return False
         self.selected = key
         self._emit(SELECTION, source)
