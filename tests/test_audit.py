@@ -218,3 +218,23 @@ messages = "conv.json"
     conversation = summary["cases"][1]
     assert conversation["result"]["target"] == "paris"  # the conversation's final answer is the target
     assert f"--messages {tmp_path / 'conv.json'}" in conversation["command"]
+
+
+def test_the_behaviour_example_suite_reads_and_its_labels_are_not_settings():
+    from core.audit import run_case
+    from core.behaviour.study import group_key, suite_settings
+    from core.settings import CompareSettings
+
+    suite = load_suite(resources_dir() / "suites" / "capitals_right_wrong.toml")
+    assert len(suite.cases) == 32 and all(c["answers"] for c in suite.cases)
+    settings = CompareSettings(**suite_settings(suite))
+    settings.validate()
+    assert settings.groups == "correct" and settings.checks == 3
+    from core.behaviour.study import CaseRecord
+
+    records = [CaseRecord(c["name"], "attribution", answers=list(c["answers"])) for c in suite.cases]
+    assert group_key(records, settings) == "correct"
+    # audit runs the same suite: a case's answers/group/labels are labels, not unknown settings
+    with pytest.raises(Exception) as err:
+        run_case(None, "default", suite, {**suite.case(0), "group": "x", "labels": {"t": "y"}, "bogus": 1}, None)
+    assert "Unknown setting 'bogus'" in str(err.value)
