@@ -8,7 +8,7 @@
   cases on the model and on its copy: does the version comparison rank that head first?
 
 Prints figures; asserts nothing.
-Run: .venv/bin/python benchmarks/behaviour.py [--cases suite,head] [--scale 3.0] [--no-pdf]
+Run: .venv/bin/python benchmarks/behaviour.py [--cases suite,head] [--scale 3.0] [--scoring eap|eap-ig] [--no-pdf]
 """
 
 from __future__ import annotations
@@ -73,12 +73,12 @@ def perturbed_copy(folder: Path, layer: int, head: int, scale: float) -> Path:
     return folder
 
 
-def head_case(work: Path, scale: float) -> None:
+def head_case(work: Path, scale: float, scoring: str) -> None:
     suite = work / "ioi.toml"
     lines = ['name = "IOI, 8 cases"', 'model = "default"']
     for i in range(8):
         lines += ["[[cases]]", f'name = "ioi{i}"', 'method = "circuit"', 'task = "ioi"', "n_pairs = 8", f"seed = {i}",
-                  'scoring = "eap-ig"']
+                  f'scoring = "{scoring}"']
     suite.write_text("\n".join(lines) + "\n")
     # which head to perturb: the one that matters most to the unmodified model's IOI circuits
     base, seconds, _ = compare([str(suite), "--out", str(work / "base"), "--no-pdf", "--checks", "0"])
@@ -110,6 +110,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="suite,head")
     ap.add_argument("--scale", type=float, default=3.0, help="factor on the perturbed head's output weights")
+    ap.add_argument("--scoring", default="eap", help="edge scores of the head case's circuits (eap, eap-ig)")
     ap.add_argument("--no-pdf", action="store_true", help="the suite case without its PDF report")
     ap.add_argument("--work", help="keep the outputs in this folder (default: a temporary one)")
     args = ap.parse_args()
@@ -120,7 +121,7 @@ def main() -> None:
         if "suite" in cases:
             suite_case(work, not args.no_pdf)
         if "head" in cases:
-            head_case(work, args.scale)
+            head_case(work, args.scale, args.scoring)
 
 
 if __name__ == "__main__":
