@@ -312,8 +312,8 @@ def _setup(c: dict) -> list:
         ("Correction", f"{corr}: {name}, which controls {controls}"),
         ("Alpha", f"{fmt(s.get('alpha'), 'g')}: a difference is significant when its corrected p-value is at most "
                   "this"),
-        ("Checks", f"{s.get('checks', '?')}: the top significant nodes (or, when none is, the top ranked ones) "
-                   "zero-ablated in every case"),
+        ("Checks", f"{s.get('checks', '?')}: the top-ranked nodes that one unit carries (neurons, features, "
+                   "heads, MLPs; not error nodes), significant or not, zero-ablated in every case"),
         ("Minimum recurrence", f"{fmt(s.get('min_recurrence'), 'g')}: the behaviour graph keeps edges (and draws "
                                "nodes) that recur in at least this share of the cases"),
         ("Executor", str(s.get("executor", "local")) + (f" ({s['address']})" if s.get("address") else "")),
