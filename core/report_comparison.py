@@ -387,7 +387,7 @@ def _figure_blocks(s: dict, version: str, con: dict | None, c: dict, alpha: floa
     graph = s.get("behaviour", {}).get(version)
     if graph is None:
         return []
-    nodes, all_edges = _layout(graph, version, con)
+    nodes, all_edges = _layout(s["behaviour"], version, con)
     # the most recurrent edges (then the strongest): a real model's behaviour graph holds thousands
     edges = sorted(all_edges, key=lambda e: (-e.recurrence, -abs(e.mean)))[:FIGURE_EDGES]
     who = f"Model {version.upper()} ({_model_name(c, version)})"
@@ -435,20 +435,23 @@ def _figure_blocks(s: dict, version: str, con: dict | None, c: dict, alpha: floa
     return [fig]
 
 
-def _layout(graph: dict, version: str, con: dict | None):
-    """``behaviour_layout`` of a graph whose numbers may be missing (None, NaN): those count as 0 (a
-    mean or recurrence) or as not compared (an effect size)."""
+def _layout(graphs: dict, version: str, con: dict | None):
+    """``behaviour_layout`` of a section's graphs (every version's, so a node keeps its place in both
+    drawings) whose numbers may be missing (None, NaN): those count as 0 (a mean or recurrence) or as
+    not compared (an effect size)."""
     def zero(x) -> float:
         v = number(x)
         return 0.0 if v is None else v
 
-    clean = {**graph, "nodes": [{**n, "mean": zero(n.get("mean")), "recurrence": zero(n.get("recurrence"))}
-                                for n in graph.get("nodes", [])],
-             "edges": [{**e, "mean": zero(e.get("mean")), "recurrence": zero(e.get("recurrence"))}
-                       for e in graph.get("edges", [])]}
+    def clean(graph: dict) -> dict:
+        return {**graph, "nodes": [{**n, "mean": zero(n.get("mean")), "recurrence": zero(n.get("recurrence"))}
+                                   for n in graph.get("nodes", [])],
+                "edges": [{**e, "mean": zero(e.get("mean")), "recurrence": zero(e.get("recurrence"))}
+                          for e in graph.get("edges", [])]}
+
     rows = None if con is None else {"rows": [{**r, "effect_size": number(r.get("effect_size"))}
                                               for r in con.get("rows", [])]}
-    return behaviour_layout({"behaviour": {version: clean}}, version, rows)
+    return behaviour_layout({"behaviour": {v: clean(g) for v, g in graphs.items()}}, version, rows)
 
 
 def _differences(con: dict, method: str) -> list:

@@ -35,25 +35,33 @@ def behaviour_layout(section: dict, version: str = "a", contrast: dict | None = 
                      max_per_layer: int = 12) -> tuple[list[DrawnNode], list[DrawnEdge]]:
     """Nodes and edges of a comparison section's behaviour graph (``version`` "a" or "b"), at most
     ``max_per_layer`` nodes a layer (the most influential, plus every significant one), coloured by
-    ``contrast`` (one of the section's contrasts, or None)."""
-    graph = section["behaviour"][version]
+    ``contrast`` (one of the section's contrasts, or None). Places come from every version's graph in
+    the section, so a node stands in the same place in model A's drawing and in model B's."""
+    graphs = section["behaviour"]
+    graph = graphs[version]
     rows = {r["key"]: r for r in (contrast or {}).get("rows", [])}
+    strongest: dict[str, dict] = {}  # key -> its row in the version where it matters most
+    for g in graphs.values():
+        for n in g["nodes"]:
+            if n["key"] not in strongest or abs(n["mean"]) > abs(strongest[n["key"]]["mean"]):
+                strongest[n["key"]] = n
     by_layer: dict[int, list[dict]] = {}
-    for n in graph["nodes"]:
+    for n in strongest.values():
         by_layer.setdefault(int(n["layer"]), []).append(n)
-    nodes: list[DrawnNode] = []
-    for layer in sorted(by_layer):
-        row = sorted(by_layer[layer], key=lambda n: -abs(n["mean"]))
+    place: dict[str, tuple[float, float]] = {}
+    for layer, row in by_layer.items():
+        row = sorted(row, key=lambda n: (-abs(n["mean"]), n["key"]))
         keep = row[:max_per_layer] + [n for n in row[max_per_layer:] if rows.get(n["key"], {}).get("significant")]
-        # the most influential in the middle: 0, 1, -1, 2, -2, …
-        slots = sorted(range(len(keep)), key=lambda i: (i + 1) // 2 * (1 if i % 2 else -1))
-        centre = {i: (i + 1) // 2 * (1 if i % 2 else -1) for i in range(len(keep))}
-        for i in slots:
-            n = keep[i]
-            r = rows.get(n["key"])
-            nodes.append(DrawnNode(n["key"], float(centre[i]), float(layer), float(n["mean"]), float(n["recurrence"]),
-                                   None if r is None or r.get("effect_size") is None else float(r["effect_size"]),
-                                   bool(r and r.get("significant"))))
+        for i, n in enumerate(keep):  # the most influential in the middle: 0, 1, -1, 2, -2, …
+            place[n["key"]] = (float((i + 1) // 2 * (1 if i % 2 else -1)), float(layer))
+    nodes: list[DrawnNode] = []
+    for n in sorted((n for n in graph["nodes"] if n["key"] in place), key=lambda n: (place[n["key"]][1],
+                                                                                   place[n["key"]][0])):
+        r = rows.get(n["key"])
+        x, y = place[n["key"]]
+        nodes.append(DrawnNode(n["key"], x, y, float(n["mean"]), float(n["recurrence"]),
+                               None if r is None or r.get("effect_size") is None else float(r["effect_size"]),
+                               bool(r and r.get("significant"))))
     index = {n.key: i for i, n in enumerate(nodes)}
     edges = [DrawnEdge(index[e["src"]], index[node_of(e["dst"])], float(e["mean"]), float(e["recurrence"]))
              for e in graph["edges"] if e["src"] in index and node_of(e["dst"]) in index]

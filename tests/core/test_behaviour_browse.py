@@ -198,3 +198,21 @@ def test_a_section_without_model_a_is_refused(comparison):
     comparison["sections"][1]["behaviour"] = {"b": comparison["sections"][1]["behaviour"]["a"]}
     with pytest.raises(CircuitDeskError, match="a section has no behaviour graph of model A"):
         check_browsable(comparison)
+
+
+def test_a_node_keeps_its_place_in_model_a_and_model_b_drawings():
+    from core.behaviour.layout import behaviour_layout
+
+    def graph(means):
+        return {"nodes": [{"key": k, "layer": int(k[1]), "mean": m, "recurrence": 1.0} for k, m in means.items()],
+                "edges": []}
+
+    section = {"behaviour": {"a": graph({"a0.h0": 3.0, "a0.h1": 1.0, "m0": 0.5}),
+                             "b": graph({"a0.h1": 4.0, "m0": 0.5, "a0.h2": 0.1})}}
+    a, _ = behaviour_layout(section, "a")
+    b, _ = behaviour_layout(section, "b")
+    place_a, place_b = {n.key: (n.x, n.y) for n in a}, {n.key: (n.x, n.y) for n in b}
+    assert set(place_a) == {"a0.h0", "a0.h1", "m0"} and set(place_b) == {"a0.h1", "m0", "a0.h2"}
+    assert all(place_a[k] == place_b[k] for k in place_a.keys() & place_b.keys())
+    assert place_b["a0.h1"] == (0.0, 0.0)  # the node that matters most (in either version) in the middle
+    assert len({p for p in {**place_a, **place_b}.values()}) == 4  # no two nodes on one spot
