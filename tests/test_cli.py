@@ -425,3 +425,21 @@ def test_compare_a_bad_compare_table_or_missing_suite(tiny_folder, tmp_path):
     assert out.returncode == 1 and "Unknown setting 'colour' in [compare]" in out.stderr
     out = run("compare", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "out"))
     assert out.returncode == 1 and "does not exist" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_readme_behaviour_audit_on_the_default_model(tmp_path):
+    """The README's example, as written (checks and permutations fewer, no PDF, to keep it short): the
+    default model's wrong capitals against its right ones."""
+    out = run("compare", "resources/suites/capitals_right_wrong.toml", "--out", str(tmp_path / "study"), "--no-pdf",
+              "--checks", "1", "--permutations", "1000", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["cases_ok"] == 32 and summary["groups"] == {"key": "correct", "a": "wrong", "b": "correct"}
+    (section,) = summary["sections"]
+    (contrast,) = section["contrasts"]
+    assert contrast["n_a"] >= 5 and contrast["n_b"] >= 5 and contrast["n_a"] + contrast["n_b"] == 32
+    assert contrast["keys_compared"] > 100 and not contrast["exact"] and contrast["permutations"] == 1000
+    (check,) = section["checks"]
+    assert set(check["groups"]) == {"wrong", "correct"}
+    assert summary["models"]["a"]["name"].startswith("SmolLM2-135M")
