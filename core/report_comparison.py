@@ -24,7 +24,7 @@ import numpy as np
 
 import core
 from core.behaviour.layout import behaviour_layout
-from core.behaviour.profile import FIXED_KEYS
+from core.behaviour.profile import FIXED_KEYS, check_verb
 from core.paths import file_sha256
 from core.report_blocks import Contents, Facts, Heading, PageBreak, Paragraph, Report, Table, compact_json
 from core.settings import CompareSettings, command_args
@@ -258,14 +258,14 @@ def _check_sentence(chk: dict) -> str:
     """What ablating one node did, group by group, in a sentence."""
     groups = chk.get("groups", {})
     if not groups:
-        return f"Ablating {chk.get('key', '?')} was checked in no case."
+        return f"{check_verb(chk).capitalize()} {chk.get('key', '?')} was checked in no case."
     where = {g: "the cases" if g == "all cases" else f"{g} cases" for g in groups}
     changed = " and in ".join(f"{pct(v.get('answer_changed'))} of {where[g]}" for g, v in groups.items())
     metric = _metric(next(iter(groups.values())))
     moved = " and ".join(f"{fmt(v.get('mean_delta'), '+.3f')}" + ("" if g == "all cases" else f" in {g}")
                          for g, v in groups.items())
     which = "" if chk.get("significant") else " (top ranked, not significant)"
-    return (f"Ablating {chk.get('key', '?')}{which} in model {str(chk.get('model', 'a')).upper()} changed the top "
+    return (f"{check_verb(chk).capitalize()} {chk.get('key', '?')}{which} in model {str(chk.get('model', 'a')).upper()} changed the top "
             f"answer in {changed}; {metric} moved by {moved} on average.")
 
 
@@ -518,7 +518,8 @@ def _checks(s: dict, c: dict) -> list:
     exploratory = [chk for chk in checks if not chk.get("significant")]
     metric = "the target token's probability" if s.get("method") != "circuit" else \
         "the logit difference between the answer and the counterfactual (on up to 8 prompt pairs a case)"
-    text = ("Each checked node is zero-ablated at every position but the start token, in every case of the contrast "
+    how = checks[0].get("intervention", "zero-ablation at every position but the start token") if checks else ""
+    text = (f"Each checked node gets {how}, in every case of the contrast "
             "(on the model named), and the model runs again. Answer changed: the share of cases whose top next token "
             f"changed; mean Δ metric: the mean change in {metric}, ± its standard deviation over the cases"
             + ("; correct → wrong and wrong → correct: the share of cases whose answer turned from one of the "

@@ -299,6 +299,7 @@ class CompareSettings:
     correction: str = "maxt"  # for the number of nodes compared: Westfall–Young max-T, Holm, Benjamini–Hochberg
     alpha: float = 0.05  # a difference is significant when its corrected p-value is at most this
     checks: int = 5  # the top differing nodes checked by intervention (0: none)
+    check_scale: float = 0.0  # the checks multiply each node by this: 0 ablates it, 2 doubles it (steering)
     min_recurrence: float = 0.25  # the behaviour graph keeps edges recurring in at least this share of cases
     permutation_seed: int = 0
     executor: str = "local"  # where cases run: in this process, or on an existing Ray cluster
@@ -313,6 +314,9 @@ class CompareSettings:
             raise CircuitDeskError(f"--alpha must be between 0 and 1 (got {self.alpha}).")
         if not 0 <= self.checks <= 50:
             raise CircuitDeskError(f"--checks must be between 0 and 50 (got {self.checks}).")
+        if not -100.0 <= self.check_scale <= 100.0 or self.check_scale == 1.0:
+            raise CircuitDeskError(f"--check-scale must be between -100 and 100 and not 1 (1 changes nothing; "
+                                   f"got {self.check_scale:g}).")
         if not 0.0 < self.min_recurrence <= 1.0:
             raise CircuitDeskError(f"--min-recurrence must be in (0, 1] (got {self.min_recurrence}).")
         if self.executor not in EXECUTORS:
@@ -485,6 +489,8 @@ COMPARE_SETTINGS = declare(
             "--alpha"),
     Setting("checks", "the top differing nodes checked by ablating them across the cases (default 5; 0: none)",
             "--checks"),
+    Setting("check_scale", "the checks multiply each node by this at every position but the start token: 0 "
+                           "ablates it (default), 2 doubles it, -1 flips it (steering)", "--check-scale"),
     Setting("min_recurrence", "the behaviour graph keeps edges (and draws nodes) recurring in at least this share "
                               "of the cases (default 0.25)", "--min-recurrence"),
     Setting("permutation_seed", "seed of the random relabellings (default 0)", "--permutation-seed"),

@@ -124,3 +124,15 @@ def profile_of(session, name: str = "", prediction: tuple[str, float] = ("", 0.0
     if session.graph is not None:
         return attribution_profile(session, name, prediction)
     return circuit_profile(session, name, prediction)
+
+
+def check_description(scale: float) -> str:
+    """What a study's checks do to a node (``--check-scale``), in words."""
+    what = "zero-ablation" if scale == 0 else f"scaling by {scale:g}"
+    return f"{what} at every position but the start token"
+
+
+def check_verb(check: dict) -> str:
+    """"ablating" or "scaling ×2": a check (of comparison.json) as a verb."""
+    what = str(check.get("intervention") or "zero-ablation")
+    return "ablating" if what.startswith("zero") else "scaling ×" + what.split("scaling by ", 1)[-1].split(" ")[0]

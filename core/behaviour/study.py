@@ -37,7 +37,7 @@ import core
 from core.audit import Suite
 from core.behaviour.aggregate import BehaviourGraph, aggregate
 from core.behaviour.cases import answer_ids, case_job, loaded
-from core.behaviour.profile import FIXED_KEYS, CaseProfile, profile_of
+from core.behaviour.profile import FIXED_KEYS, CaseProfile, check_description, check_verb, profile_of
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
 from core.behaviour.stats import contrast_groups, contrast_paired
@@ -345,22 +345,25 @@ def _edge_changes(pa: list[CaseProfile], pb: list[CaseProfile], settings: Compar
 
 
 # -- checks by intervention ------------------------------------------------------------------------
-def intervention_for(key: str, n_positions: int, start: int = 1):
-    """The zero-ablation of a key at every position from ``start`` on (the start token's computation is
-    left alone: it is not part of the graph), or None for keys no single unit carries (errors, tokens)."""
+def intervention_for(key: str, n_positions: int, scale: float = 0.0, start: int = 1):
+    """The edit of a key at every position from ``start`` on (the start token's computation is left
+    alone: it is not part of the graph): zero-ablation (``scale`` 0) or scaling by ``scale``; None for
+    keys no single unit carries (errors, tokens)."""
     from core.interventions import Intervention  # deferred: torch loads only when a study checks nodes
 
     pos = tuple(range(start, n_positions))
+    mode = {"mode": "zero"} if scale == 0 else {"mode": "scale", "value": float(scale)}
     if key.startswith("L") and ("/N" in key or "/F" in key):
         unit = "/N" if "/N" in key else "/F"
         layer, idx = key[1:].split(unit)
-        return Intervention("neuron" if unit == "/N" else "feature", int(layer), int(idx), pos)
+        return Intervention("neuron" if unit == "/N" else "feature", int(layer), int(idx), pos, **mode)
     if key.startswith("a") and ".h" in key:
         layer, head = key[1:].split(".h")
-        return Intervention("head", int(layer), int(head), pos)
+        return Intervention("head", int(layer), int(head), pos, **mode)
     if key.startswith("m") and key[1:].isdigit():
-        return Intervention("mlp", int(key[1:]), 0, pos)
+        return Intervention("mlp", int(key[1:]), 0, pos, **mode)
     return None
+
 
 
 def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSettings, groups, ctx) -> list[dict]:
@@ -381,8 +384,9 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
             if what == "groups" and version != "a":
                 continue
             ctx.check_cancelled()
-            ctx.progress((vi + ti / len(todo)) / len(needed), f"ablating {key} (model {version.upper()})")
-            effects = [_case_effect(model, profiles[version][n], key, answers.get(n), transcoder_sets)
+            ctx.progress((vi + ti / len(todo)) / len(needed), f"checking {key} (model {version.upper()})")
+            effects = [_case_effect(model, profiles[version][n], key, answers.get(n), transcoder_sets,
+                                    settings.check_scale)
                        for n in cases if n in profiles[version]]
             by_group: dict[str, list] = {}
             for n, e in zip([n for n in cases if n in profiles[version]], effects):
@@ -390,13 +394,14 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
                 by_group.setdefault(label, []).append(e)
             out.append({"key": key, "contrast": what, "model": version, "significant": significant,
                         "p_adjusted": p_adjusted,
-                        "intervention": "zero-ablation at every position but the start token",
+                        "intervention": check_description(settings.check_scale),
                         "groups": {g: _summarise(es) for g, es in sorted(by_group.items())}})
     return out
 
 
-def _case_effect(model, profile: CaseProfile, key: str, answers: set[int] | None, transcoder_sets: dict) -> dict:
-    """What ablating ``key`` does to one case: answer changed, metric change, correctness flip."""
+def _case_effect(model, profile: CaseProfile, key: str, answers: set[int] | None, transcoder_sets: dict,
+                 scale: float = 0.0) -> dict:
+    """What ablating (or scaling) ``key`` does to one case: answer changed, metric change, correctness flip."""
     import torch  # deferred: torch loads only when a study checks nodes
 
     from core.interventions import intervene  # deferred: as torch
@@ -413,7 +418,7 @@ def _case_effect(model, profile: CaseProfile, key: str, answers: set[int] | None
     prompts = profile.prompts
     changed, deltas, flips_to_wrong, flips_to_right = 0, [], 0, 0
     for ids, target, foil in prompts:
-        iv = intervention_for(key, len(ids))
+        iv = intervention_for(key, len(ids), scale)
         r = intervene(model, torch.tensor([ids]), [iv], target_id=target, top_k=1, transcoders=tc)
         before, after = int(r.logits_before.argmax()), int(r.logits_after.argmax())
         changed += before != after
@@ -529,7 +534,7 @@ def study_summary(comparison: dict) -> dict:
         for chk in s["checks"]:
             parts = [f"{g}: answer changed in {v['answer_changed']:.0%}, mean Δ{'p' if v['metric'] == 'probability' else 'logit diff'} "
                      f"{v['mean_delta']:+.3f}" for g, v in chk["groups"].items()]
-            findings.append(f"  ablating {chk['key']} (model {chk['model'].upper()}): " + "; ".join(parts))
+            findings.append(f"  {check_verb(chk)} {chk['key']} (model {chk['model'].upper()}): " + "; ".join(parts))
     return {"suite": comparison["suite"], "models": comparison["models"], "groups": comparison["groups"],
             "seconds": comparison["seconds"], "cases_ok": comparison["cases_ok"],
             "cases_failed": comparison["cases_failed"],

@@ -271,3 +271,16 @@ def test_transcoder_features_are_keyed_and_checked(tiny_folder, tmp_path):
     (check,) = section["checks"]
     assert "/F" in check["key"] and set(check["groups"]) == {"cat", "dog"}
     assert all(g["cases"] == 2 for g in check["groups"].values())
+
+
+def test_checks_can_steer_instead_of_ablating(planted, tmp_path):
+    suite = load_suite(_suite(tmp_path, _attribution_cases()[:24], str(planted)))
+    comp = run_study(suite, tmp_path / "out", CompareSettings(permutations=200, checks=1, check_scale=3.0))
+    (check,) = comp["sections"][0]["checks"]
+    assert check["key"] == f"L{PLANT_LAYER}/N{PLANT_NEURON}"
+    assert check["intervention"] == "scaling by 3 at every position but the start token"
+    cat, dog = check["groups"]["cat"], check["groups"]["dog"]
+    # tripling the neuron that writes the cat cases' answer makes it likelier there (it is silent on "dog")
+    assert cat["mean_delta"] > 0.01 and abs(dog["mean_delta"]) < cat["mean_delta"]
+    with pytest.raises(CircuitDeskError, match="--check-scale"):
+        CompareSettings(check_scale=1.0).validate()
