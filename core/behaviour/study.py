@@ -152,12 +152,16 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
     versions = {"a": _spec(suite, suite.model)}
     if settings.model_b:
         versions["b"] = _spec(suite, settings.model_b)
+        if versions["b"] != "default" and not Path(versions["b"]).exists():
+            raise CircuitDeskError(f"Model B ({versions['b']}) does not exist; give --model-b a model folder, a .gguf "
+                                   "file or 'default'.")
     records = [CaseRecord(c["name"], str(c.get("method", "attribution")), _labels(c), _answers(c))
                for c in (suite.case(k) for k in range(len(suite.cases)))]
     if group_key(records, settings) not in (None, CORRECT_RULE):
         resolve_groups(records, settings)  # a label that splits nothing is said now, not after every case ran
     profiles: dict[str, dict[str, CaseProfile]] = {v: {} for v in versions}
     share = 0.8 / len(versions)
+    shape_checked = False
     for vi, (version, spec) in enumerate(versions.items()):
         folder = out / version
         folder.mkdir(exist_ok=True)
@@ -168,6 +172,9 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
             records[k].runs[version] = _record_run(res, folder, version, profiles[version], records[k].name)
             if notify is not None:
                 notify(version, k, records[k])
+            if version == "b" and records[k].ok("b") and not shape_checked:
+                _same_architecture(out, records, versions)
+                shape_checked = True
     ctx.check_cancelled()
     groups = resolve_groups(records, settings)
     models = {v: _model_facts(out / v, records, v, versions[v]) for v in versions}
@@ -234,14 +241,32 @@ def _record_run(res: dict, folder: Path, version: str, profiles: dict, name: str
     return run
 
 
+SHAPE = ("family", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_mlp")  # what versions share (node keys)
+
+
+def _same_architecture(out: Path, records: list[CaseRecord], versions: dict) -> None:
+    """Refuse model B when its shape differs from model A's (its nodes would not be A's nodes); said at
+    B's first case, before the rest run."""
+    a = _model_facts(out / "a", records, "a", versions["a"])
+    b = _model_facts(out / "b", records, "b", versions["b"])
+    if "n_layers" not in a:  # no case ran on model A: nothing to compare with
+        return
+    differ = [k for k in SHAPE if a.get(k) != b.get(k)]
+    if differ:
+        k = differ[0]
+        raise CircuitDeskError(f"Model B is not the same architecture as model A ({k} {b.get(k)} vs {a.get(k)}); a "
+                               "comparison of versions needs the same layers, heads and widths (a fine-tune, "
+                               "another checkpoint, a quantised copy).")
+
+
 def _model_facts(folder: Path, records: list[CaseRecord], version: str, spec: str) -> dict:
     """The model's provenance as its sessions recorded it (name, sha256, family, parameters)."""
     for r in records:
         run = r.runs.get(version, {})
         if run.get("session"):
             m = load_session(folder.parent / run["session"]).manifest["model"]
-            return {"spec": spec, **{k: m[k] for k in ("name", "sha256", "family", "n_params", "device", "dtype",
-                                                       "n_layers", "n_heads") if k in m}}
+            return {"spec": spec, **{k: m[k] for k in ("name", "sha256", "n_params", "device", "dtype", *SHAPE,
+                                                       "vocab_size") if k in m}}
     return {"spec": spec}
 
 

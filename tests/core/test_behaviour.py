@@ -284,3 +284,13 @@ def test_checks_can_steer_instead_of_ablating(planted, tmp_path):
     assert cat["mean_delta"] > 0.01 and abs(dog["mean_delta"]) < cat["mean_delta"]
     with pytest.raises(CircuitDeskError, match="--check-scale"):
         CompareSettings(check_scale=1.0).validate()
+
+
+def test_model_b_must_exist_and_share_the_architecture(tiny_folder, tmp_path):
+    suite = load_suite(_suite(tmp_path, _attribution_cases()[:8], str(tiny_folder("llama"))))
+    with pytest.raises(CircuitDeskError, match="Model B .* does not exist"):
+        run_study(suite, tmp_path / "o1", CompareSettings(model_b=str(tmp_path / "nowhere"), checks=0))
+    assert not (tmp_path / "o1" / "a").exists()
+    with pytest.raises(CircuitDeskError, match="not the same architecture as model A"):
+        run_study(suite, tmp_path / "o2", CompareSettings(model_b=str(tiny_folder("gpt2")), checks=0))
+    assert len(list((tmp_path / "o2" / "b").glob("*.cdesk"))) == 1  # said at model B's first case
