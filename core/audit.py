@@ -175,7 +175,8 @@ def _check_labels(case: dict, where: str) -> None:
     answers = case.get("answers", [])
     if isinstance(answers, str):
         answers = [answers]
-    if not isinstance(answers, list) or not all(isinstance(a, str) and a for a in answers):
+    if (not isinstance(answers, list) or ("answers" in case and not answers)  # [] would judge every answer wrong
+            or not all(isinstance(a, str) and a for a in answers)):
         raise CircuitDeskError(f"{where}: 'answers' must be a list of texts (e.g. answers = [\" Paris\"]).")
     labels = case.get("labels", {})
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):

@@ -427,6 +427,17 @@ def test_compare_a_bad_compare_table_or_missing_suite(tiny_folder, tmp_path):
     assert out.returncode == 1 and "does not exist" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+def test_compare_bad_outputs_and_whole_numbers_are_one_sentence(tiny_folder, tmp_path):
+    suite = _compare_suite(tiny_folder, tmp_path)
+    (tmp_path / "taken").write_text("x")
+    out = run("compare", str(suite), "--out", str(tmp_path / "taken"), "--no-pdf")
+    assert out.returncode == 1 and "is a file; give --out a folder" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 2  # the suite's line, then the sentence
+    suite.write_text(suite.read_text().replace("checks = 1", "checks = 1.5"))
+    out = run("compare", str(suite), "--out", str(tmp_path / "out"), "--no-pdf")
+    assert out.returncode == 1 and "[compare] checks must be a whole number (got 1.5)" in out.stderr
+
+
 @pytest.mark.slow
 def test_the_readme_behaviour_audit_on_the_default_model(tmp_path):
     """The README's example, as written (checks and permutations fewer, no PDF, to keep it short): the

@@ -119,8 +119,11 @@ class ComparisonState(Observable):
 
 # -- what is shown, as text -------------------------------------------------------------------------
 def fmt(x, spec: str = ".3g") -> str:
-    """A number as shown in the window ("—" where the file has none: not finite, or not computed)."""
-    return "—" if x is None else format(x, spec)
+    """A number as shown in the window ("—" where the file has none: not finite, not computed, or not
+    a number at all in a file from elsewhere)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return "—"
+    return format(x, spec)
 
 
 def group_counts(comparison: dict) -> dict[str, int]:
@@ -140,7 +143,8 @@ def _model_line(version: str, m: dict) -> str:
 def header_lines(comparison: dict) -> tuple[str, str, str]:
     """(title, models, groups and settings): the comparison in three lines."""
     c = comparison
-    title = (f"{c['suite']} — {c['cases_ok']} cases ok, {c['cases_failed']} failed"
+    suite = c["suite"] if len(c["suite"]) <= MAX_NAME else c["suite"][:MAX_NAME] + "…"
+    title = (f"{suite} — {c['cases_ok']} cases ok, {c['cases_failed']} failed"
              + (f" · {c['created'][:16].replace('T', ' ')}" if isinstance(c.get("created"), str) else ""))
     models = " · ".join(_model_line(v, m) for v, m in sorted(c["models"].items()))
     g = c.get("groups")
@@ -268,12 +272,16 @@ _GROUP_CHECK = {"cases": int, "answer_changed": NUM, "mean_delta": NUM, "sd_delt
 _NODE = {"key": str, "layer": int, "mean": NUM, "recurrence": NUM}
 _EDGE = {"src": str, "dst": str, "mean": NUM, "recurrence": NUM}
 _RUN = {"status": str}
+_EDGE_CHANGE = {"edge": str, "change": str, "in_circuit_a": NUM, "in_circuit_b": NUM, "mean_a": NUM, "mean_b": NUM,
+                "difference": NUM, "p_adjusted": NUM, "significant": bool}
+MAX_LAYERS = 10_000  # more than any model has: a file claiming more is not one circuitdesk compare wrote
+MAX_NAME = 200  # a suite name shown longer than this is cut
 SCHEMA = {
     "suite": str, "cases_ok": int, "cases_failed": int, "models": {str: dict}, "settings": dict,
     "groups": (dict, type(None)),
-    "cases": [{"name": str, "runs": {str: _RUN}}],
+    "cases": [{"name": str, "labels": {str: str}, "runs": {str: _RUN}}],
     "sections": [{"method": str, "cases": [str], "n_layers": int,
-                  "behaviour": {str: {"nodes": [_NODE], "edges": [_EDGE]}},
+                  "behaviour": {str: {"nodes": [_NODE], "edges": [_EDGE]}}, "edge_changes": [_EDGE_CHANGE],
                   "contrasts": [{"what": str, "label_a": str, "label_b": str, "n_a": int, "n_b": int,
                                  "permutations": int, "correction": str, "alpha": NUM, "keys_compared": int,
                                  "significant": int, "rows": [_ROW]}],
@@ -291,6 +299,10 @@ def check_browsable(doc: dict, where: str = "comparison.json") -> dict:
     for s in doc["sections"]:
         if "a" not in s["behaviour"]:
             raise CircuitDeskError(f"{where}: a section has no behaviour graph of model A.")
+        layers = [s["n_layers"]] + [n["layer"] for g in s["behaviour"].values() for n in g["nodes"]]
+        if not 0 < s["n_layers"] <= MAX_LAYERS or not all(-1 <= x <= s["n_layers"] for x in layers):
+            raise CircuitDeskError(f"{where}: a section's layers are out of range (n_layers {s['n_layers']}); write "
+                                   "the file again with circuitdesk compare.")
     return doc
 
 

@@ -51,7 +51,11 @@ def run_case_job(job: dict, ctx: JobContext | None = None) -> dict:
            "seconds": 0.0, "result": {}, "command": "", "session": None, "prediction": ["", 0.0], "correct": None}
     t0 = time.perf_counter()
     try:
-        model = loaded(job["model"], job["device"], job["dtype"], ctx.sub(0.0, 0.1, "Loading the model"))
+        try:
+            model = loaded(job["model"], job["device"], job["dtype"], ctx.sub(0.0, 0.1, "Loading the model"))
+        except CircuitDeskError:
+            out["model_error"] = True  # the model, not the case: every case would fail alike
+            raise
         suite = Suite(name=job.get("suite", ""), model=job["model"], device=job["device"], dtype=job["dtype"],
                       auditor="", cases=[case], folder=Path(job["folder"]))
         session, out["result"], out["command"] = run_case(model, job["model"], suite, case, ctx.sub(0.1, 0.95))
@@ -95,10 +99,14 @@ def answer_ids(model, answers) -> set[int]:
     if isinstance(answers, str):
         answers = [answers]
     out = set()
+    unk = getattr(model.tokenizer, "unk_token_id", None)
     for a in answers:
         ids = model.tokenizer(a, add_special_tokens=False).input_ids
         if not ids:
             raise CircuitDeskError(f"The answer {a!r} is empty once tokenized; give the text the model would write.")
+        if unk is not None and ids[0] == unk and a != model.tokenizer.unk_token:
+            raise CircuitDeskError(f"The answer {a!r} begins with a token not in the model's vocabulary; give the "
+                                   "text the model would write.")
         out.add(int(ids[0]))
     return out
 

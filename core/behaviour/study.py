@@ -109,13 +109,16 @@ def resolve_groups(records: list[CaseRecord], settings: CompareSettings) -> dict
             if c is not None:
                 r.labels[CORRECT_RULE] = "correct" if c else "wrong"
     values = sorted({r.labels[key] for r in records if key in r.labels})
-    if not values:
+    if not values and key != CORRECT_RULE:  # the correct rule with no case judged: every case failed, as each says
         raise CircuitDeskError(f"No case has the label {key!r}; give cases {key} = \"…\" (or labels = {{{key} = \"…\"}}), "
                                "or choose another --groups.")
     a, b = settings.group_a, settings.group_b
     if a is None:
         if key == CORRECT_RULE:
             a, b = "wrong", "correct"  # the behaviour under audit first
+        elif len(values) == 1:
+            raise CircuitDeskError(f"Every case has {key} = {values[0]!r}; a contrast needs two groups: give some "
+                                   f"cases another {key}, or choose another --groups.")
         elif len(values) != 2:
             raise CircuitDeskError(f"The label {key!r} has {len(values)} values ({', '.join(values[:6])}); choose two "
                                    "with --group-a and --group-b.")
@@ -143,6 +146,9 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
     ctx = ctx or JobContext()
     executor = executor or (executor_for(settings) if settings.executor != "local" else LocalExecutor())
     out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CircuitDeskError(f"The output folder {out} is a file; give --out a folder (new or one of earlier "
+                               "comparisons).")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -159,16 +165,18 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
                for c in (suite.case(k) for k in range(len(suite.cases)))]
     if group_key(records, settings) not in (None, CORRECT_RULE):
         resolve_groups(records, settings)  # a label that splits nothing is said now, not after every case ran
+    _prepare_folder(out, versions)
     profiles: dict[str, dict[str, CaseProfile]] = {v: {} for v in versions}
     share = 0.8 / len(versions)
     shape_checked = False
     for vi, (version, spec) in enumerate(versions.items()):
         folder = out / version
-        folder.mkdir(exist_ok=True)
         jobs = [case_job(spec, suite.device, suite.dtype, str(suite.folder), suite.case(k), suite.name)
                 for k in range(len(suite.cases))]
         part = ctx.sub(vi * share, (vi + 1) * share, f"Model {version.upper()}")
         for k, res in executor.run(jobs, part):
+            if res.get("model_error"):  # the model itself cannot load: every case would fail alike
+                raise CircuitDeskError(f"Model {version.upper()} ({spec}) cannot be loaded: {res['error']}")
             records[k].runs[version] = _record_run(res, folder, version, profiles[version], records[k].name)
             if notify is not None:
                 notify(version, k, records[k])
@@ -190,13 +198,35 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
         "auditor": suite.auditor, "model_spec": {v: s for v, s in versions.items()},
         "models": models, "settings": settings.to_json(), "groups": groups,
         "seconds": round(time.perf_counter() - start, 3),
-        "cases_ok": sum(r.ok("a") for r in records), "cases_failed": sum(not r.ok("a") for r in records),
+        "cases_ok": sum(all(r.ok(v) for v in versions) for r in records),
+        "cases_failed": sum(not all(r.ok(v) for v in versions) for r in records),  # on any version
         "cases": [r.to_json() for r in records], "sections": sections,
     }
     text = json.dumps(_finite(comparison), indent=1)
     atomic_write(out / "comparison.json", lambda fh: fh.write(text.encode("utf-8")))
     ctx.progress(1.0, "Done")
     return comparison
+
+
+def _prepare_folder(out: Path, versions: dict) -> None:
+    """Before any case runs: the versions' session folders, and no earlier comparison left in ``out``
+    (a run stopped half-way must not leave an old comparison.json beside new sessions, looking complete)."""
+    for name in ("comparison.json", "comparison.pdf"):
+        old = out / name
+        if old.is_dir():
+            raise CircuitDeskError(f"Cannot write {old}: it is a folder; remove it or choose another --out.")
+        try:
+            old.unlink(missing_ok=True)
+        except OSError as e:
+            raise CircuitDeskError(f"Cannot replace the earlier {old}: {e.strerror or e}.") from None
+    for version in versions:
+        folder = out / version
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as e:
+            what = "a file" if folder.exists() else e.strerror or e
+            raise CircuitDeskError(f"Cannot create the session folder {folder}: {what}; remove it or choose "
+                                   "another --out.") from None
 
 
 def suite_settings(suite: Suite) -> dict:
@@ -210,7 +240,8 @@ def suite_settings(suite: Suite) -> dict:
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(value, bool) or not isinstance(value, want):
-            raise CircuitDeskError(f"[compare] {key} must be {'text' if want is str else 'a number'} (got {value!r}).")
+            kind = "text" if want is str else "a whole number" if want is int else "a number"
+            raise CircuitDeskError(f"[compare] {key} must be {kind} (got {value!r}).")
         out[key] = value
     if "model_b" in out and out["model_b"] != "default":
         out["model_b"] = str(_resolve(suite.folder, out["model_b"]))
@@ -309,6 +340,10 @@ def _section(kind, records, profiles, groups, settings: CompareSettings, version
             if method == "circuit":
                 section["edge_changes"] = _edge_changes([profiles["a"][n] for n in both],
                                                         [profiles["b"][n] for n in both], settings)
+        else:
+            note = (f"{len(both)} case{'s' * (len(both) != 1)} of this kind ran on both models; a comparison of "
+                    "the versions needs at least 2.")
+            section["note"] = f"{section['note']} {note}" if section.get("note") else note
     for what, c, cases, mask in contrasts:
         section["contrasts"].append(_contrast_json(what, c, cases, mask, settings, groups))
     ctx.progress(0.3, "checking the top differences by intervention")
@@ -404,7 +439,7 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
     for vi, version in enumerate(needed):
         model = loaded(versions[version], suite.device, suite.dtype)
         transcoder_sets: dict = {}  # folder -> TranscoderSet, loaded once per model for feature checks
-        answers = {n: answer_ids(model, by_name[n].answers) for n in by_name if by_name[n].answers}
+        answers = {n: answer_ids(model, by_name[n].answers) for n in profiles[version] if by_name[n].answers}
         for ti, (what, key, significant, p_adjusted, cases) in enumerate(todo):
             if what == "groups" and version != "a":
                 continue
@@ -548,6 +583,8 @@ def study_summary(comparison: dict) -> dict:
     """The comparison in brief (``--json``), with one line per finding for a terminal."""
     findings = []
     for s in comparison["sections"]:
+        if s.get("note"):
+            findings.append(f"{s['method']}: {s['note']}")
         for c in s["contrasts"]:
             what = (f"{c['label_a']} ({c['n_a']}) vs {c['label_b']} ({c['n_b']})" if c["what"] == "groups"
                     else f"model A vs model B on {c['n_a']} cases")

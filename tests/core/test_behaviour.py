@@ -294,3 +294,68 @@ def test_model_b_must_exist_and_share_the_architecture(tiny_folder, tmp_path):
     with pytest.raises(CircuitDeskError, match="not the same architecture as model A"):
         run_study(suite, tmp_path / "o2", CompareSettings(model_b=str(tiny_folder("gpt2")), checks=0))
     assert len(list((tmp_path / "o2" / "b").glob("*.cdesk"))) == 1  # said at model B's first case
+
+
+# -- hostile inputs: one sentence, nothing half-written that looks complete -------------------------
+def test_a_stopped_run_leaves_no_earlier_comparison_beside_its_new_sessions(tiny_folder, tmp_path):
+    suite = load_suite(_suite(tmp_path, _attribution_cases()[:8], str(tiny_folder("llama"))))
+    out = tmp_path / "out"
+    run_study(suite, out, CompareSettings(permutations=200, checks=0))
+    assert (out / "comparison.json").is_file()
+    (out / "comparison.pdf").write_bytes(b"%PDF old")
+    bad_b = tmp_path / "bad_b"
+    bad_b.mkdir()
+    (bad_b / "config.json").write_text("{garbage")
+    # model B cannot load: said once, at its first case, and the old comparison is gone (not left
+    # beside sessions it does not describe)
+    with pytest.raises(CircuitDeskError, match=r"Model B \(.*bad_b\) cannot be loaded: .*config.json is not valid JSON"):
+        run_study(suite, out, CompareSettings(permutations=200, checks=0, model_b=str(bad_b)))
+    assert not (out / "comparison.json").exists() and not (out / "comparison.pdf").exists()
+    assert not list((out / "b").glob("*.cdesk"))
+
+
+def test_output_folders_that_cannot_be_written_are_one_sentence_before_any_case(tiny_folder, tmp_path):
+    suite = load_suite(_suite(tmp_path, _attribution_cases()[:8], str(tiny_folder("llama"))))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CircuitDeskError, match="is a file; give --out a folder"):
+        run_study(suite, tmp_path / "file", CompareSettings(checks=0))
+    (tmp_path / "o1").mkdir()
+    (tmp_path / "o1" / "a").write_text("x")
+    with pytest.raises(CircuitDeskError, match="Cannot create the session folder .*a: a file"):
+        run_study(suite, tmp_path / "o1", CompareSettings(checks=0))
+    (tmp_path / "o2" / "comparison.json").mkdir(parents=True)
+    with pytest.raises(CircuitDeskError, match="comparison.json: it is a folder"):
+        run_study(suite, tmp_path / "o2", CompareSettings(checks=0))
+    assert not (tmp_path / "o2" / "a").exists()  # said before any case ran
+
+
+def test_bad_answers_fail_their_case_or_the_suite_not_the_study(tiny_folder, tmp_path):
+    src = str(tiny_folder("llama"))
+    cases = ["[[cases]]", 'name = "e"', 'prompt = "the red and the cat"', "answers = []"]
+    with pytest.raises(CircuitDeskError, match="case 1: 'answers' must be a list of texts"):
+        load_suite(_suite(tmp_path, cases, src))
+    cases = []
+    for i, ctx in enumerate(CONTEXTS):
+        answer = " " if i == 0 else "\u4e2d\u6587" if i == 1 else "paris"  # empty once tokenized; not in the vocabulary
+        cases += ["[[cases]]", f'name = "q{i}"', f'prompt = "{ctx} and the cat"', f'answers = ["{answer}"]']
+    comp = run_study(load_suite(_suite(tmp_path, cases, src)), tmp_path / "out",
+                     CompareSettings(permutations=200, checks=1))
+    runs = {c["name"]: c["runs"]["a"] for c in comp["cases"]}
+    assert "empty once tokenized" in runs["q0"]["error"]
+    assert "not in the model's vocabulary" in runs["q1"]["error"]
+    assert all(runs[f"q{i}"]["status"] == "ok" for i in range(2, 6)) and comp["cases_failed"] == 2
+    assert (tmp_path / "out" / "comparison.json").is_file()  # the checks ran over the cases that ran
+
+
+def test_groups_that_cannot_be_contrasted_say_why(tiny_folder, tmp_path):
+    from core.behaviour.study import study_summary
+
+    src = str(tiny_folder("llama"))
+    suite = load_suite(_suite(tmp_path, _attribution_cases(["x"] * 12)[:8], src))
+    with pytest.raises(CircuitDeskError, match="Every case has group = 'x'; a contrast needs two groups"):
+        run_study(suite, tmp_path / "o1", CompareSettings(checks=0))
+    suite = load_suite(_suite(tmp_path, _attribution_cases()[:8], src))  # one case in each group
+    comp = run_study(suite, tmp_path / "o2", CompareSettings(permutations=200, checks=0))
+    assert comp["sections"][0]["contrasts"] == []
+    assert any("have 1 and 1 cases of this kind; a contrast needs at least 2 in each" in f
+               for f in study_summary(comp)["findings"])

@@ -308,7 +308,15 @@ def test_a_missing_or_failed_session_is_one_sentence(qtbot, main, monkeypatch, c
     (lambda p, doc: p.write_text(json.dumps({**doc, "cases": [{**doc["cases"][0], "runs": {
         "a": {**doc["cases"][0]["runs"]["a"], "session": "../../etc/passwd"}}}]}), encoding="utf-8"),
      "is not inside the comparison's folder"),
-], ids=["not-json", "not-a-comparison", "missing", "field-missing", "session-outside-its-folder"])
+    (lambda p, doc: p.write_text(json.dumps({**doc, "sections": [{**doc["sections"][0], "n_layers": 20_000}]}),
+                                 encoding="utf-8"), "a section's layers are out of range"),
+    (lambda p, doc: p.write_text(json.dumps({**doc, "cases": [{**doc["cases"][0], "labels": ["x"]}]}),
+                                 encoding="utf-8"), "cases.labels is missing or has the wrong type"),
+    (lambda p, doc: p.write_text(json.dumps({**doc, "sections": [{**s, "edge_changes": [{"edge": 1}]}
+                                                                 for s in doc["sections"]]}), encoding="utf-8"),
+     "sections.edge_changes.edge is missing or has the wrong type"),
+], ids=["not-json", "not-a-comparison", "missing", "field-missing", "session-outside-its-folder", "huge-n-layers",
+        "labels-not-a-table", "edge-change-damaged"])
 def test_a_bad_comparison_file_is_one_sentence_and_the_app_stays(qtbot, main, monkeypatch, comparison_dir, tmp_path,
                                                                 damage, sentence):
     folder = copy_of(comparison_dir, tmp_path)
@@ -323,6 +331,28 @@ def test_a_bad_comparison_file_is_one_sentence_and_the_app_stays(qtbot, main, mo
     # the app stays, and opens a good comparison next
     cw = open_via_menu(qtbot, main, monkeypatch, comparison_dir)
     assert cw.isVisible() and "tiny-study" in cw.title.text()
+
+
+def test_text_where_numbers_belong_shows_as_a_dash(qtbot, main, monkeypatch, comparison_dir, tmp_path):
+    """Values the window only shows (settings, a prediction's probability, a check's flips): text in a
+    file from elsewhere is shown as "—", not an exception in a slot."""
+    folder = copy_of(comparison_dir, tmp_path)
+    path = folder / "comparison.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["settings"].update(alpha="0.05", min_recurrence="most")
+    doc["cases"][0]["runs"]["a"]["probability"] = "high"
+    for s in doc["sections"]:
+        for chk in s["checks"]:
+            for g in chk["groups"].values():
+                g.update(correct_to_wrong="x", wrong_to_correct="y")
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    cw = open_via_menu(qtbot, main, monkeypatch, folder)
+    assert cw is not None and cw.isVisible()
+    assert "α = —" in cw.settings_label.text() and "≥ — of cases" in cw.settings_label.text()
+    assert cw.cases.item(0, 2).text().endswith("(—)")
+    key = doc["sections"][0]["checks"][0]["key"]
+    click_row(qtbot, cw.table, table_keys(cw).index(key))
+    assert "correct → wrong —" in cw.checks.toPlainText()
 
 
 def test_gui_command_line_opens_a_comparison_and_takes_its_picture(qtbot, comparison_dir, tmp_path):
