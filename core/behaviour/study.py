@@ -583,13 +583,14 @@ def study_summary(comparison: dict) -> dict:
     """The comparison in brief (``--json``), with one line per finding for a terminal."""
     findings = []
     for s in comparison["sections"]:
+        kind = s["method"] if s["method"] == "circuit" else f"attribution ({s.get('basis') or 'neurons'})"
         if s.get("note"):
-            findings.append(f"{s['method']}: {s['note']}")
+            findings.append(f"{kind}: {s['note']}")
         for c in s["contrasts"]:
             what = (f"{c['label_a']} ({c['n_a']}) vs {c['label_b']} ({c['n_b']})" if c["what"] == "groups"
                     else f"model A vs model B on {c['n_a']} cases")
             top = [r for r in c["rows"] if r["significant"]][:5]
-            findings.append(f"{s['method']} {what}: {c['significant']} of {c['keys_compared']} nodes differ "
+            findings.append(f"{kind} {what}: {c['significant']} of {c['keys_compared']} nodes differ "
                             f"(corrected p <= {c['alpha']:g}, {c['correction']})"
                             + (": " + ", ".join(f"{r['key']} (d={_num(r['effect_size'])}, p={_num(r['p_adjusted'])})"
                                                for r in top) if top else ""))
