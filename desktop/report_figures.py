@@ -318,22 +318,17 @@ class BehaviourPainter:
                     p.drawText(QPointF(tx, y + 3.5 * PT + 1 * PT + fm.ascent()), t)
                 text_at(p, left + bar_w + 4 * PT, y, high)
             items.append((wl + wh + bar_w + 8 * PT, bar))
-            sig_text = f"significant (corrected p ≤ {b.alpha:g})"
+            def circle(fill: str, pen: QPen, text: str):
+                """A legend entry: a node's circle and its meaning."""
+                def paint(p, x, y):
+                    p.setBrush(QColor(fill))
+                    p.setPen(pen)
+                    p.drawEllipse(QPointF(x + 4 * PT, y), 3.5 * PT, 3.5 * PT)
+                    text_at(p, x + sw, y, text)
+                return sw + fm.horizontalAdvance(text), paint
 
-            def sig(p, x, y):
-                p.setBrush(QColor("#ffffff"))
-                p.setPen(QPen(INK, 1.6 * PT))
-                p.drawEllipse(QPointF(x + 4 * PT, y), 3.5 * PT, 3.5 * PT)
-                text_at(p, x + sw, y, sig_text)
-            items.append((sw + fm.horizontalAdvance(sig_text), sig))
-            pale = "not tested"
-
-            def untested(p, x, y):
-                p.setBrush(QColor(UNCOMPARED_COLOUR))
-                p.setPen(QPen(NODE_RIM, 0.5 * PT))
-                p.drawEllipse(QPointF(x + 4 * PT, y), 3.5 * PT, 3.5 * PT)
-                text_at(p, x + sw, y, pale)
-            items.append((sw + fm.horizontalAdvance(pale), untested))
+            items.append(circle("#ffffff", QPen(INK, 1.6 * PT), f"significant (corrected p ≤ {b.alpha:g})"))
+            items.append(circle(UNCOMPARED_COLOUR, QPen(NODE_RIM, 0.5 * PT), "not tested"))
         end = "endpoint (tokens / input, logits)"
 
         def endpoint(p, x, y):
