@@ -59,6 +59,7 @@ from core.settings import (
     ChatSettings,
     CircuitSettings,
     PairSource,
+    PlacementSettings,
     settings_from_suite,
     suite_keys,
 )
@@ -87,6 +88,8 @@ class Suite:
     folder: Path  # relative paths in the suite are relative to this
     defaults: dict = field(default_factory=dict)  # applied to the cases whose method has the setting
     compare: dict = field(default_factory=dict)  # the [compare] table: settings of ``circuitdesk compare``
+    # where the model's layers live (--offload, --max-gpu-memory, …: the command line's, not the file's)
+    placement: PlacementSettings = field(default_factory=PlacementSettings)
     path: Path | None = None  # the suite file (None: a suite built in code), and its sha256 when read
     sha256: str = ""
 
@@ -207,7 +210,8 @@ def run_suite(suite: Suite, out_dir: str | Path, ctx: JobContext | None = None,
     start = time.perf_counter()
     n = len(suite.cases)
     model_spec = _resolve(suite.folder, suite.model) if suite.model != "default" else "default"
-    model = load_model(model_spec, device=suite.device, dtype=suite.dtype, ctx=ctx.sub(0.0, 0.05, "Loading the model"))
+    model = load_model(model_spec, device=suite.device, dtype=suite.dtype, ctx=ctx.sub(0.0, 0.05, "Loading the model"),
+                       placement=suite.placement)
     outcomes: list[CaseOutcome] = []
     atlases: dict = {}  # (model sha256, basis) -> the atlas its reports use (found once per suite)
     for k in range(n):

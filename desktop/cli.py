@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("suite", metavar="SUITE.toml", help="the suite file")
     audit.add_argument("--out", required=True, metavar="DIR", help="folder for the sessions, reports and summary")
     audit.add_argument("--no-pdf", action="store_true", help="write sessions and summary.json only (faster)")
+    add_arguments(audit, PLACEMENT_SETTINGS)
     audit.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
     compare = sub.add_parser(
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", required=True, metavar="DIR", help="folder for the comparison and the sessions")
     add_arguments(compare, COMPARE_SETTINGS)
     compare.set_defaults(**{s.name: None for s in COMPARE_SETTINGS})  # not given: the suite's [compare], then the default
+    add_arguments(compare, PLACEMENT_SETTINGS)
     compare.add_argument("--no-pdf", action="store_true", help="write comparison.json and the sessions only")
     compare.add_argument("--json", action="store_true", help="print the comparison's summary as one JSON object")
 
@@ -304,6 +306,8 @@ def cmd_report(args) -> int:
 
 def cmd_audit(args) -> int:
     suite = load_suite(args.suite)
+    suite.placement = placement_from_args(args)
+    suite.placement.validate()
     render = None
     if not args.no_pdf:
         from desktop.report_pdf import auditor_name, render_pdf  # deferred: Qt loads only to write PDFs
@@ -331,6 +335,8 @@ def cmd_audit(args) -> int:
 
 def cmd_compare(args) -> int:
     suite = load_suite(args.suite)
+    suite.placement = placement_from_args(args)
+    suite.placement.validate()
     from_suite = CompareSettings(**suite_settings(suite))
     given = {s.name: getattr(args, s.name) for s in COMPARE_SETTINGS if getattr(args, s.name) is not None}
     settings = dataclasses.replace(from_suite, **given)

@@ -454,3 +454,24 @@ def test_the_readme_behaviour_audit_on_the_default_model(tmp_path):
     (check,) = section["checks"]
     assert set(check["groups"]) == {"wrong", "correct"}
     assert summary["models"]["a"]["name"].startswith("SmolLM2-135M")
+
+
+def test_compare_and_audit_take_the_placement_flags(tiny_folder, tmp_path):
+    """Layers offloaded to disk (a tiny CPU budget) give the same study as the plain run."""
+    suite = _compare_suite(tiny_folder, tmp_path)
+    plain = run("compare", str(suite), "--out", str(tmp_path / "plain"), "--no-pdf", "--json", "--checks", "1")
+    offloaded = run("compare", str(suite), "--out", str(tmp_path / "off"), "--no-pdf", "--json", "--checks", "1",
+                    "--max-cpu-memory", "60KB")
+    assert plain.returncode == 0 and offloaded.returncode == 0, offloaded.stderr
+    a, b = json.loads(plain.stdout), json.loads(offloaded.stdout)
+    (ca,), (cb,) = a["sections"][0]["contrasts"], b["sections"][0]["contrasts"]
+    assert [r["key"] for r in ca["top"]] == [r["key"] for r in cb["top"]]
+    for ra, rb in zip(ca["top"], cb["top"]):
+        assert rb["mean_a"] == pytest.approx(ra["mean_a"], rel=1e-4, abs=1e-7)
+    ga, gb = a["sections"][0]["checks"][0]["groups"], b["sections"][0]["checks"][0]["groups"]
+    assert set(ga) == set(gb)
+    for g in ga:
+        assert gb[g]["mean_delta"] == pytest.approx(ga[g]["mean_delta"], rel=1e-4, abs=1e-7)
+        assert gb[g]["answer_changed"] == ga[g]["answer_changed"]
+    out = run("audit", str(suite), "--out", str(tmp_path / "audit"), "--no-pdf", "--max-cpu-memory", "lots")
+    assert out.returncode == 1 and "--max-cpu-memory takes a size" in out.stderr

@@ -16,26 +16,30 @@ from pathlib import Path
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
 from core.session import save_session
+from core.settings import PlacementSettings
 
 log = logging.getLogger("circuitdesk.behaviour")
 
 _MODELS: dict[tuple, object] = {}  # (spec, device, dtype) -> LoadedModel, per worker process
 
 
-def case_job(model_spec: str, device: str, dtype: str, folder: str, case: dict, suite_name: str = "") -> dict:
+def case_job(model_spec: str, device: str, dtype: str, folder: str, case: dict, suite_name: str = "",
+             placement: PlacementSettings | None = None) -> dict:
     """The JSON job of one case (``case``: its settings with the suite's defaults applied)."""
     return {"model": model_spec, "device": device, "dtype": dtype, "folder": folder, "case": case,
-            "suite": suite_name}
+            "suite": suite_name, "placement": (placement or PlacementSettings()).to_json()}
 
 
-def loaded(spec: str, device: str, dtype: str, ctx: JobContext | None = None):
-    """The model of ``spec`` loaded once per process."""
+def loaded(spec: str, device: str, dtype: str, ctx: JobContext | None = None,
+           placement: PlacementSettings | None = None):
+    """The model of ``spec`` loaded once per process (``placement``: its layers offloaded, or not)."""
     from core.models import load_model  # deferred: torch loads only when a case runs
 
-    key = (spec, device, dtype)
+    placement = placement or PlacementSettings()
+    key = (spec, device, dtype, placement)
     if key not in _MODELS:
         _MODELS.clear()  # one model at a time: a worker that moves on frees the last one
-        _MODELS[key] = load_model(spec, device=device, dtype=dtype, ctx=ctx)
+        _MODELS[key] = load_model(spec, device=device, dtype=dtype, ctx=ctx, placement=placement)
     return _MODELS[key]
 
 
@@ -52,12 +56,14 @@ def run_case_job(job: dict, ctx: JobContext | None = None) -> dict:
     t0 = time.perf_counter()
     try:
         try:
-            model = loaded(job["model"], job["device"], job["dtype"], ctx.sub(0.0, 0.1, "Loading the model"))
+            model = loaded(job["model"], job["device"], job["dtype"], ctx.sub(0.0, 0.1, "Loading the model"),
+                           PlacementSettings(**job.get("placement", {})))
         except CircuitDeskError:
             out["model_error"] = True  # the model, not the case: every case would fail alike
             raise
         suite = Suite(name=job.get("suite", ""), model=job["model"], device=job["device"], dtype=job["dtype"],
-                      auditor="", cases=[case], folder=Path(job["folder"]))
+                      auditor="", cases=[case], folder=Path(job["folder"]),
+                      placement=PlacementSettings(**job.get("placement", {})))
         session, out["result"], out["command"] = run_case(model, job["model"], suite, case, ctx.sub(0.1, 0.95))
         ids = _prompt_ids(session)
         top = _top_token(model, ids)

@@ -171,8 +171,8 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
     shape_checked = False
     for vi, (version, spec) in enumerate(versions.items()):
         folder = out / version
-        jobs = [case_job(spec, suite.device, suite.dtype, str(suite.folder), suite.case(k), suite.name)
-                for k in range(len(suite.cases))]
+        jobs = [case_job(spec, suite.device, suite.dtype, str(suite.folder), suite.case(k), suite.name,
+                         suite.placement) for k in range(len(suite.cases))]
         part = ctx.sub(vi * share, (vi + 1) * share, f"Model {version.upper()}")
         for k, res in executor.run(jobs, part):
             if res.get("model_error"):  # the model itself cannot load: every case would fail alike
@@ -437,7 +437,7 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
         return out
     needed = ["a"] + (["b"] if any(what == "versions" for what, *_ in todo) else [])
     for vi, version in enumerate(needed):
-        model = loaded(versions[version], suite.device, suite.dtype)
+        model = loaded(versions[version], suite.device, suite.dtype, placement=suite.placement)
         transcoder_sets: dict = {}  # folder -> TranscoderSet, loaded once per model for feature checks
         answers = {n: answer_ids(model, by_name[n].answers) for n in profiles[version] if by_name[n].answers}
         for ti, (what, key, significant, p_adjusted, cases) in enumerate(todo):
