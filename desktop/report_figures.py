@@ -47,15 +47,7 @@ class FigurePainter:
         p.setPen(QPen(RULE, 0.5 * PT))
         p.drawRect(plot)
         p.setFont(self.small)
-        step = max(1, math.ceil(len(g.y_ticks) / 24))
-        for k, (v, text) in enumerate(g.y_ticks):
-            if k % step and k != len(g.y_ticks) - 1:
-                continue
-            y = sy(v)
-            p.setPen(QPen(QColor("#eef0f2"), 0.4 * PT))
-            p.drawLine(QPointF(plot.left(), y), QPointF(plot.right(), y))
-            p.setPen(GREY)
-            p.drawText(QPointF(plot.left() - 4 * PT - fm.horizontalAdvance(text), y + fm.ascent() / 2 - 1 * PT), text)
+        layer_rules(p, plot, g.y_ticks, sy, max(1, math.ceil(len(g.y_ticks) / 24)), fm)
         col_w = plot.width() / (x_hi - x_lo)
         for k, text in enumerate(g.x_ticks):
             label = fm.elidedText(text.replace("\n", "⏎"), Qt.TextElideMode.ElideRight, col_w - 2 * PT)
@@ -230,6 +222,18 @@ class FigurePainter:
             p.drawText(QPointF(x, pt.y() + 10 * PT), text)
 
 
+def layer_rules(p: QPainter, plot: QRectF, ticks, sy, step: int, fm) -> None:
+    """A graph figure's layer axis: a faint rule and a label at every ``step``-th tick (and the last)."""
+    for k, (v, text) in enumerate(ticks):
+        if k % step and k != len(ticks) - 1:
+            continue
+        y = sy(v)
+        p.setPen(QPen(QColor("#eef0f2"), 0.4 * PT))
+        p.drawLine(QPointF(plot.left(), y), QPointF(plot.right(), y))
+        p.setPen(GREY)
+        p.drawText(QPointF(plot.left() - 4 * PT - fm.horizontalAdvance(text), y + fm.ascent() / 2 - 1 * PT), text)
+
+
 def _viridis(t: float) -> QColor:
     t = min(max(float(t), 0.0), 1.0) * (len(_VIRIDIS) - 1)
     k = min(int(t), len(_VIRIDIS) - 2)
@@ -400,15 +404,7 @@ class BehaviourPainter:
         p.setBrush(Qt.BrushStyle.NoBrush)
         p.drawRect(plot)
         p.setFont(self.f.small)
-        step = max(1, math.ceil(len(b.y_ticks) * fm.height() / plot.height()))
-        for k, (v, text) in enumerate(b.y_ticks):
-            if k % step and k != len(b.y_ticks) - 1:
-                continue
-            y = sy(v)
-            p.setPen(QPen(QColor("#eef0f2"), 0.4 * PT))
-            p.drawLine(QPointF(plot.left(), y), QPointF(plot.right(), y))
-            p.setPen(GREY)
-            p.drawText(QPointF(plot.left() - 4 * PT - fm.horizontalAdvance(text), y + fm.ascent() / 2 - 1 * PT), text)
+        layer_rules(p, plot, b.y_ticks, sy, max(1, math.ceil(len(b.y_ticks) * fm.height() / plot.height())), fm)
         # edges: the rarest first, one path per band of recurrence
         rec = np.asarray(b.recurrence, float)
         for lo, hi in ((0.0, 0.4), (0.4, 0.7), (0.7, 1.01)):
