@@ -16,9 +16,10 @@ Groups come from the cases' labels (``group = "fabricated"``, or ``labels = {top
 Differences between groups use the independent-samples permutation test, between versions the
 paired one (``core.behaviour.stats``); both are corrected for the number of nodes compared.
 
-Checks: each of the top ``checks`` ranked nodes that one unit carries (a neuron, a head, an MLP; not
-an error node), significant or not (each check says which), is zero-ablated at every position but the start token, in every case of the
-contrast, and the study reports per group how often the top answer changes, how the target's
+Checks: each of the top ``checks`` ranked nodes that one unit carries (a neuron, a transcoder feature,
+a head, an MLP; not an error node), significant or not (each check says which), is zero-ablated (or
+scaled by ``check_scale``) at every position but the start token, in every case of the contrast,
+and the study reports per group how often the top answer changes, how the target's
 probability (attribution) or the answer's logit difference (circuits) moves, and for the
 ``correct`` rule how often a correct answer turns wrong and the other way round.
 """
@@ -38,9 +39,9 @@ from core.audit import Suite
 from core.behaviour.aggregate import BehaviourGraph, aggregate
 from core.behaviour.cases import answer_ids, case_job, loaded
 from core.behaviour.profile import FIXED_KEYS, CaseProfile, check_description, check_verb, profile_of
+from core.behaviour.stats import contrast_groups, contrast_paired
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
-from core.behaviour.stats import contrast_groups, contrast_paired
 from core.paths import atomic_write
 from core.session import load_session
 from core.settings import COMPARE_SETTINGS, CORRECT_RULE, CompareSettings, suite_keys
@@ -167,6 +168,7 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
         resolve_groups(records, settings)  # a label that splits nothing is said now, not after every case ran
     _prepare_folder(out, versions)
     profiles: dict[str, dict[str, CaseProfile]] = {v: {} for v in versions}
+    facts: dict[str, dict] = {}  # version -> the model as its first session recorded it
     share = 0.8 / len(versions)
     shape_checked = False
     for vi, (version, spec) in enumerate(versions.items()):
@@ -177,15 +179,15 @@ def run_study(suite: Suite, out_dir: str | Path, settings: CompareSettings | Non
         for k, res in executor.run(jobs, part):
             if res.get("model_error"):  # the model itself cannot load: every case would fail alike
                 raise CircuitDeskError(f"Model {version.upper()} ({spec}) cannot be loaded: {res['error']}")
-            records[k].runs[version] = _record_run(res, folder, version, profiles[version], records[k].name)
+            records[k].runs[version] = _record_run(res, folder, version, profiles[version], records[k].name, facts)
             if notify is not None:
                 notify(version, k, records[k])
             if version == "b" and records[k].ok("b") and not shape_checked:
-                _same_architecture(out, records, versions)
+                _same_architecture(facts)
                 shape_checked = True
     ctx.check_cancelled()
     groups = resolve_groups(records, settings)
-    models = {v: _model_facts(out / v, records, v, versions[v]) for v in versions}
+    models = {v: {"spec": versions[v], **facts.get(v, {})} for v in versions}
     sections = []
     kinds = sorted({(p.method, p.basis) for p in profiles["a"].values()})
     for i, kind in enumerate(kinds):
@@ -257,8 +259,9 @@ def _spec(suite: Suite, model: str) -> str:
     return model if model == "default" else str(_resolve(suite.folder, model))
 
 
-def _record_run(res: dict, folder: Path, version: str, profiles: dict, name: str) -> dict:
-    """Save a job's session, read it back through the session checks, and profile it."""
+def _record_run(res: dict, folder: Path, version: str, profiles: dict, name: str, facts: dict) -> dict:
+    """Save a job's session, read it back through the session checks, and profile it (the first
+    session of a version also gives ``facts[version]``, the model's provenance)."""
     run = {k: res.get(k) for k in ("status", "error", "seconds", "result", "command", "correct")}
     run["prediction"], run["probability"] = res.get("prediction") or ["", 0.0]
     run["session"] = None
@@ -269,17 +272,19 @@ def _record_run(res: dict, folder: Path, version: str, profiles: dict, name: str
         session = load_session(path)
         run["session"] = f"{version}/{path.name}"
         profiles[name] = profile_of(session, name, (run["prediction"], run["probability"]))
+        m = session.manifest["model"]
+        facts.setdefault(version, {k: m[k] for k in ("name", "sha256", "n_params", "device", "dtype", *SHAPE,
+                                                      "vocab_size") if k in m})
     return run
 
 
 SHAPE = ("family", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_mlp")  # what versions share (node keys)
 
 
-def _same_architecture(out: Path, records: list[CaseRecord], versions: dict) -> None:
+def _same_architecture(facts: dict) -> None:
     """Refuse model B when its shape differs from model A's (its nodes would not be A's nodes); said at
     B's first case, before the rest run."""
-    a = _model_facts(out / "a", records, "a", versions["a"])
-    b = _model_facts(out / "b", records, "b", versions["b"])
+    a, b = facts.get("a", {}), facts.get("b", {})
     if "n_layers" not in a:  # no case ran on model A: nothing to compare with
         return
     differ = [k for k in SHAPE if a.get(k) != b.get(k)]
@@ -288,17 +293,6 @@ def _same_architecture(out: Path, records: list[CaseRecord], versions: dict) -> 
         raise CircuitDeskError(f"Model B is not the same architecture as model A ({k} {b.get(k)} vs {a.get(k)}); a "
                                "comparison of versions needs the same layers, heads and widths (a fine-tune, "
                                "another checkpoint, a quantised copy).")
-
-
-def _model_facts(folder: Path, records: list[CaseRecord], version: str, spec: str) -> dict:
-    """The model's provenance as its sessions recorded it (name, sha256, family, parameters)."""
-    for r in records:
-        run = r.runs.get(version, {})
-        if run.get("session"):
-            m = load_session(folder.parent / run["session"]).manifest["model"]
-            return {"spec": spec, **{k: m[k] for k in ("name", "sha256", "n_params", "device", "dtype", *SHAPE,
-                                                       "vocab_size") if k in m}}
-    return {"spec": spec}
 
 
 # -- one kind of case ------------------------------------------------------------------------------
@@ -317,8 +311,9 @@ def _section(kind, records, profiles, groups, settings: CompareSettings, version
         n_a = sum(by_name[n].group == "a" for n in in_groups)
         if n_a >= 2 and len(in_groups) - n_a >= 2:
             rows = [graph_a.cases.index(n) for n in in_groups]
-            keys = _tested_keys(graph_a)
-            values = graph_a.values[np.ix_(rows, [graph_a.keys.index(k) for k in keys])]
+            columns = [i for i, k in enumerate(graph_a.keys) if k not in FIXED_KEYS]  # not the endpoints
+            keys = tuple(graph_a.keys[i] for i in columns)
+            values = graph_a.values[np.ix_(rows, columns)]
             mask = np.array([by_name[n].group == "a" for n in in_groups])
             c = contrast_groups(values, mask, keys, permutations=settings.permutations,
                                 seed=settings.permutation_seed, correction=settings.correction)
@@ -351,11 +346,6 @@ def _section(kind, records, profiles, groups, settings: CompareSettings, version
         section["checks"] = _checks(contrasts, profiles, by_name, versions, suite, settings, groups,
                                     ctx.sub(0.3, 1.0))
     return section
-
-
-def _tested_keys(g: BehaviourGraph) -> tuple[str, ...]:
-    """Keys compared between groups: features, errors, heads and MLPs (not the fixed endpoints)."""
-    return tuple(k for k in g.keys if k not in FIXED_KEYS)
 
 
 def _graph_json(g: BehaviourGraph) -> dict:
@@ -425,7 +415,6 @@ def intervention_for(key: str, n_positions: int, scale: float = 0.0, start: int 
     return None
 
 
-
 def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSettings, groups, ctx) -> list[dict]:
     out = []
     todo = []
@@ -445,13 +434,12 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
                 continue
             ctx.check_cancelled()
             ctx.progress((vi + ti / len(todo)) / len(needed), f"checking {key} (model {version.upper()})")
-            effects = [_case_effect(model, profiles[version][n], key, answers.get(n), transcoder_sets,
-                                    settings.check_scale)
-                       for n in cases if n in profiles[version]]
             by_group: dict[str, list] = {}
-            for n, e in zip([n for n in cases if n in profiles[version]], effects):
+            for n in (n for n in cases if n in profiles[version]):
                 label = groups[by_name[n].group] if what == "groups" else "all cases"
-                by_group.setdefault(label, []).append(e)
+                by_group.setdefault(label, []).append(
+                    _case_effect(model, profiles[version][n], key, answers.get(n), transcoder_sets,
+                                 settings.check_scale))
             out.append({"key": key, "contrast": what, "model": version, "significant": significant,
                         "p_adjusted": p_adjusted,
                         "intervention": check_description(settings.check_scale),
