@@ -54,16 +54,16 @@ def run_case_job(job: dict, ctx: JobContext | None = None) -> dict:
     out = {"name": case["name"], "method": str(case.get("method", "attribution")), "status": "failed", "error": "",
            "seconds": 0.0, "result": {}, "command": "", "session": None, "prediction": ["", 0.0], "correct": None}
     t0 = time.perf_counter()
+    placement = PlacementSettings(**job.get("placement", {}))
     try:
         try:
-            model = loaded(job["model"], job["device"], job["dtype"], ctx.sub(0.0, 0.1, "Loading the model"),
-                           PlacementSettings(**job.get("placement", {})))
+            model = loaded(job["model"], job["device"], job["dtype"], ctx.sub(0.0, 0.1, "Loading the model"), placement)
         except CircuitDeskError:
             out["model_error"] = True  # the model, not the case: every case would fail alike
             raise
         suite = Suite(name=job.get("suite", ""), model=job["model"], device=job["device"], dtype=job["dtype"],
                       auditor="", cases=[case], folder=Path(job["folder"]),
-                      placement=PlacementSettings(**job.get("placement", {})))
+                      placement=placement)
         session, out["result"], out["command"] = run_case(model, job["model"], suite, case, ctx.sub(0.1, 0.95))
         ids = _prompt_ids(session)
         top = _top_token(model, ids)
