@@ -47,7 +47,6 @@ from core.behaviour.browse import (
     VERSION_NAMES,
     ComparisonState,
     case_rows,
-    check_browsable,
     checks_lines,
     contrast_note,
     contrast_title,
@@ -734,7 +733,7 @@ class ComparisonController(QObject):
             if not path:
                 return False
         try:
-            doc = check_browsable(load_comparison(path))
+            doc = load_comparison(path)
         except CircuitDeskError as err:
             self._error(str(err))
             return False

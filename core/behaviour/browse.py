@@ -8,7 +8,7 @@ back and forth.
 
 The rest are pure functions from the comparison dict to what is shown: the header line, the titles of
 sections and contrasts, the cases list, the intervention checks of a node, and the session file of a
-case. ``check_browsable`` checks the fields they read (``load_comparison`` checks fewer), so a file from
+case. ``check_browsable`` checks the fields they read (``load_comparison`` runs it), so a file from
 anyone is refused with one sentence instead of failing half drawn.
 """
 

@@ -37,6 +37,7 @@ import numpy as np
 import core
 from core.audit import Suite
 from core.behaviour.aggregate import BehaviourGraph, aggregate
+from core.behaviour.browse import check_browsable
 from core.behaviour.cases import answer_ids, case_job, loaded
 from core.behaviour.profile import FIXED_KEYS, CaseProfile, check_description, check_verb, profile_of
 from core.behaviour.stats import contrast_groups, contrast_paired
@@ -509,7 +510,8 @@ def _finite(obj):
 
 
 def load_comparison(path: str | Path) -> dict:
-    """A comparison.json (or the folder holding it), checked enough to show safely; one sentence when
+    """A comparison.json (or the folder holding it), checked enough to show safely (every field the
+    window and the report read, with its type; session paths inside its folder); one sentence when
     it is not one."""
     p = Path(path).expanduser()
     if p.is_dir():
@@ -527,7 +529,8 @@ def load_comparison(path: str | Path) -> dict:
     if doc.get("format_version") != FORMAT_VERSION:
         raise CircuitDeskError(f"{p.name} has format version {doc.get('format_version')!r}; this Circuit Desk reads "
                                f"version {FORMAT_VERSION}.")
-    _check_shape(doc, p.name)
+    _check_session_paths(doc, p.name)
+    check_browsable(doc, p.name)  # every field a reader uses, with its type
     doc["folder"] = str(p.parent.resolve())
     return doc
 
@@ -536,35 +539,15 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _check_shape(doc: dict, where: str) -> None:
-    """The fields a viewer reads, with their types (a file may come from anyone)."""
-    def need(obj, key, typ, at):
-        if not isinstance(obj, dict) or not isinstance(obj.get(key), typ) or isinstance(obj.get(key), bool) and typ is not bool:
-            raise CircuitDeskError(f"{where}: {at}{key} is missing or has the wrong type.")
-        return obj[key]
-
-    for c in need(doc, "cases", list, ""):
-        need(c, "name", str, "a case's ")
-        for run in need(c, "runs", dict, "a case's ").values():
+def _check_session_paths(doc: dict, where: str) -> None:
+    """Every case's session path stays inside the comparison's folder (a file may come from anyone)."""
+    cases = doc.get("cases")
+    for c in cases if isinstance(cases, list) else []:
+        runs = c.get("runs") if isinstance(c, dict) else None
+        for run in runs.values() if isinstance(runs, dict) else []:
             s = run.get("session") if isinstance(run, dict) else 0
             if s is not None and (not isinstance(s, str) or s.startswith(("/", "\\")) or ".." in Path(s).parts):
                 raise CircuitDeskError(f"{where}: a case's session path {s!r} is not inside the comparison's folder.")
-    for s in need(doc, "sections", list, ""):
-        need(s, "method", str, "a section's ")
-        for c in need(s, "contrasts", list, "a section's "):
-            for row in need(c, "rows", list, "a contrast's "):
-                need(row, "key", str, "a row's ")
-                for k in ("difference", "effect_size", "p_adjusted"):
-                    if not isinstance(row.get(k), (int, float, type(None))) or isinstance(row.get(k), bool):
-                        raise CircuitDeskError(f"{where}: a row's {k} is not a number.")
-        beh = need(s, "behaviour", dict, "a section's ")
-        for g in beh.values():
-            for node in need(g, "nodes", list, "a behaviour graph's "):
-                need(node, "key", str, "a node's ")
-                need(node, "layer", int, "a node's ")
-            for e in need(g, "edges", list, "a behaviour graph's "):
-                need(e, "src", str, "an edge's ")
-                need(e, "dst", str, "an edge's ")
 
 
 def study_summary(comparison: dict) -> dict:
