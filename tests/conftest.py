@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +10,39 @@ sys.path.insert(0, str(Path(__file__).parent))  # tiny_models
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from tiny_models import FAMILIES, make_tiny_model  # noqa: E402
+
+
+IN_CHILD = "CIRCUITDESK_TEST_CHILD"  # set in the child process an ``own_process`` test runs in
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "own_process: runs in a child pytest process of its own (for libraries "
+                                       "that leave process-wide state behind, such as a Ray driver's signal "
+                                       "handlers and threads)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """An ``own_process`` test runs as ``pytest NODEID`` in a child process; this one passes or fails with it.
+
+    Fixtures run in both: a fixture that should be shared (a cluster) hands itself down through the
+    environment. The child's output is shown when it fails."""
+    if pyfuncitem.get_closest_marker("own_process") is None or os.environ.get(IN_CHILD):
+        return None
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header", pyfuncitem.nodeid]
+    out = subprocess.run(cmd, cwd=pyfuncitem.config.rootpath, env=dict(os.environ, **{IN_CHILD: "1"}),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    if out.returncode != 0:
+        pytest.fail(f"in its own process (exit {out.returncode}):\n{out.stdout[-6000:]}", pytrace=False)
+    return True
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The test process itself never loads Ray's core (see ``own_process``): a test that does fails the run."""
+    if not os.environ.get(IN_CHILD) and "ray._raylet" in sys.modules:
+        session.config.get_terminal_writer().line(
+            "\nA test loaded Ray into the test process; mark it @pytest.mark.own_process.", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session", autouse=True)

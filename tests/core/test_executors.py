@@ -1,6 +1,10 @@
 """Where a study's cases run: the same cases through LocalExecutor and RayExecutor (a Ray instance this
 module starts and stops) give identical results and sessions; a bad address, a missing Ray, a cluster
 without Circuit Desk and a cancelled study each end at once, with one sentence or ``Cancelled``.
+
+Every test that imports Ray runs in a process of its own (``own_process``): a Ray driver leaves
+process-wide state after ``ray.shutdown()`` (fatal-signal handlers that replace Python's, threads), and
+the test process went on to crash, with no traceback, in a later Qt test.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from core.settings import CompareSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).parent / "ray"
+SHARED_ADDRESS = "CIRCUITDESK_TEST_RAY_ADDRESS"  # the module's Ray instance, handed to each test's own process
 PROMPT = "when mary and john went to the store , john gave a drink to"
 
 
@@ -73,13 +78,19 @@ def stop_ray(proc: subprocess.Popen, temp: Path) -> None:
 
 @pytest.fixture(scope="module")
 def ray_address():
+    """One Ray instance for the module, started by the test process; a test's own process uses it."""
+    if os.environ.get(SHARED_ADDRESS):
+        yield os.environ[SHARED_ADDRESS]
+        return
     assert RAY.exists(), "Ray is not installed in this environment: pip install -e '.[dev]' (it has the ray extra)"
     t0 = time.perf_counter()
     address, proc, temp = start_ray(str(ROOT), "ray")
     print(f"\nRay started in {time.perf_counter() - t0:.1f} s at {address}", file=sys.stderr)
+    os.environ[SHARED_ADDRESS] = address
     try:
         yield address
     finally:
+        del os.environ[SHARED_ADDRESS]
         stop_ray(proc, temp)
 
 
@@ -134,6 +145,7 @@ def sessions_equal(a: bytes, b: bytes, tmp_path: Path) -> None:
     assert without_clock(sa.manifest) == without_clock(sb.manifest)
 
 
+@pytest.mark.own_process
 def test_ray_gives_the_serial_results_exactly(ray_address, jobs, tmp_path):
     """Bit for bit: the tasks run with this process's torch thread count (with one thread, as Ray
     workers start, the circuit case's edge scores differed in the last bits, ~1e-7, when written)."""
@@ -166,6 +178,7 @@ def test_ray_gives_the_serial_results_exactly(ray_address, jobs, tmp_path):
     assert not ray.is_initialized()  # disconnected
 
 
+@pytest.mark.own_process
 def test_cancelling_after_the_first_result_stops_the_rest(ray_address, jobs, monkeypatch):
     import ray
 
@@ -184,6 +197,7 @@ def test_cancelling_after_the_first_result_stops_the_rest(ray_address, jobs, mon
     assert not ray.is_initialized()
 
 
+@pytest.mark.own_process
 def test_keyboard_interrupt_cancels_every_pending_case(ray_address, jobs, monkeypatch):
     import ray
 
@@ -203,6 +217,7 @@ def test_keyboard_interrupt_cancels_every_pending_case(ray_address, jobs, monkey
     assert not ray.is_initialized()
 
 
+@pytest.mark.own_process
 def test_an_address_where_no_cluster_answers_is_one_sentence_at_once(jobs):
     port = free_port()
     with pytest.raises(CircuitDeskError, match=rf"^Cannot reach the Ray cluster at 127\.0\.0\.1:{port}\b.*--address"):
@@ -218,6 +233,7 @@ def test_an_address_where_no_cluster_answers_is_one_sentence_at_once(jobs):
     assert not ray.is_initialized()
 
 
+@pytest.mark.own_process
 def test_a_port_that_is_not_ray_is_one_sentence(jobs):
     """Something answers (here an HTTP server, as a dashboard's port would), but it is not a GCS."""
     server = socket.socket()
@@ -244,6 +260,7 @@ def test_a_port_that_is_not_ray_is_one_sentence(jobs):
         thread.join(5)
 
 
+@pytest.mark.own_process
 def test_a_machine_outside_the_cluster_is_told_to_join_it(ray_address, jobs, monkeypatch):
     import ray._private.services
 
@@ -268,6 +285,7 @@ def test_executors_module_imports_neither_ray_nor_torch():
     assert out.stdout.split() == ["False", "False"]
 
 
+@pytest.mark.own_process
 def test_a_cluster_without_circuit_desk_is_one_sentence(jobs, tmp_path, monkeypatch):
     """Workers that cannot import ``core``: a node whose Python hides this checkout (the editable
     install's finder removed at start-up), the driver run from a folder without ``core``."""
