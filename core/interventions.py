@@ -240,19 +240,21 @@ def intervene(
     )
     if generate > 0:
         ctx.progress(0.6, "Generating")
-        result.continuation_before = _greedy(model, ids, generate, lambda live: {}, ctx)
-        result.continuation_after = _greedy(
+        result.continuation_before = tok.decode(greedy_ids(model, ids, generate, lambda live: {}, ctx))
+        result.continuation_after = tok.decode(greedy_ids(
             model, ids, generate,
             lambda live: build_patches(model, interventions, P, live, errors, transcoders, write_point),
             ctx, cache_points,
-        )
+        ))
     result.seconds = time.perf_counter() - start
     ctx.progress(1.0, "Done")
     return result
 
 
-def _greedy(model, ids, n: int, make_patches, ctx, cache_points=()) -> str:
-    """Greedy continuation; the edits apply to the prompt positions of every step's forward pass."""
+def greedy_ids(model, ids, n: int, make_patches, ctx=None, cache_points=()) -> list[int]:
+    """The greedy continuation's ``n`` token ids; the edits (``make_patches(live)``) apply to the prompt
+    positions of every step's forward pass."""
+    ctx = ctx or JobContext()
     inst = model.instrument
     out = ids
     for _ in range(n):
@@ -261,4 +263,30 @@ def _greedy(model, ids, n: int, make_patches, ctx, cache_points=()) -> str:
             with inst.session_patch(make_patches(live)):
                 logits = model.hf(input_ids=out, use_cache=False).logits[0, -1]
         out = torch.cat([out, logits.argmax().view(1, 1)], 1)
-    return model.tokenizer.decode(out[0, ids.shape[1]:].tolist())
+    return out[0, ids.shape[1]:].tolist()
+
+
+def writes_answer(model, ids: list[int], answers: list[tuple[int, ...]], first: int,
+                  interventions: list[Intervention] = (), transcoders=None) -> bool:
+    """Whether greedy decoding after ``ids`` begins with one of ``answers`` (token-id sequences), with
+    the interventions applied to the prompt positions as in ``greedy_ids``; ``first`` is the greedy next
+    token in that same run (already known to the caller). Single-token answers need nothing more; a
+    longer answer whose first token is ``first`` costs one teacher-forced pass (the prompt plus the
+    answer but its last token), which agrees with greedy decoding exactly when every next token is
+    the answer's."""
+    P = len(ids)
+    inst = model.instrument
+    cache_points = [f"blocks.{l}.{transcoders.input_point}" for l in range(model.facts.n_layers)] \
+        if transcoders is not None else []
+    for answer in answers:
+        if not answer or answer[0] != first:
+            continue
+        if len(answer) == 1:
+            return True
+        seq = torch.tensor([list(ids) + list(answer[:-1])], device=model.device)
+        with torch.no_grad(), inst.session(cache=cache_points if interventions else []) as live:
+            with inst.session_patch(build_patches(model, list(interventions), P, live, None, transcoders)):
+                logits = model.hf(input_ids=seq, use_cache=False).logits[0, P:]
+        if logits.argmax(-1).tolist() == list(answer[1:]):
+            return True
+    return False

@@ -283,7 +283,7 @@ def _setup(c: dict) -> list:
         members = {side: [x["name"] for x in cases if x.get("group") == side] for side in ("a", "b")}
         rest = [x["name"] for x in cases if x.get("group") not in ("a", "b")]
         out.append(Paragraph(f"Cases are grouped by {_key_phrase(g['key'])}"
-                             + (" (the model's top next token is one of the case's answers, or not)"
+                             + (" (the model, decoding greedily, writes one of the case's answers, or not)"
                                 if g["key"] == "correct" else "")
                              + f": group A is {g['a']!r}, group B is {g['b']!r}."))
         rows = [("A", str(g["a"]), str(len(members["a"])), ", ".join(members["a"])),
@@ -523,7 +523,8 @@ def _checks(s: dict, c: dict) -> list:
             "(on the model named), and the model runs again. Answer changed: the share of cases whose top next token "
             f"changed; mean Δ metric: the mean change in {metric}, ± its standard deviation over the cases"
             + ("; correct → wrong and wrong → correct: the share of cases whose answer turned from one of the "
-               "case's answers to another token, and back." if answers else
+               "case's answers (written greedily, whole, with the edit held at the prompt's positions) to something "
+               "else, and back." if answers else
                "; no case has answers, so correctness flips are n/a."))
     if exploratory:
         text += (" No node was significant, so the checks are on the top ranked nodes: they say what these nodes do, "

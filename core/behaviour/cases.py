@@ -69,7 +69,9 @@ def run_case_job(job: dict, ctx: JobContext | None = None) -> dict:
         top = _top_token(model, ids)
         out["prediction"] = [top[1], top[2]]
         if "answers" in case:
-            out["correct"] = top[0] in answer_ids(model, case["answers"])
+            from core.interventions import writes_answer  # deferred: as torch
+
+            out["correct"] = writes_answer(model, ids, answer_sequences(model, case["answers"]), top[0])
         out["session"] = session_bytes(session)
         out["status"] = "ok"
     except CircuitDeskError as e:
@@ -100,20 +102,24 @@ def _top_token(model, ids: list[int]) -> tuple[int, str, float]:
     return i, model.tokenizer.decode([i]), float(p[i])
 
 
-def answer_ids(model, answers) -> set[int]:
-    """The first token of each allowed answer (" Paris" → the id of " Paris"), as the model would write it."""
+def answer_sequences(model, answers) -> list[tuple[int, ...]]:
+    """Each allowed answer's token ids, as the model would write it (" Paris" → the id of " Paris"; " Abuja"
+    → " Ab", "uja"). A case is correct when greedy decoding begins with one of them (the whole answer,
+    not its first token only: " New Delhi" and " New York" share " New")."""
     if isinstance(answers, str):
         answers = [answers]
-    out = set()
+    out = []
     unk = getattr(model.tokenizer, "unk_token_id", None)
     for a in answers:
         ids = model.tokenizer(a, add_special_tokens=False).input_ids
         if not ids:
             raise CircuitDeskError(f"The answer {a!r} is empty once tokenized; give the text the model would write.")
-        if unk is not None and ids[0] == unk and a != model.tokenizer.unk_token:
-            raise CircuitDeskError(f"The answer {a!r} begins with a token not in the model's vocabulary; give the "
-                                   "text the model would write.")
-        out.add(int(ids[0]))
+        if unk is not None and unk in ids and model.tokenizer.unk_token not in a:
+            raise CircuitDeskError(f"The answer {a!r} has a token not in the model's vocabulary; give the text the "
+                                   "model would write.")
+        ids = tuple(int(i) for i in ids)
+        if ids not in out:
+            out.append(ids)
     return out
 
 

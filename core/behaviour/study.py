@@ -12,7 +12,8 @@ graph and contrasts, since a neuron and a transcoder feature (or a head) are not
 
 Groups come from the cases' labels (``group = "fabricated"``, or ``labels = {topic = "dosage"}`` with
 ``--groups topic``) or from a rule on the model's own output: ``--groups correct`` puts a case in
-"correct" when the model's top next token is one of the case's ``answers``, else in "wrong".
+"correct" when the model, decoding greedily, writes one of the case's ``answers`` (the whole answer,
+not only its first token), else in "wrong".
 Differences between groups use the independent-samples permutation test, between versions the
 paired one (``core.behaviour.stats``); both are corrected for the number of nodes compared.
 
@@ -38,7 +39,7 @@ import core
 from core.audit import Suite
 from core.behaviour.aggregate import BehaviourGraph, aggregate
 from core.behaviour.browse import check_browsable
-from core.behaviour.cases import answer_ids, case_job, loaded
+from core.behaviour.cases import answer_sequences, case_job, loaded
 from core.behaviour.profile import FIXED_KEYS, CaseProfile, check_description, check_verb, profile_of
 from core.behaviour.stats import contrast_groups, contrast_paired
 from core.errors import CircuitDeskError
@@ -429,7 +430,7 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
     for vi, version in enumerate(needed):
         model = loaded(versions[version], suite.device, suite.dtype, placement=suite.placement)
         transcoder_sets: dict = {}  # folder -> TranscoderSet, loaded once per model for feature checks
-        answers = {n: answer_ids(model, by_name[n].answers) for n in profiles[version] if by_name[n].answers}
+        answers = {n: answer_sequences(model, by_name[n].answers) for n in profiles[version] if by_name[n].answers}
         for ti, (what, key, significant, p_adjusted, cases) in enumerate(todo):
             if what == "groups" and version != "a":
                 continue
@@ -448,12 +449,13 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
     return out
 
 
-def _case_effect(model, profile: CaseProfile, key: str, answers: set[int] | None, transcoder_sets: dict,
-                 scale: float = 0.0) -> dict:
-    """What ablating (or scaling) ``key`` does to one case: answer changed, metric change, correctness flip."""
+def _case_effect(model, profile: CaseProfile, key: str, answers: list[tuple[int, ...]] | None,
+                 transcoder_sets: dict, scale: float = 0.0) -> dict:
+    """What ablating (or scaling) ``key`` does to one case: top token changed, metric change, correctness
+    flip (the whole answer written greedily, with the edit held at the prompt's positions, or not)."""
     import torch  # deferred: torch loads only when a study checks nodes
 
-    from core.interventions import intervene  # deferred: as torch
+    from core.interventions import intervene, writes_answer  # deferred: as torch
 
     tc = None
     if "/F" in key:  # a transcoder feature: the edit needs the graph's transcoders
@@ -477,8 +479,10 @@ def _case_effect(model, profile: CaseProfile, key: str, answers: set[int] | None
             deltas.append(float((r.logits_after[target] - r.logits_after[foil])
                                 - (r.logits_before[target] - r.logits_before[foil])))
         if answers:
-            flips_to_wrong += before in answers and after not in answers
-            flips_to_right += before not in answers and after in answers
+            right_before = writes_answer(model, ids, answers, before)
+            right_after = writes_answer(model, ids, answers, after, [iv], tc)
+            flips_to_wrong += right_before and not right_after
+            flips_to_right += right_after and not right_before
     n = len(prompts)
     return {"changed": changed / n, "delta": float(np.mean(deltas)), "to_wrong": flips_to_wrong / n,
             "to_right": flips_to_right / n, "metric": "probability" if prompts[0][2] is None else "logit difference"}

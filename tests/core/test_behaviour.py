@@ -199,24 +199,80 @@ def test_a_model_compared_with_itself_differs_in_nothing(tiny_folder, tmp_path):
     assert section["checks"] == []  # nothing differs, so nothing to check
 
 
+def _greedy(model, ids: list[int], n: int, interventions=()) -> list[int]:
+    """Brute force: ``n`` greedy steps, one whole forward pass each (the edits on the prompt's positions)."""
+    from core.interventions import build_patches, greedy_ids
+
+    return greedy_ids(model, torch.tensor([ids]), n, lambda live: build_patches(model, list(interventions), len(ids), live))
+
+
+def test_an_answer_is_written_when_greedy_decoding_writes_it_whole(tiny_model):
+    """``writes_answer`` (one teacher-forced pass) equals greedy decoding step by step, with and without
+    an edit held at the prompt's positions: every prefix of the greedy text counts, an answer whose
+    first token is right but not its second does not, nor one whose first token is wrong."""
+    from core.interventions import Intervention, writes_answer
+
+    m = tiny_model("llama")
+    vocab = len(m.tokenizer)
+    rng = np.random.default_rng(0)
+    edited = 0
+    for ctx in CONTEXTS:
+        ids = m.tokenizer("<bos> " + ctx + " and the cat").input_ids
+        P = len(ids)
+        plain = _greedy(m, ids, 3)
+        for ivs in ([], [Intervention("mlp", 0, 0, tuple(range(1, P)))],
+                    [Intervention("head", 1, PLANT_HEAD, tuple(range(1, P)), "scale", -3.0)]):
+            g = _greedy(m, ids, 3, ivs)
+            edited += g != plain
+            right = [tuple(g[:k]) for k in (1, 2, 3)]
+            wrong = [(g[0], int(g[1] + 1 + rng.integers(vocab - 1)) % vocab),  # the second token differs
+                     (g[0], g[1], int(g[2] + 1 + rng.integers(vocab - 1)) % vocab),
+                     ((g[0] + 1) % vocab, g[1])]  # the first one differs
+            for a in right:
+                assert writes_answer(m, ids, [a], g[0], ivs), (ctx, ivs, a, g)
+            for a in wrong:
+                assert not writes_answer(m, ids, [a], g[0], ivs), (ctx, ivs, a, g)
+            assert writes_answer(m, ids, wrong + [right[2]], g[0], ivs)
+    assert edited >= 3  # the edits changed what was written, so both branches were compared
+
+
 def test_correct_rule_groups_by_the_models_own_answer(tiny_folder, tmp_path):
+    """Correct: the model writes one of the case's answers whole. A two-token answer whose first token
+    is the model's but not its second is wrong (a first-token rule would call it correct). The checks'
+    correctness flips equal greedy decoding with the checked node ablated on the prompt."""
     from core.behaviour.cases import loaded
+    from core.behaviour.study import intervention_for
 
     src = tiny_folder("llama")
     model = loaded(str(src), "auto", "float32")
-    cases, truth = [], {}
+    cases, truth, greedy = [], {}, {}
     for i, ctx in enumerate(CONTEXTS):
         prompt = f"{ctx} and the cat"
-        ids = model.tokenizer("<bos> " + prompt, return_tensors="pt").input_ids
-        with torch.no_grad():
-            top = model.tokenizer.decode([int(model.hf(ids).logits[0, -1].argmax())])
-        answer = top if i % 2 else "paris" if top != "paris" else "london"
-        truth[f"q{i}"] = "correct" if i % 2 else "wrong"
+        ids = model.tokenizer("<bos> " + prompt).input_ids
+        g = _greedy(model, ids, 2)
+        words = [model.tokenizer.decode([t]) for t in g]
+        other = next(w for w in ("paris", "london", "red") if w != words[1])
+        answer = {0: "paris" if words[0] != "paris" else "london",  # the first token is not the model's
+                  1: " ".join(words),  # both tokens are the model's
+                  2: f"{words[0]} {other}"}[i % 3]  # the first token is, the second is not
+        truth[f"q{i}"] = "correct" if i % 3 == 1 else "wrong"
+        greedy[f"q{i}"] = (ids, model.tokenizer(answer, add_special_tokens=False).input_ids)
         cases += ["[[cases]]", f'name = "q{i}"', f'prompt = "{prompt}"', f'answers = ["{answer}"]']
     suite = load_suite(_suite(tmp_path, cases, str(src)))
-    comp = run_study(suite, tmp_path / "out", CompareSettings(permutations=200, checks=0))
+    comp = run_study(suite, tmp_path / "out", CompareSettings(permutations=200, checks=1))
     assert comp["groups"] == {"key": "correct", "a": "wrong", "b": "correct"}
     assert {c["name"]: c["labels"]["correct"] for c in comp["cases"]} == truth
+    (check,) = comp["sections"][0]["checks"]
+    flips = {"wrong": [0, 0], "correct": [0, 0]}  # group -> [correct to wrong, wrong to correct]
+    for name, (ids, answer) in greedy.items():
+        after = _greedy(model, ids, len(answer), [intervention_for(check["key"], len(ids))])
+        right_before, right_after = truth[name] == "correct", after == answer
+        flips[truth[name]][0] += right_before and not right_after
+        flips[truth[name]][1] += right_after and not right_before
+    for group, (to_wrong, to_right) in flips.items():
+        got = check["groups"][group]
+        n = got["cases"]
+        assert (got["correct_to_wrong"], got["wrong_to_correct"]) == pytest.approx((to_wrong / n, to_right / n))
 
 
 def test_bad_group_settings_are_one_sentence(tiny_folder, tmp_path):
