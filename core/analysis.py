@@ -32,13 +32,16 @@ from core.session import Session
 from core.settings import (
     ATTRIBUTION_SETTINGS,
     PAIR_SOURCE_SETTINGS,
+    PRECISIONS,
     PREDICT_SETTINGS,
     TASKS,
     AttributionSettings,
     ChatSettings,
     CircuitSettings,
     PairSource,
+    PlacementSettings,
     by_name,
+    memory_bytes,
 )
 from core.view import CATEGORIES
 
@@ -69,9 +72,22 @@ class RunRequest:
     chat: bool = ChatSettings().chat  # attribution and prediction: the prompt as a user message ...
     system: str = ""  # ... after this system message
     messages_file: str = ""  # ... or the conversation in this JSON file instead of the prompt
+    dtype: str = "float32"  # the model's precision (one of PRECISIONS)
+    placement: PlacementSettings = PlacementSettings()  # offloading; the results are the same wherever weights live
+
+    @property
+    def model_key(self) -> tuple:
+        """What the loaded model depends on: a run with the same key reuses the model of the last one."""
+        return model_key(self.spec, self.device, self.dtype, self.placement)
 
     def check(self) -> None:
         """What can be checked before a model loads (a clear error instead of a wasted run)."""
+        if self.dtype not in PRECISIONS:
+            raise CircuitDeskError(f"Unknown precision {self.dtype!r}; use {', '.join(PRECISIONS)}.")
+        for label, size in (("GPU memory", self.placement.max_gpu_memory), ("CPU memory", self.placement.max_cpu_memory)):
+            if size is not None:  # said with the panel's labels, not the command line's flags
+                memory_bytes(size, label)
+        self.placement.validate()
         if self.method != CIRCUIT:
             self.traced()
             return
@@ -113,9 +129,10 @@ class RunRequest:
     def command(self) -> str:
         """The headless command that regenerates the run's graph (provenance for its session)."""
         if self.method == ATTRIBUTION:
-            return trace_command(self.spec, self.prompt, self.attribution_settings(), chat=self.chat_settings())
+            return trace_command(self.spec, self.prompt, self.attribution_settings(), self.dtype,
+                                 chat=self.chat_settings())
         if self.method == CIRCUIT:
-            return circuit_command(self.spec, self.pair_source(), self.circuit_settings())
+            return circuit_command(self.spec, self.pair_source(), self.circuit_settings(), dtype=self.dtype)
         return ""
 
     def job_name(self) -> str:
@@ -130,6 +147,11 @@ class RunRequest:
         if self.messages_file:
             return f"{what}: conversation {Path(self.messages_file).name}"
         return f"{what}{' (chat)' * self.chat}: {_short(self.prompt)}"
+
+
+def model_key(spec: str, device: str, dtype: str = "float32", placement: PlacementSettings = PlacementSettings()) -> tuple:
+    """A loaded model's identity for reuse: the same spec, device, precision and placement."""
+    return spec, device, dtype, placement
 
 
 def _short(text: str, n: int = 40) -> str:

@@ -41,12 +41,13 @@ log = logging.getLogger(__name__)
 
 
 def run_request(req: RunRequest, model, ctx):
-    """A run of ``req`` (``model``: already loaded for ``req.spec`` on ``req.device``, else None).
+    """A run of ``req`` (``model``: already loaded as ``req.model_key`` says, else None).
 
     Returns the ``Analysis`` of an attribution graph or a component circuit, or for a
     next-token prediction the ``(model, prediction)`` pair."""
     share = 0.9 if model is None and req.method == PREDICT else (0.3 if model is None else 0.0)
-    loaded = model or load_model(req.spec, device=req.device, ctx=ctx.sub(0.0, max(share, 0.01)))
+    loaded = model or load_model(req.spec, device=req.device, dtype=req.dtype, placement=req.placement,
+                                 ctx=ctx.sub(0.0, max(share, 0.01)))
     ctx.partial(MODEL, loaded)
     if req.method == PREDICT:
         return loaded, predict_next(loaded, req.traced(), req.top_k, ctx.sub(share, 1.0))

@@ -280,9 +280,10 @@ class PlacementSettings:
 
 
 TRANSCODER_DEVICES = ("model", "cpu")
+PRECISIONS = ("float32", "bfloat16", "float16")  # --dtype: float32 is exact; the others halve the weights' memory
 CORRECTIONS = ("maxt", "holm", "bh")
 EXECUTORS = ("local", "ray")
-CORRECT_RULE = "correct"  # --groups correct: the model's top token is one of the case's answers, or not
+CORRECT_RULE = "correct"  # --groups correct: the model writes one of the case's answers (greedy), or not
 
 
 @dataclass(frozen=True)
@@ -454,14 +455,21 @@ PLACEMENT_SETTINGS = declare(
     PlacementSettings,
     Setting("offload", "place the model with accelerate's device map: as many layers as fit on the GPU(s), the "
                        "rest in CPU memory, then on disk (under the cache folder); for models larger than GPU "
-                       "memory", "--offload"),
+                       "memory", "--offload", label="Offload",
+            tooltip="Layers that do not fit on the GPU go to CPU memory, then to disk (accelerate's device map); "
+                    "the results are the same, only slower"),
     Setting("max_gpu_memory", "with a device map: at most this much of each GPU for weights, e.g. 20GiB "
-                              "(implies --offload)", "--max-gpu-memory", metavar="SIZE"),
+                              "(implies --offload)", "--max-gpu-memory", metavar="SIZE", label="GPU memory",
+            tooltip="At most this much of each GPU for the weights, e.g. 20GiB (empty: what is free)"),
     Setting("max_cpu_memory", "with a device map: at most this much CPU memory for weights, the rest on disk, "
-                              "e.g. 64GB (implies --offload)", "--max-cpu-memory", metavar="SIZE"),
+                              "e.g. 64GB (implies --offload)", "--max-cpu-memory", metavar="SIZE", label="CPU memory",
+            tooltip="At most this much CPU memory for the weights, the rest on disk, e.g. 64GB (empty: what is "
+                    "free)"),
     Setting("transcoders_device", "where transcoders are kept: model (default: beside the model's first layers) "
                                   "or cpu (memory-mapped from their files, for transcoders that do not fit on the "
-                                  "GPU)", "--transcoders-device", choices=TRANSCODER_DEVICES),
+                                  "GPU)", "--transcoders-device", choices=TRANSCODER_DEVICES, label="Transcoders on",
+            tooltip="model: beside the model's first layers; cpu: memory-mapped from their files (for "
+                    "transcoders that do not fit on the GPU)"),
 )
 
 PREDICT_SETTINGS = (
@@ -474,8 +482,8 @@ COMPARE_SETTINGS = declare(
     Setting("model_b", "a second version of the model (same architecture: a fine-tune, another checkpoint, a "
                        "quantised copy): run the suite on both and compare", "--model-b", metavar="M2"),
     Setting("groups", "the label that splits the cases into two groups: 'group' (a case's group = \"...\"), "
-                      "a key of the cases' labels table, or 'correct' (the model's top token is one of the case's "
-                      "answers, or not); default: 'group' when cases have one, else 'correct' when they have answers",
+                      "a key of the cases' labels table, or 'correct' (the model, decoding greedily, writes one "
+                      "of the case's answers, or not); default: 'group' when cases have one, else 'correct' when they have answers",
             "--groups", metavar="KEY"),
     Setting("group_a", "the label of group A (default: the first of the two labels, sorted)", "--group-a",
             metavar="LABEL"),

@@ -192,6 +192,8 @@ def run_gui(
     screenshot: str | None = None,
     quit_after_trace: bool = False,
     comparison: str | None = None,
+    dtype: str = "float32",
+    placement=None,
 ) -> int:
     setup_logging()
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -213,6 +215,12 @@ def run_gui(
                 window.status.show_error(str(err))
     if device:
         window.panel.device_combo.setCurrentText(device)
+    window.panel.dtype_combo.setCurrentText(dtype)
+    if placement is not None:  # core.settings.PlacementSettings: --offload, --max-gpu-memory, …
+        window.panel.offload_box.setChecked(placement.offloaded)
+        window.panel.gpu_memory_edit.setText(placement.max_gpu_memory or "")
+        window.panel.cpu_memory_edit.setText(placement.max_cpu_memory or "")
+        window.panel.transcoders_device_combo.setCurrentText(placement.transcoders_device)
     window.panel.method_combo.setCurrentText(GUI_METHODS.get(method, ATTRIBUTION))
     if corrupted is not None:
         window.panel.set_corrupted(corrupted)

@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from core.analysis import MODEL
+from core.analysis import MODEL, model_key
 from core.atlas.store import (
     BUILD_DIR,
     META_FILE,
@@ -484,7 +484,8 @@ class AtlasController(QObject):
             return
         self.last_build = req
         self.settings.setValue(LAST_BUILD_KEY, json.dumps(req.to_json()))
-        key = (req.spec, req.device)
+        dtype, placement = self.panel.dtype, self.panel.placement  # as a run of the panel would load it
+        key = model_key(req.spec, req.device, dtype, placement)
         model = self.runs.model if self.runs.model_key == key else None
 
         def job(ctx):
@@ -494,7 +495,8 @@ class AtlasController(QObject):
             if loaded is None:
                 from core.models import load_model  # deferred: as above
 
-                loaded = load_model(req.spec, device=req.device, ctx=ctx.sub(0.0, 0.05))
+                loaded = load_model(req.spec, device=req.device, dtype=dtype, placement=placement,
+                                    ctx=ctx.sub(0.0, 0.05))
                 ctx.partial(MODEL, loaded)
             work = ctx.sub(0.05, 1.0) if model is None else ctx
             return build_atlas(loaded, req.out, req.settings, list(req.corpus) or None, ctx=work)

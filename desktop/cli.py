@@ -36,6 +36,7 @@ from core.settings import (
     COMPARE_SETTINGS,
     PAIR_SOURCE_SETTINGS,
     PLACEMENT_SETTINGS,
+    PRECISIONS,
     PREDICT_SETTINGS,
     AtlasSettings,
     AttributionSettings,
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--prompt", help="prompt to put in the prompt box")
     add_arguments(gui, CHAT_SETTINGS)  # --chat, --system, --messages: the panel's Chat row and conversation
     gui.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    gui.add_argument("--dtype", default="float32", choices=PRECISIONS,
+                     help="the model's precision: float32 (exact), bfloat16 or float16 (half the memory)")
+    add_arguments(gui, PLACEMENT_SETTINGS)  # the panel's Offload rows and Transcoders on
     gui.add_argument("--method", choices=["attribution", "circuit", "predict"], default="attribution",
                      help="what a run does: attribution graph (default), component circuit, or prediction only")
     gui.add_argument("--corrupted", help="component circuit: the corrupted prompt to compare with")
@@ -248,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             screenshot=getattr(args, "screenshot", None),
             quit_after_trace=getattr(args, "quit_after_trace", False),
             comparison=getattr(args, "comparison", None),
+            dtype=getattr(args, "dtype", "float32"),
+            placement=placement_from_args(args) if args.command == "gui" else None,
         )
     # No command reads standard input: detached from it, nothing piped in can answer a question
     # some library might ask (transformers' "Do you wish to run the custom code? [y/N]").

@@ -37,7 +37,10 @@ from core.settings import (
     CHAT_SETTINGS,
     CIRCUIT_SETTINGS,
     PAIR_SOURCE_SETTINGS,
+    PLACEMENT_SETTINGS,
+    PRECISIONS,
     PREDICT_SETTINGS,
+    PlacementSettings,
     Setting,
     by_name,
 )
@@ -47,9 +50,9 @@ log = logging.getLogger(__name__)
 OPEN_FOLDER = "__open_folder__"
 OPEN_GGUF = "__open_gguf__"
 # the settings the panel shows, as declared once in core.settings (labels, ranges, choices, tips)
-_TRACE, _CIRCUIT, _PAIRS, _PREDICT, _CHAT = (by_name(d) for d in (ATTRIBUTION_SETTINGS, CIRCUIT_SETTINGS,
-                                                                     PAIR_SOURCE_SETTINGS, PREDICT_SETTINGS,
-                                                                     CHAT_SETTINGS))
+_TRACE, _CIRCUIT, _PAIRS, _PREDICT, _CHAT, _PLACE = (by_name(d) for d in (ATTRIBUTION_SETTINGS, CIRCUIT_SETTINGS,
+                                                                             PAIR_SOURCE_SETTINGS, PREDICT_SETTINGS,
+                                                                             CHAT_SETTINGS, PLACEMENT_SETTINGS))
 
 
 def setting_spin_box(setting: Setting) -> QSpinBox:
@@ -102,6 +105,18 @@ class ModelPanel(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda"])
         self.device_combo.setToolTip("auto uses the GPU when there is one")
+        self.dtype_combo = QComboBox()
+        self.dtype_combo.addItems(list(PRECISIONS))
+        self.dtype_combo.setToolTip("float32: exact (the graph's completeness identity holds to ~1e-5); bfloat16 "
+                                    "or float16 halve the weights' memory, for large models on a GPU")
+        self.offload_box = setting_check_box(_PLACE["offload"], "layers that do not fit the GPU")
+        self.offload_box.toggled.connect(lambda _on: self._update_rows())
+        self.gpu_memory_edit = setting_line_edit(_PLACE["max_gpu_memory"], "what is free, e.g. 20GiB")
+        self.cpu_memory_edit = setting_line_edit(_PLACE["max_cpu_memory"], "what is free, e.g. 64GB")
+        self.transcoders_device_combo = QComboBox()
+        self.transcoders_device_combo.addItems(list(_PLACE["transcoders_device"].offered))
+        self.transcoders_device_combo.setCurrentText(_PLACE["transcoders_device"].initial)
+        self.transcoders_device_combo.setToolTip(_PLACE["transcoders_device"].tooltip)
         self.examples = QComboBox()
         self.examples.setToolTip("Fill the prompt box with a classic circuit-tracing prompt")
         self.examples.addItem("Examples…", None)
@@ -144,6 +159,7 @@ class ModelPanel(QWidget):
         self.basis_combo.addItem("Transcoders folder…", OPEN_FOLDER)
         self.basis_combo.setToolTip("Feature basis: the model's own MLP neurons (exact), or trained transcoders")
         self.basis_combo.activated.connect(self._basis_chosen)
+        self.basis_combo.currentIndexChanged.connect(lambda _i: self._update_rows())
         self.task_combo = QComboBox()
         for key, label in PAIR_SOURCES.items():
             self.task_combo.addItem(label, key)
@@ -178,6 +194,10 @@ class ModelPanel(QWidget):
         form = self.form = QFormLayout()
         form.addRow("Model", self.model_combo)
         form.addRow("Device", self.device_combo)
+        form.addRow("Precision", self.dtype_combo)
+        form.addRow(_PLACE["offload"].label, self.offload_box)
+        form.addRow(_PLACE["max_gpu_memory"].label, self.gpu_memory_edit)
+        form.addRow(_PLACE["max_cpu_memory"].label, self.cpu_memory_edit)
         form.addRow("Method", self.method_combo)
         form.addRow(_CHAT["chat"].label, self.chat_box)
         form.addRow(_CHAT["system"].label, self.system_edit)
@@ -188,6 +208,7 @@ class ModelPanel(QWidget):
         form.addRow(_TRACE["target"].label, self.target_edit)
         form.addRow(_TRACE["foil"].label, self.foil_edit)
         form.addRow(_TRACE["transcoders"].label, self.basis_combo)
+        form.addRow(_PLACE["transcoders_device"].label, self.transcoders_device_combo)
         form.addRow(_TRACE["max_nodes"].label, self.max_nodes)
         form.addRow(scoring.label, self.scoring_combo)
         form.addRow(_PAIRS["n_pairs"].label, self.n_pairs)
@@ -231,7 +252,9 @@ class ModelPanel(QWidget):
                 self.scoring_combo: circuit,
                 self.n_pairs: circuit and not pair,
                 self.chat_box: not circuit, self.system_edit: not circuit and self.chat_box.isChecked(),
-                self.conversation_row: not circuit and bool(self.messages_file)}
+                self.conversation_row: not circuit and bool(self.messages_file),
+                self.gpu_memory_edit: self.offload_box.isChecked(), self.cpu_memory_edit: self.offload_box.isChecked(),
+                self.transcoders_device_combo: self.method == ATTRIBUTION and self.transcoders is not None}
         for widget, visible in rows.items():
             self.form.setRowVisible(widget, visible)
         self.prompt_edit.setEnabled((not circuit or pair) and (circuit or not self.messages_file))
@@ -242,6 +265,19 @@ class ModelPanel(QWidget):
             self.target_edit.setToolTip("Token to explain, e.g. ' Paris' or #1234 (empty: the model's top token)")
             self.foil_edit.setToolTip("Contrast token: explain target − foil logit difference")
         self.settings_changed.emit()
+
+    @property
+    def dtype(self) -> str:
+        return self.dtype_combo.currentText()
+
+    @property
+    def placement(self) -> PlacementSettings:
+        """Where the model's layers go: a memory budget counts only with Offload ticked (the box shows them)."""
+        offload = self.offload_box.isChecked()
+        return PlacementSettings(offload=offload,
+                                 max_gpu_memory=(self.gpu_memory_edit.text().strip() or None) if offload else None,
+                                 max_cpu_memory=(self.cpu_memory_edit.text().strip() or None) if offload else None,
+                                 transcoders_device=self.transcoders_device_combo.currentText())
 
     @property
     def transcoders(self) -> str | None:
@@ -367,12 +403,18 @@ class ModelPanel(QWidget):
             foil=self.foil_edit.text() or None, max_nodes=self.max_nodes.value(), transcoders=self.transcoders,
             task=self.task, corrupted=self.corrupted_edit.text(), pairs_file=self.pairs_file,
             scoring=self.scoring_combo.currentText(), n_pairs=self.n_pairs.value(), chat=self.chat_box.isChecked(),
-            system=self.system_edit.text(), messages_file=self.messages_file)
+            system=self.system_edit.text(), messages_file=self.messages_file, dtype=self.dtype,
+            placement=self.placement)
 
     def apply(self, req: RunRequest) -> None:
         """Show ``req`` in the panel (``request()`` then gives it back)."""
         self.select_spec(req.spec)
         self.device_combo.setCurrentText(req.device)
+        self.dtype_combo.setCurrentText(req.dtype)
+        self.offload_box.setChecked(req.placement.offloaded)
+        self.gpu_memory_edit.setText(req.placement.max_gpu_memory or "")
+        self.cpu_memory_edit.setText(req.placement.max_cpu_memory or "")
+        self.transcoders_device_combo.setCurrentText(req.placement.transcoders_device)
         self.prompt_edit.setPlainText(req.prompt)
         self.top_k.setValue(req.top_k)
         self.method_combo.setCurrentText(req.method)
@@ -428,15 +470,25 @@ class ModelPanel(QWidget):
             except CircuitDeskError as err:
                 log.info("model path not remembered: %s", err)
 
-    def show_loading(self, device: str) -> None:
+    def show_loading(self, req: RunRequest) -> None:
         """The first run of a model loads it first: say so where its facts appear."""
-        self.model_info.setText(f"Loading <b>{escape(self.model_combo.currentText())}</b> on {escape(device)}…")
+        how = f"{req.device}, {req.dtype}" + (", offloading what does not fit" if req.placement.offloaded else "")
+        self.model_info.setText(f"Loading <b>{escape(self.model_combo.currentText())}</b> ({escape(how)})…")
 
     def show_model(self, model) -> None:
         f = model.facts
         self.model_info.setText(
             f"<b>{escape(model.name)}</b><br>{f.family} · {f.n_layers} layers · {f.n_heads} heads "
             f"({f.n_kv_heads} kv) · d_model {f.d_model} · {f.n_params / 1e6:.1f}M params<br>"
-            f"device {model.device} · {str(model.dtype).removeprefix('torch.')}<br>"
+            f"device {model.device} · {str(model.dtype).removeprefix('torch.')}{escape(_placed(model))}<br>"
             f"sha256 <tt>{model.fingerprint.sha256[:16]}…</tt>"
         )
+
+
+def _placed(model) -> str:
+    """Where an offloaded model's parts are (" · offloaded: 30 on cuda:0, 2 on cpu"); "" when all on one device."""
+    from core.models.offload import describe, is_offloaded  # deferred: torch is loaded once a model is
+
+    if not is_offloaded(model.device_map):
+        return ""
+    return " · offloaded: " + ", ".join(f"{n} on {dev}" for dev, n in describe(model.device_map).items())

@@ -1,7 +1,8 @@
 """Runs and interventions: the panel's request becomes a job on the runner, and what it hands back
 (the loaded model, the prediction, the heatmap data, then the ``Analysis``) goes on show.
 
-The loaded model is kept for the next run of the same model on the same device.
+The loaded model is kept for the next run of the same model on the same device, in the same precision
+and placement.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ class RunController(QObject):
                  status: StatusBar) -> None:
         super().__init__(panel)
         self.state, self.panel, self.predictions, self.runner, self.status = state, panel, predictions, runner, status
-        self.model = None  # LoadedModel of the last run (reused while spec/device stay the same)
-        self.model_key: tuple[str, str] | None = None
+        self.model = None  # LoadedModel of the last run (reused while its RunRequest.model_key stays the same)
+        self.model_key: tuple | None = None
         self.last_prediction = None
         self._generation = 0  # increments per run; signals of older runs are ignored
 
@@ -47,7 +48,7 @@ class RunController(QObject):
             """Only the newest run may update the window (a cancelled one reports late)."""
             return lambda *args: slot(*args) if generation == self._generation else None
 
-        key = (req.spec, req.device)
+        key = req.model_key
         model = self.model if self.model_key == key else None
 
         def job(ctx):
@@ -59,7 +60,7 @@ class RunController(QObject):
                            partial=current(lambda name, value: self._partial(key, req, name, value)),
                            returned=current(lambda result: self._result(key, req, result)))
         if model is None:
-            self.panel.show_loading(req.device)
+            self.panel.show_loading(req)
 
     def _partial(self, key, req, name: str, value) -> None:
         """Show what a run has ready before it ends: the loaded model, the prediction, the lens."""

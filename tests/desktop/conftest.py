@@ -4,6 +4,8 @@ import pytest
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 
+from core.analysis import model_key
+
 PROMPT = "the cat and the dog"  # five tokens: a tiny-model trace takes a fraction of a second
 CLEAN = "when mary and john went to the store , john gave a drink to"
 CORRUPTED = "when mary and john went to the store , mary gave a drink to"
@@ -63,7 +65,7 @@ class Workbench:
         w.panel.device_combo.setCurrentText("cpu")
         w.panel.prompt_edit.setPlainText(PROMPT)
         w.panel.max_nodes.setValue(100)
-        w.runs.model, w.runs.model_key = self._model(), (self.spec, "cpu")  # loaded once, not per window
+        w.runs.model, w.runs.model_key = self._model(), model_key(self.spec, "cpu")  # loaded once, not per window
         return w
 
     def run(self, w) -> None:

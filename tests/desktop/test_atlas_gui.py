@@ -20,6 +20,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFileDialog
 
+from core.analysis import model_key
 from core.atlas import build as atlas_build
 from core.atlas.build import build_atlas
 from core.atlas.store import Example
@@ -334,7 +335,7 @@ def test_a_build_loads_the_panels_model_when_none_is_loaded(workbench, qtbot, at
         qtbot.mouseClick(d.build_button, Qt.MouseButton.LeftButton)
     assert w.status.last_error is None, w.status.last_error
     assert w.status.label.text() == f"Atlas written to {out}."
-    assert w.runs.model_key == (workbench.spec, "cpu")  # kept for the next run
+    assert w.runs.model_key == model_key(workbench.spec, "cpu")  # kept for the next run
     assert w.runs.model.fingerprint.sha256[:16] in w.panel.model_info.text()
     built = json.loads((out / "atlas.json").read_text())
     assert built["features_sha256"] == json.loads((atlases["llama"] / "atlas.json").read_text())["features_sha256"]

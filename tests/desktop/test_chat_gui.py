@@ -10,6 +10,7 @@ import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QFileDialog
 
+from core.analysis import model_key
 from core.chat import Conversation, Message
 from core.errors import CircuitDeskError
 from core.models import load_model
@@ -34,7 +35,7 @@ def window(workbench, chat_folder, chat_model):
     spec = str(chat_folder(CHAT_TEMPLATE))
     w.panel.select_spec(spec)
     w.panel.prompt_edit.setPlainText(PROMPT)
-    w.runs.model, w.runs.model_key = chat_model, (spec, "cpu")
+    w.runs.model, w.runs.model_key = chat_model, model_key(spec, "cpu")
     return w
 
 

@@ -10,7 +10,8 @@ import pytest
 from PySide6.QtWidgets import QMenu
 
 from core.analysis import ATTRIBUTION, CIRCUIT, PAIR_FILE, PREDICT, PROMPT_PAIR, RunRequest
-from core.settings import AttributionSettings, ChatSettings, CircuitSettings, PairSource, settings_from_args
+from core.settings import (AttributionSettings, ChatSettings, CircuitSettings, PairSource, PlacementSettings,
+                           settings_from_args)
 from desktop.actions import ACTIONS
 from desktop.cli import build_parser
 
@@ -24,6 +25,10 @@ REQUESTS = [
     RunRequest("default", "cpu", "hello", 3, PREDICT),
     RunRequest("default", "cpu", "The capital of France is", 10, ATTRIBUTION, chat=True, system="Answer in one word."),
     RunRequest("default", "cpu", "hello", 3, PREDICT, chat=True),
+    RunRequest("default", "cuda", "x y", 10, ATTRIBUTION, transcoders="/tmp/tc", dtype="bfloat16",
+               placement=PlacementSettings(offload=True, max_gpu_memory="20GiB", max_cpu_memory="64GB",
+                                           transcoders_device="cpu")),
+    RunRequest("default", "cuda", "", 10, CIRCUIT, task="ioi", dtype="float16", placement=PlacementSettings(offload=True)),
 ]
 
 
@@ -44,7 +49,7 @@ def test_a_panel_request_regenerates_as_a_command_with_the_same_settings(req):
     argv = shlex.split(req.command())
     assert argv[:2] == ["circuitdesk", "trace" if req.method == ATTRIBUTION else "circuit"]
     args = build_parser().parse_args(argv[1:])
-    assert args.model == req.spec
+    assert args.model == req.spec and args.dtype == req.dtype  # where the weights lived does not change results
     if req.method == ATTRIBUTION:
         assert args.prompt == req.prompt
         assert settings_from_args(AttributionSettings, args) == req.attribution_settings()
