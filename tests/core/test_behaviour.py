@@ -308,7 +308,16 @@ def test_a_comparison_file_from_anyone_is_checked(tmp_path):
 
 
 def test_transcoder_features_are_keyed_and_checked(tiny_folder, tmp_path):
+    """Features key as L{l}/F{i}; the top one is checked, and its correctness flips (each case's answer:
+    the model's own two greedy tokens) equal greedy decoding with the feature steered (×-5) on the prompt."""
     from safetensors.torch import save_file
+
+    from core.attribution.transcoders import load_transcoders
+    from core.behaviour.cases import loaded
+    from core.behaviour.study import intervention_for
+    from core.interventions import build_patches, greedy_ids
+
+    SCALE = -5.0  # steered hard enough that one case's answer turns (and another's does not)
 
     gen = torch.Generator().manual_seed(0)
     folder = tmp_path / "plt"
@@ -317,9 +326,18 @@ def test_transcoder_features_are_keyed_and_checked(tiny_folder, tmp_path):
         save_file({"W_enc": torch.randn(48, 32, generator=gen) * 0.3, "W_dec": torch.randn(48, 32, generator=gen) * 0.2,
                    "b_enc": torch.randn(48, generator=gen) * 0.1, "b_dec": torch.randn(32, generator=gen) * 0.1},
                   str(folder / f"layer_{i}.safetensors"))
-    suite = load_suite(_suite(tmp_path, _attribution_cases()[:16], str(tiny_folder("llama")),
+    model = loaded(str(tiny_folder("llama")), "auto", "float32")
+    cases, answers = [], {}
+    for line in _attribution_cases()[:16]:
+        cases.append(line)
+        if line.startswith("prompt = "):
+            ids = model.tokenizer("<bos> " + line.split('"')[1]).input_ids
+            answers[cases[-2].split('"')[1]] = (ids, g := _greedy(model, ids, 2))
+            cases.append(f'answers = ["{" ".join(model.tokenizer.decode([t]) for t in g)}"]')
+    suite = load_suite(_suite(tmp_path, cases, str(tiny_folder("llama")),
                               defaults=f'max_nodes = 40\ntranscoders = "{folder}"'))
-    comp = run_study(suite, tmp_path / "out", CompareSettings(permutations=200, checks=1))
+    comp = run_study(suite, tmp_path / "out", CompareSettings(permutations=200, checks=1, check_scale=SCALE))
+    assert all(c["runs"]["a"]["correct"] for c in comp["cases"])  # each writes its own greedy answer
     (section,) = comp["sections"]
     assert section["basis"] == "transcoders"
     assert all("/N" not in n["key"] for n in section["behaviour"]["a"]["nodes"])
@@ -327,6 +345,17 @@ def test_transcoder_features_are_keyed_and_checked(tiny_folder, tmp_path):
     (check,) = section["checks"]
     assert "/F" in check["key"] and set(check["groups"]) == {"cat", "dog"}
     assert all(g["cases"] == 2 for g in check["groups"].values())
+    tc = load_transcoders(folder, model.facts.n_layers, model.facts.d_model, device=model.device)
+    points = [f"blocks.{l}.{tc.input_point}" for l in range(model.facts.n_layers)]
+    turned = {"cat": 0, "dog": 0}
+    for name, (ids, answer) in answers.items():
+        iv = intervention_for(check["key"], len(ids), SCALE)
+        after = greedy_ids(model, torch.tensor([ids]), 2, lambda live: build_patches(model, [iv], len(ids), live, None, tc),
+                           cache_points=points)
+        turned[name[:3]] += after != answer
+    assert 0 < sum(turned.values()) < len(answers)
+    assert {g: v["correct_to_wrong"] for g, v in check["groups"].items()} == {g: n / 2 for g, n in turned.items()}
+    assert all(v["wrong_to_correct"] == 0 for v in check["groups"].values())
 
 
 def test_checks_can_steer_instead_of_ablating(planted, tmp_path):
