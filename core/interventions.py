@@ -211,10 +211,10 @@ def intervene(
     ids = ids.to(model.device)
     ctx.progress(0.05, "Running the clean prompt")
     with torch.no_grad():
-        clean_logits, clean = inst.forward(ids, cache=frozen_points(model))
+        clean_logits, clean = inst.forward(ids, cache=frozen_points(model, P))
     frozen = frozen_patches(clean)
-    if freeze == "attention":
-        frozen = {k: v for k, v in frozen.items() if k.endswith(".pattern")}
+    if freeze == "attention":  # held by its probabilities, or by its queries and keys on long prompts
+        frozen = {k: v for k, v in frozen.items() if k.endswith((".pattern", ".q_rot", ".k_rot"))}
     elif freeze == "none":
         frozen = {}
     cache_points = [f"blocks.{l}.{transcoders.input_point}" for l in range(model.facts.n_layers)] if transcoders else []

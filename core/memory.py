@@ -99,9 +99,10 @@ def attribution_estimate(facts, n_tokens: int, *, max_nodes: int, batch: int, ca
     width = transcoder_width or d_mlp
     f32 = 4
     pattern = H * P * P * s  # one layer's attention probabilities
+    held = min(pattern, (H + max(facts.n_kv_heads, 1)) * P * facts.d_head * s)  # clean attention: patterns or q/k
     # per token and layer, what a forward with its graph retained keeps for backward
     saved = (10 * d + 5 * d_mlp) * s
-    cache = L * pattern + L * P * (2 * d_mlp + 4 * d) * s  # patterns, multipliers, activations, in/out points
+    cache = L * held + L * P * (2 * d_mlp + 4 * d) * s  # attention held, multipliers, activations, in/out points
     cache += L * 2 * transcoder_width * d * f32  # the transcoders' encoders and decoders, loaded by the run
     rows = max_logits + min(max_nodes, candidates)  # no more feature rows than candidates
     row_width = candidates + L * P + P

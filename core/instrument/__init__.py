@@ -10,6 +10,8 @@ Access points (``Instrumentation.points``), per block ``l``::
                                        (before the norm; using one splits the layer) [b, s, h, d]
     blocks.{l}.attn.{q,k,v}            each query head's query/key/value projection (before rotary;
                                        GQA k/v copied per query head)               [b, s, h, d_head]
+    blocks.{l}.attn.{q,k}_rot          the queries and keys the attention scores (after rotary
+                                       embeddings and q/k norms; keys per key/value head) [b, h, s, d_head]
     blocks.{l}.attn.pattern            attention probabilities                      [b, h, q, k]
     blocks.{l}.attn.z                  per-head output before the output projection [b, s, h, d_head]
     blocks.{l}.attn_post_norm.scale    Gemma's post-attention norm scale            [b, s, 1]

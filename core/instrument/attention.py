@@ -1,5 +1,5 @@
-"""The registered attention function: eager attention whose probabilities pass through an access
-point, so they can be read, frozen (detached) or replaced. One function serves every family:
+"""The registered attention function: eager attention whose scored queries and keys and whose
+probabilities pass through access points, so they can be read, frozen (detached) or replaced. One function serves every family:
 GQA (repeat_kv), Gemma 2 logit soft-capping, sliding windows (already in the mask), GPT-2 scaling.
 """
 
@@ -19,7 +19,11 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def instrumented_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
-    """Same numerics as transformers' eager attention, with the pattern exposed at an access point."""
+    """Same numerics as transformers' eager attention, with the queries and keys it scores (after
+    rotary embeddings) and the pattern exposed at access points."""
+    qk_hook = getattr(module, "_circuitdesk_qk_hook", None)
+    if qk_hook is not None:
+        query, key = qk_hook(query, key)
     groups = query.shape[1] // key.shape[1]  # 1 when q/k/v paths are split per query head
     key = _repeat_kv(key, groups)
     value = _repeat_kv(value, groups)

@@ -126,7 +126,8 @@ class Instrumentation:
             self._split_qkv(l, block, attn, a, n_heads)
             self._freezable_norm(block.get_submodule(a.attn_in_norm), a.norm_kind, p + "attn_norm.scale")
             self._input_point(attn, p + "attn_in")
-            self.points.append(p + "attn.pattern")  # fired from inside the attention function
+            self.points += [p + "attn.q_rot", p + "attn.k_rot", p + "attn.pattern"]  # fired inside the attention function
+            attn._circuitdesk_qk_hook = partial(self._qk, p + "attn.q_rot", p + "attn.k_rot")
             attn._circuitdesk_pattern_hook = partial(self._pattern, p + "attn.pattern")
             self._input_point(attn.get_submodule(a.o_proj), p + "attn.z", heads=n_heads)
             if a.attn_out_norm:
@@ -329,6 +330,12 @@ class Instrumentation:
         return name in st.cache or name in st.patch or name in st.add or name in st.grad or name in st.stop_grad
 
     # -- firing -----------------------------------------------------------------------------------
+    def _qk(self, q_name: str, k_name: str, query: torch.Tensor, key: torch.Tensor):
+        st = self._state
+        if st is None or not (self._touched(q_name) or self._touched(k_name)):
+            return query, key
+        return self._fire(q_name, query), self._fire(k_name, key)
+
     def _pattern(self, name: str, pattern: torch.Tensor) -> torch.Tensor:
         st = self._state
         if st is None:

@@ -411,7 +411,9 @@ def test_bad_transcoder_folders(tiny_model, tmp_path):
 
 
 # -- interventions ---------------------------------------------------------------------------------
-def test_zeroing_a_strong_node_moves_the_target_as_the_edge_predicts(tiny_model, neuron_graphs):
+def test_zeroing_a_strong_node_moves_the_target_as_the_edge_predicts(tiny_model, neuron_graphs, monkeypatch):
+    import importlib
+
     from core.interventions import Intervention, intervene
 
     m = tiny_model("llama")
@@ -439,6 +441,13 @@ def test_zeroing_a_strong_node_moves_the_target_as_the_edge_predicts(tiny_model,
     assert np.sign(change) == -np.sign(g.weight[e]) or abs(change) < 1e-6  # moved the predicted way
     free = intervene(m, res.ids, [iv], freeze="none", target_id=int(g.index[logit]), generate=3)
     assert free.logit_after != free.logit_before and len(free.continuation_after) > 0
+    # attention held by its queries and keys (as on long prompts) instead of its probabilities: the same, bit for bit
+    held = {f: intervene(m, res.ids, [iv], freeze=f, target_id=int(g.index[logit])) for f in ("attention", "replacement")}
+    monkeypatch.setattr(importlib.import_module("core.attribution.attribute"), "attention_by_qk", lambda facts, n: True)
+    for f, before in held.items():
+        after = intervene(m, res.ids, [iv], freeze=f, target_id=int(g.index[logit]))
+        assert after.logits_after.numpy().tobytes() == before.logits_after.numpy().tobytes(), f
+    assert held["attention"].logits_after.numpy().tobytes() != free.logits_after.numpy().tobytes()  # it held something
 
 
 def test_intervention_kinds_and_bad_requests(tiny_model, neuron_graphs):
@@ -477,3 +486,37 @@ def test_transcoder_feature_intervention(tiny_model, tmp_path):
                      transcoders=res.transcoders)
     assert keep.logit_after == pytest.approx(keep.logit_before, abs=1e-5)
     assert zero.logit_after != pytest.approx(zero.logit_before, abs=1e-7)
+
+
+@pytest.mark.parametrize("fam", ["llama", "gpt2", "gemma2"])
+def test_attention_held_by_its_queries_and_keys_gives_the_same_graph_bit_for_bit(tiny_model, fam, monkeypatch):
+    """For long prompts the bias-only pass holds the clean attention by the queries and keys it was
+    scored from (a far smaller cache than L·H·P² probabilities): the graph is the same, bit for bit."""
+    import importlib
+
+    engine = importlib.import_module("core.attribution.attribute")  # the module (the package exports the function)
+    m = tiny_model(fam)
+    graphs = {}
+    for by_qk in (False, True):
+        monkeypatch.setattr(engine, "attention_by_qk", lambda facts, n, by_qk=by_qk: by_qk)
+        points = frozen_points(m, 16)
+        assert any(p.endswith(".q_rot") for p in points) == by_qk
+        assert any(p.endswith(".pattern") for p in points) != by_qk
+        graphs[by_qk] = attribute(m, PROMPT, AttributionSettings(max_nodes=60))
+    a, b = graphs[False].graph, graphs[True].graph
+    for name in ("kind", "layer", "pos", "index", "activation", "value", "src", "dst", "weight", "logit_weight"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.shape == y.shape and x.tobytes() == y.tobytes(), name
+    # the bias-only pass's constants enter the completeness identity: held attention keeps it exact
+    errors = [graphs[k].stats["max_completeness_error"] for k in (False, True)]
+    assert errors[0] == errors[1] < 1e-5
+
+
+def test_attention_is_held_by_queries_and_keys_where_that_is_the_smaller_cache():
+    from types import SimpleNamespace
+
+    from core.attribution.attribute import attention_by_qk
+
+    smol = SimpleNamespace(n_heads=9, n_kv_heads=3, d_head=64)  # SmolLM2-135M: q and k are 768 numbers a token
+    assert not attention_by_qk(smol, 64) and not attention_by_qk(smol, 85)  # 9 × 85 = 765 probabilities
+    assert attention_by_qk(smol, 86) and attention_by_qk(smol, 1024)

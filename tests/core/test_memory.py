@@ -60,7 +60,7 @@ def test_budget_from_the_environment(tiny_model, monkeypatch):
 def test_estimate_grows_with_nodes_and_tokens_not_with_the_width_times_positions():
     from types import SimpleNamespace
 
-    facts = SimpleNamespace(n_layers=30, d_model=576, d_mlp=1536, n_heads=9, vocab_size=49152)
+    facts = SimpleNamespace(n_layers=30, d_model=576, d_mlp=1536, n_heads=9, n_kv_heads=3, d_head=64, vocab_size=49152)
     est = lambda p, nodes, cand=65536: attribution_estimate(facts, p, max_nodes=nodes, batch=1,  # noqa: E731
                                                             candidates=cand).total
     assert est(256, 1000) < est(1024, 1000) < est(1024, 4000)
