@@ -88,9 +88,16 @@ def _on_disk(model) -> list[str]:
     return [n for n, p in model.hf.named_parameters() if p.device.type == "meta"]
 
 
+@pytest.mark.parametrize("attention", ["pattern", "q/k"])
 @pytest.mark.parametrize("how", ["map", "budget"])
 @pytest.mark.parametrize("fam", ["llama", "gpt2"])
-def test_offloaded_model_gives_the_same_attribution_graph(fam, how, tiny_model, offloaded):
+def test_offloaded_model_gives_the_same_attribution_graph(fam, how, attention, tiny_model, offloaded, monkeypatch):
+    """Also with the bias-only pass holding attention by its queries and keys (as on long prompts),
+    cached on the offloaded layers' devices."""
+    import importlib
+
+    engine = importlib.import_module("core.attribution.attribute")
+    monkeypatch.setattr(engine, "attention_by_qk", lambda facts, n: attention == "q/k")
     plain, off = tiny_model(fam), offloaded(fam, how)
     # really offloaded: decoder-layer weights live on disk, not in the module
     assert is_offloaded(off.device_map) and "disk" in off.device_map.values()
