@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.attribution.attribute import frozen_patches, frozen_points
+from core.attribution.attribute import HELD_ATTENTION, frozen_patches, frozen_points
 from core.errors import CircuitDeskError
 from core.jobs import JobContext
 
@@ -214,10 +214,10 @@ def intervene(
         clean_logits, clean = inst.forward(ids, cache=frozen_points(model, P))
     frozen = frozen_patches(clean)
     if freeze == "attention":  # held by its probabilities, or by its queries and keys on long prompts
-        frozen = {k: v for k, v in frozen.items() if k.endswith((".pattern", ".q_rot", ".k_rot"))}
+        frozen = {k: v for k, v in frozen.items() if k.endswith(HELD_ATTENTION)}
     elif freeze == "none":
         frozen = {}
-    cache_points = [f"blocks.{l}.{transcoders.input_point}" for l in range(model.facts.n_layers)] if transcoders else []
+    cache_points = _transcoder_inputs(model, transcoders)
     ctx.progress(0.3, "Running with the intervention")
     with torch.no_grad(), inst.session(cache=cache_points, patch=frozen) as live:
         patches = build_patches(model, interventions, P, live, errors, transcoders, write_point)
@@ -251,6 +251,11 @@ def intervene(
     return result
 
 
+def _transcoder_inputs(model, transcoders) -> list[str]:
+    """The points a transcoder-feature edit reads its encoder input from (none without transcoders)."""
+    return [f"blocks.{l}.{transcoders.input_point}" for l in range(model.facts.n_layers)] if transcoders else []
+
+
 def greedy_ids(model, ids, n: int, make_patches, ctx=None, cache_points=()) -> list[int]:
     """The greedy continuation's ``n`` token ids; the edits (``make_patches(live)``) apply to the prompt
     positions of every step's forward pass."""
@@ -276,8 +281,7 @@ def writes_answer(model, ids: list[int], answers: list[tuple[int, ...]], first: 
     the answer's."""
     P = len(ids)
     inst = model.instrument
-    cache_points = [f"blocks.{l}.{transcoders.input_point}" for l in range(model.facts.n_layers)] \
-        if transcoders is not None else []
+    cache_points = _transcoder_inputs(model, transcoders)
     for answer in answers:
         if not answer or answer[0] != first:
             continue

@@ -89,6 +89,12 @@ class Estimate:
         return {"total": self.total, "peak_phase": self.peak_phase, "phases": self.phases}
 
 
+def attention_by_qk(facts, n_tokens: int) -> bool:
+    """Whether a prompt's clean attention is smaller kept as the queries and keys it is scored from than
+    as its probabilities (per layer (H + H_kv)·P·d_head numbers against H·P²)."""
+    return (facts.n_heads + max(facts.n_kv_heads, 1)) * facts.d_head < max(facts.n_heads, 1) * n_tokens
+
+
 def attribution_estimate(facts, n_tokens: int, *, max_nodes: int, batch: int, candidates: int,
                          transcoder_width: int = 0, dtype_bytes: int = 4, max_logits: int = 10) -> Estimate:
     """Peak memory of an attribution graph (``core.attribution.attribute``) on a model of shape
@@ -99,7 +105,8 @@ def attribution_estimate(facts, n_tokens: int, *, max_nodes: int, batch: int, ca
     width = transcoder_width or d_mlp
     f32 = 4
     pattern = H * P * P * s  # one layer's attention probabilities
-    held = min(pattern, (H + max(facts.n_kv_heads, 1)) * P * facts.d_head * s)  # clean attention: patterns or q/k
+    qk = (H + max(facts.n_kv_heads, 1)) * P * facts.d_head * s
+    held = qk if attention_by_qk(facts, P) else pattern  # the clean attention as the engine holds it
     # per token and layer, what a forward with its graph retained keeps for backward
     saved = (10 * d + 5 * d_mlp) * s
     cache = L * held + L * P * (2 * d_mlp + 4 * d) * s  # attention held, multipliers, activations, in/out points

@@ -27,6 +27,7 @@ from core.analysis import ATTRIBUTION, CIRCUIT, PREDICT
 from core.errors import CircuitDeskError
 from core.models.catalog import DEFAULT_SPEC, list_models
 from core.selection import HOVER, VIEW, WorkbenchState
+from core.settings import PlacementSettings
 from desktop.actions import DEMO_CORRUPTED, DEMO_PROMPT, Actions
 from desktop.atlas import AtlasController
 from desktop.comparison import ComparisonController
@@ -215,12 +216,7 @@ def run_gui(
                 window.status.show_error(str(err))
     if device:
         window.panel.device_combo.setCurrentText(device)
-    window.panel.dtype_combo.setCurrentText(dtype)
-    if placement is not None:  # core.settings.PlacementSettings: --offload, --max-gpu-memory, …
-        window.panel.offload_box.setChecked(placement.offloaded)
-        window.panel.gpu_memory_edit.setText(placement.max_gpu_memory or "")
-        window.panel.cpu_memory_edit.setText(placement.max_cpu_memory or "")
-        window.panel.transcoders_device_combo.setCurrentText(placement.transcoders_device)
+    window.panel.show_placement(dtype, placement or PlacementSettings())  # --dtype, --offload, --max-gpu-memory, …
     window.panel.method_combo.setCurrentText(GUI_METHODS.get(method, ATTRIBUTION))
     if corrupted is not None:
         window.panel.set_corrupted(corrupted)

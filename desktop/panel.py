@@ -410,11 +410,7 @@ class ModelPanel(QWidget):
         """Show ``req`` in the panel (``request()`` then gives it back)."""
         self.select_spec(req.spec)
         self.device_combo.setCurrentText(req.device)
-        self.dtype_combo.setCurrentText(req.dtype)
-        self.offload_box.setChecked(req.placement.offloaded)
-        self.gpu_memory_edit.setText(req.placement.max_gpu_memory or "")
-        self.cpu_memory_edit.setText(req.placement.max_cpu_memory or "")
-        self.transcoders_device_combo.setCurrentText(req.placement.transcoders_device)
+        self.show_placement(req.dtype, req.placement)
         self.prompt_edit.setPlainText(req.prompt)
         self.top_k.setValue(req.top_k)
         self.method_combo.setCurrentText(req.method)
@@ -433,6 +429,14 @@ class ModelPanel(QWidget):
         if req.messages_file != self.messages_file:
             self.set_conversation(req.messages_file)
         self.chat_box.setChecked(req.chat or bool(req.messages_file))
+
+    def show_placement(self, dtype: str, placement: PlacementSettings) -> None:
+        """Show a precision and a placement (a memory budget ticks Offload, as on the command line)."""
+        self.dtype_combo.setCurrentText(dtype)
+        self.offload_box.setChecked(placement.offloaded)
+        self.gpu_memory_edit.setText(placement.max_gpu_memory or "")
+        self.cpu_memory_edit.setText(placement.max_cpu_memory or "")
+        self.transcoders_device_combo.setCurrentText(placement.transcoders_device)
 
     def ask(self, **changes) -> None:
         """Change some of the settings shown (``RunRequest`` field names)."""

@@ -47,7 +47,8 @@ from core.attribution.transcoders import load_transcoders
 from core.errors import CircuitDeskError
 from core.graph import EMBEDDING, ERROR, FEATURE, LOGIT, Graph, graph_scores, prune
 from core.jobs import JobContext
-from core.memory import Estimate, attribution_estimate, budget_bytes, memory_guard, refuse_if_too_big
+from core.memory import (Estimate, attention_by_qk, attribution_estimate, budget_bytes, memory_guard,
+                         refuse_if_too_big)
 from core.predict import encode_prompt, prompt_text, token_strings
 from core.settings import AttributionSettings
 
@@ -167,11 +168,14 @@ def _first_feature_position(model, ids: torch.Tensor) -> int:
     return 1 if ids.shape[1] > 1 and int(ids[0, 0]) in _special_ids(model) else 0
 
 
+HELD_ATTENTION = (".pattern", ".q_rot", ".k_rot")  # the points that hold attention (``frozen_points``)
+
+
 def frozen_patches(clean) -> dict:
     """Patches that hold attention, norm scales and MLP multipliers at the clean run's values."""
     out = {}
     for name, v in clean.cache.items():
-        if name.endswith((".pattern", ".q_rot", ".k_rot", ".scale", ".mult")):
+        if name.endswith((*HELD_ATTENTION, ".scale", ".mult")):
             out[name] = (lambda x, v=v: v.expand_as(x) if v.shape[0] == 1 else v)
     return out
 
@@ -186,10 +190,6 @@ def frozen_points(model, n_tokens: int | None = None) -> list[str]:
         else "blocks.*.attn.pattern"
     return model.instrument.match([attention, "*.scale", "blocks.*.mlp.mult"])
 
-
-def attention_by_qk(facts, n_tokens: int) -> bool:
-    """Whether a prompt's clean attention is smaller kept as queries and keys than as probabilities."""
-    return (facts.n_heads + facts.n_kv_heads) * facts.d_head < facts.n_heads * n_tokens
 
 
 def make_basis(model, settings: AttributionSettings):

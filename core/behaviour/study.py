@@ -431,6 +431,7 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
         model = loaded(versions[version], suite.device, suite.dtype, placement=suite.placement)
         transcoder_sets: dict = {}  # folder -> TranscoderSet, loaded once per model for feature checks
         answers = {n: answer_sequences(model, by_name[n].answers) for n in profiles[version] if by_name[n].answers}
+        right_before: dict[str, dict] = {n: {} for n in answers}  # case -> prompt -> written unedited: once per case
         for ti, (what, key, significant, p_adjusted, cases) in enumerate(todo):
             if what == "groups" and version != "a":
                 continue
@@ -441,7 +442,7 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
                 label = groups[by_name[n].group] if what == "groups" else "all cases"
                 by_group.setdefault(label, []).append(
                     _case_effect(model, profiles[version][n], key, answers.get(n), transcoder_sets,
-                                 settings.check_scale))
+                                 settings.check_scale, right_before.get(n)))
             out.append({"key": key, "contrast": what, "model": version, "significant": significant,
                         "p_adjusted": p_adjusted,
                         "intervention": check_description(settings.check_scale),
@@ -450,9 +451,11 @@ def _checks(contrasts, profiles, by_name, versions, suite, settings: CompareSett
 
 
 def _case_effect(model, profile: CaseProfile, key: str, answers: list[tuple[int, ...]] | None,
-                 transcoder_sets: dict, scale: float = 0.0) -> dict:
+                 transcoder_sets: dict, scale: float = 0.0, right_before: dict | None = None) -> dict:
     """What ablating (or scaling) ``key`` does to one case: top token changed, metric change, correctness
-    flip (the whole answer written greedily, with the edit held at the prompt's positions, or not)."""
+    flip (the whole answer written greedily, with the edit held at the prompt's positions, or not).
+    ``right_before``: prompt index -> whether the unedited model writes an answer, filled on the first
+    check of the case and read on the others."""
     import torch  # deferred: torch loads only when a study checks nodes
 
     from core.interventions import intervene, writes_answer  # deferred: as torch
@@ -468,7 +471,8 @@ def _case_effect(model, profile: CaseProfile, key: str, answers: list[tuple[int,
         tc = transcoder_sets[folder]
     prompts = profile.prompts
     changed, deltas, flips_to_wrong, flips_to_right = 0, [], 0, 0
-    for ids, target, foil in prompts:
+    right_before = {} if right_before is None else right_before
+    for i, (ids, target, foil) in enumerate(prompts):
         iv = intervention_for(key, len(ids), scale)
         r = intervene(model, torch.tensor([ids]), [iv], target_id=target, top_k=1, transcoders=tc)
         before, after = int(r.logits_before.argmax()), int(r.logits_after.argmax())
@@ -479,10 +483,11 @@ def _case_effect(model, profile: CaseProfile, key: str, answers: list[tuple[int,
             deltas.append(float((r.logits_after[target] - r.logits_after[foil])
                                 - (r.logits_before[target] - r.logits_before[foil])))
         if answers:
-            right_before = writes_answer(model, ids, answers, before)
+            if i not in right_before:
+                right_before[i] = writes_answer(model, ids, answers, before)
             right_after = writes_answer(model, ids, answers, after, [iv], tc)
-            flips_to_wrong += right_before and not right_after
-            flips_to_right += right_after and not right_before
+            flips_to_wrong += right_before[i] and not right_after
+            flips_to_right += right_after and not right_before[i]
     n = len(prompts)
     return {"changed": changed / n, "delta": float(np.mean(deltas)), "to_wrong": flips_to_wrong / n,
             "to_right": flips_to_right / n, "metric": "probability" if prompts[0][2] is None else "logit difference"}

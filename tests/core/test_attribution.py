@@ -515,7 +515,7 @@ def test_attention_held_by_its_queries_and_keys_gives_the_same_graph_bit_for_bit
 def test_attention_is_held_by_queries_and_keys_where_that_is_the_smaller_cache():
     from types import SimpleNamespace
 
-    from core.attribution.attribute import attention_by_qk
+    from core.memory import attention_by_qk
 
     smol = SimpleNamespace(n_heads=9, n_kv_heads=3, d_head=64)  # SmolLM2-135M: q and k are 768 numbers a token
     assert not attention_by_qk(smol, 64) and not attention_by_qk(smol, 85)  # 9 × 85 = 765 probabilities
